@@ -1,0 +1,54 @@
+"""plait: compile LLM agent work into a task graph and run it in parallel.
+
+import plait
+
+@plait.tool
+async def search(query: str) -> str: ...
+
+result = plait.run("Which is taller?", tools=[search], model="openai:gpt-4o-mini")
+result = plait.execute('1. search("Eiffel Tower")\\n2. join()', tools=[search])
+"""
+
+from __future__ import annotations
+
+from . import events
+from .agent import RetryPolicy
+from .api import aexecute, arun, astream, execute, run
+from .errors import PlaitError, PlanError, ToolError
+from .events import Event, Usage
+from .llm import LLM, LLMError, resolve_model
+from .plan import PlanParser, Task, parse_plan
+from .result import LLMCall, RunResult, TaskRecord
+from .scheduler import Scheduler
+from .tools import Tool, Tools, load_tools, tool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "Event",
+    "LLMCall",
+    "LLMError",
+    "PlaitError",
+    "PlanError",
+    "PlanParser",
+    "RetryPolicy",
+    "RunResult",
+    "Scheduler",
+    "Task",
+    "TaskRecord",
+    "Tool",
+    "ToolError",
+    "Tools",
+    "Usage",
+    "aexecute",
+    "arun",
+    "astream",
+    "events",
+    "execute",
+    "load_tools",
+    "parse_plan",
+    "resolve_model",
+    "run",
+    "tool",
+]

@@ -1,0 +1,227 @@
+"""The agent loop: planner ─stream─▶ parser ─tasks─▶ scheduler ─results─▶ joiner ─▶ answer | replan.
+
+`execute_plan` runs a written plan; `answer_question` plans, runs and joins, replanning
+within `max_replans`. Both feed one Scheduler and report through one event stream. Tasks are
+handed to the scheduler the moment the parser completes them, while the planner is still
+streaming: that is LLMCompiler's task fetching unit, with no separate queue.
+
+An LLM reply that is lost mid-stream (LLMError with retryable=True) is asked for again with
+backoff; tasks the lost reply already dispatched are not dispatched twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import events as ev
+from .errors import PlaitError, PlanError
+from .llm.base import LLM, LLMError, Request
+from .plan import PlanParser, Task, parse_plan, result_text
+from .planschema import plan_schema
+from .prompts import joiner_messages, observations, parse_decision, planner_messages
+from .scheduler import Scheduler
+
+STOP = ("<END_OF_PLAN>",)
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """How lost LLM replies are retried: exponential backoff with full jitter."""
+
+    attempts: int = 4  # retries after the first try
+    base: float = 0.25
+    cap: float = 8.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap * 4)
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+class Outcome:
+    """What the loop concluded: an answer, or why there is none."""
+
+    def __init__(self) -> None:
+        self.answer: str | None = None
+        self.error: str | None = None
+
+
+async def execute_plan(text: str, scheduler: Scheduler, outcome: Outcome) -> None:
+    """Run a whole written plan. Every task is checked before any runs."""
+    tasks = [scheduler.tools.prepare(t) for t in parse_plan(text)]
+    if not tasks:
+        raise PlanError("the plan has no tasks")
+    for task in tasks:
+        scheduler.add(task)
+    await scheduler.wait()
+    last = scheduler.graph.nodes[tasks[-1].id]
+    if last.status == "done":
+        outcome.answer = result_text(last.result)
+
+
+class Agent:
+    """One question: plan, run, join; replan until an answer or `max_replans` is spent."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        scheduler: Scheduler,
+        emit: ev.Listener,
+        clock: Callable[[], float],
+        *,
+        run_id: str,
+        max_replans: int = 2,
+        examples: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.llm = llm
+        self.scheduler = scheduler
+        self.emit = emit
+        self.clock = clock
+        self.run_id = run_id
+        self.max_replans = max_replans
+        self.examples = examples
+        self.retry = retry or RetryPolicy()
+        self._calls = 0
+
+    async def answer(self, question: str, outcome: Outcome) -> None:
+        reason: str | None = None
+        for round_ in range(self.max_replans + 1):
+            if round_:
+                self.emit(ev.Replanning(self.clock(), round_, reason or ""))
+            try:
+                error = await self._plan(question, reason)
+                await self.scheduler.wait()
+                reply = None if error is not None else await self._join(question)
+            except LLMError as e:
+                outcome.error = f"{self.llm.name}: {e}"
+                return
+            if error is not None:
+                self.emit(ev.PlanInvalid(self.clock(), error))
+                reason = f"the previous plan could not be run: {error}. Write a valid plan."
+                outcome.error = f"invalid plan: {error}"
+                continue
+            assert reply is not None
+            decision = parse_decision(reply)
+            if decision.action == "finish":
+                outcome.answer, outcome.error = decision.text, None
+                self.emit(ev.Answered(self.clock(), decision.text))
+                return
+            reason = decision.text or "the joiner asked for a new plan"
+            outcome.error = f"no answer after {self.max_replans} replans: {reason}"
+        if outcome.error is None:
+            outcome.error = "no answer"
+
+    # planner ---------------------------------------------------------------------------
+
+    def _history(self) -> str:
+        nodes = self.scheduler.graph.nodes.values()
+        return observations([(n.task, n.status, n.result, n.error) for n in nodes])
+
+    async def _plan(self, question: str, reason: str | None) -> str | None:
+        """Stream one plan into the scheduler; return the plan's error, if it had one."""
+        graph = self.scheduler.graph
+        known = set(graph.nodes)
+        next_id = max(known, default=0) + 1
+        json_form = self.llm.supports_json_schema
+        request = Request(
+            planner_messages(
+                question,
+                self.scheduler.tools,
+                examples=self.examples,
+                history=self._history() if known else "",
+                reason=reason,
+                next_id=next_id,
+                json_form=json_form,
+            ),
+            stop=() if json_form else STOP,
+            json_schema=plan_schema(self.scheduler.tools, next_id) if json_form else None,
+            session=self.run_id,
+        )
+        added: set[int] = set()
+        parser = PlanParser(known)
+
+        def restart() -> None:
+            nonlocal parser
+            parser = PlanParser(known)
+
+        def on_text(text: str) -> bool:
+            for task in parser.feed(text):
+                if task.id in added:
+                    continue  # dispatched by a reply that was lost and retried
+                if task.id < next_id:
+                    raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
+                self.scheduler.add(task)
+                added.add(task.id)
+            return parser.done
+
+        try:
+            await self._complete("planner", request, on_text, restart)
+            on_text("")
+            for task in parser.close():
+                if task.id not in added:
+                    self.scheduler.add(task)
+                    added.add(task.id)
+        except PlanError as e:
+            return str(e)
+        if not added and not parser.joined:
+            return "the plan has no tasks and no join()"
+        return None
+
+    async def _join(self, question: str) -> str:
+        parts: list[str] = []
+        request = Request(joiner_messages(question, self._history()), session=self.run_id)
+
+        def on_text(text: str) -> bool:
+            parts.append(text)
+            return False
+
+        await self._complete("joiner", request, on_text, parts.clear)
+        return "".join(parts)
+
+    # one LLM call, with retries --------------------------------------------------------
+
+    async def _complete(
+        self,
+        role: str,
+        request: Request,
+        on_text: Callable[[str], bool],
+        restart: Callable[[], None],
+    ) -> None:
+        """Stream a reply into `on_text` (which returns True to stop early), retrying losses."""
+        self._calls += 1
+        call = self._calls
+        self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name))
+        usage = ev.Usage()
+        attempt = 0
+        while True:
+            try:
+                async with contextlib.aclosing(self.llm.stream(request)) as stream:
+                    async for delta in stream:
+                        if delta.usage is not None:
+                            usage = delta.usage
+                        if delta.text:
+                            self.emit(ev.LLMToken(self.clock(), call, delta.text))
+                            if on_text(delta.text):
+                                break
+                self.emit(ev.LLMFinished(self.clock(), call, usage))
+                return
+            except LLMError as e:
+                if not e.retryable or attempt >= self.retry.attempts:
+                    self.emit(ev.LLMFinished(self.clock(), call, usage, str(e)))
+                    raise
+                delay = self.retry.delay(attempt, e.retry_after)
+                attempt += 1
+                self.emit(ev.LLMRetrying(self.clock(), call, attempt, str(e), delay))
+                await asyncio.sleep(delay)
+                restart()
+            except BaseException as e:
+                self.emit(ev.LLMFinished(self.clock(), call, usage, f"{type(e).__name__}: {e}"))
+                raise
+
+
+__all__ = ["Agent", "Outcome", "PlaitError", "RetryPolicy", "Task", "execute_plan"]

@@ -1,0 +1,283 @@
+"""`plait exec` and `plait run`: a thin shell over the Python API.
+
+Contracts: exit 0 on success, 1 when the run ended with a failed task or no answer, 2 on
+invalid input (one line on stderr, no traceback unless --debug), 130 when interrupted.
+`--json` prints exactly one JSON object on stdout; otherwise a live view goes to stderr and
+the answer to stdout, so `plait run ... > answer.txt` does what it says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import api
+from . import events as ev
+from .errors import PlaitError, PlanError
+from .result import RunResult
+from .trace import TraceRecorder
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common(f: Any) -> Any:
+    f = click.option("--debug", is_flag=True, help="Show tracebacks.")(f)
+    f = click.option(
+        "--trace",
+        "trace_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write a Chrome trace-event JSON file (open it in Perfetto).",
+    )(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
+    f = click.option(
+        "--tools",
+        required=True,
+        metavar="TOOLS",
+        help="A .py file or importable module; its @plait.tool functions are used.",
+    )(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="plait")
+def cli() -> None:
+    """Compile agent work into a task graph and run it in parallel."""
+
+
+@cli.command("exec")
+@click.argument("plan", metavar="PLAN")
+@_common
+def exec_cmd(plan: str, tools: str, as_json: bool, trace_path: str | None, debug: bool) -> int:
+    """Run the plan in file PLAN (or - for stdin) without a planner."""
+    text = _read_plan(plan)
+    try:
+        return _drive(
+            lambda on_event: api.aexecute(text, tools=tools, on_event=on_event), as_json, trace_path
+        )
+    except PlanError as e:
+        raise PlaitError(f"{plan}: {e}") from None
+
+
+@cli.command("run")
+@click.argument("question")
+@_common
+@click.option(
+    "--model",
+    default=api.DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="local[:FILE.gguf], openai:MODEL, or replay:FILE?ttft=S&tps=N.",
+)
+@click.option(
+    "--base-url", default=None, help="Server URL for openai: models (else OPENAI_BASE_URL)."
+)
+@click.option(
+    "--max-replans",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many times the joiner may ask for a new plan.",
+)
+def run_cmd(
+    question: str,
+    tools: str,
+    as_json: bool,
+    trace_path: str | None,
+    debug: bool,
+    model: str,
+    base_url: str | None,
+    max_replans: int,
+) -> int:
+    """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
+    return _drive(
+        lambda on_event: api.arun(
+            question,
+            tools=tools,
+            model=model,
+            base_url=base_url,
+            max_replans=max_replans,
+            on_event=on_event,
+        ),
+        as_json,
+        trace_path,
+    )
+
+
+def _read_plan(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise PlaitError(f"plan file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlaitError(f"cannot read plan file {path}: {e}") from None
+
+
+def _drive(start: Any, as_json: bool, trace_path: str | None) -> int:
+    trace = TraceRecorder() if trace_path else None
+    view = None if as_json else LiveView()
+    final: list[RunResult] = []
+
+    def on_event(e: ev.Event) -> None:
+        if trace is not None:
+            trace(e)
+        if view is not None:
+            view(e)
+        if isinstance(e, ev.RunFinished):
+            final.append(e.result)
+
+    try:
+        try:
+            result = asyncio.run(start(on_event))
+        finally:
+            if view is not None:
+                view.stop()
+            if trace is not None and trace_path and trace.events:
+                trace.write(trace_path)
+    except KeyboardInterrupt:
+        if as_json and final:
+            click.echo(final[-1].to_json())
+        click.echo("plait: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        _summary(result)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _summary(result: RunResult) -> None:
+    counts: dict[str, int] = {}
+    for t in result.tasks:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    tokens = result.usage.prompt_tokens + result.usage.completion_tokens
+    tail = f", {tokens} tokens" if tokens else ""
+    click.echo(
+        f"{result.status}: {len(result.tasks)} tasks ({parts or 'none'}) in "
+        f"{result.elapsed:.2f}s{tail}",
+        err=True,
+    )
+    if result.error:
+        click.echo(f"error: {result.error}", err=True)
+    if result.answer is not None:
+        click.echo(result.answer)
+
+
+class LiveView:
+    """Tasks as they start and end, on stderr, with what is running now kept at the bottom."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(stderr=True, highlight=False)
+        self.running: dict[int, tuple[str, float]] = {}
+        self.llm: dict[int, list[Any]] = {}  # call -> [role, started, tokens]
+        self.now = 0.0
+        self.live = Live(
+            console=self.console, refresh_per_second=8, transient=True, get_renderable=self._render
+        )
+        self.live.start()
+
+    def stop(self) -> None:
+        self.live.stop()
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        lines = [f"  … {role} writing ({n} tokens)" for role, _, n in self.llm.values()]
+        shown = sorted(self.running.items())[:12]
+        lines += [f"  ▶ {i}. {name}" for i, (name, _) in shown]
+        if len(self.running) > len(shown):
+            lines.append(f"  … and {len(self.running) - len(shown)} more running")
+        return Text("\n".join(lines), style="dim")
+
+    def __call__(self, e: ev.Event) -> None:
+        def p(text: str) -> None:
+            self.console.print(text, no_wrap=True, overflow="ellipsis")
+
+        match e:
+            case ev.TaskAdded(task=task):
+                pass
+            case ev.TaskStarted(t=t, id=i, tool=tool):
+                self.running[i] = (tool, t)
+            case ev.TaskFinished(t=t, id=i, status=status, result=result, error=error):
+                tool, t0 = self.running.pop(i, ("", t))
+                if status == "done":
+                    text = " ".join(str(result).split())
+                    text = text if len(text) <= 70 else text[:67] + "..."
+                    p(f"[green]✓[/] {i}. {tool} [dim]{t - t0:.2f}s[/] → {_esc(text)}")
+                else:
+                    mark = {"failed": "[red]✗[/]", "skipped": "[yellow]-[/]"}.get(
+                        status, "[dim]○[/]"
+                    )
+                    p(f"{mark} {i}. {tool or 'task'} {status}: {_esc(error or '')}")
+            case ev.TaskRetrying(id=i, attempt=a, error=error):
+                p(f"[yellow]↻[/] {i}. retry {a}: {_esc(error)}")
+            case ev.LLMStarted(t=t, call=c, role=role):
+                self.llm[c] = [role, t, 0]
+            case ev.LLMToken(call=c):
+                if c in self.llm:
+                    self.llm[c][2] += 1
+            case ev.LLMRetrying(call=c, attempt=a, error=error, delay=d):
+                p(f"[yellow]↻[/] LLM retry {a} in {d:.1f}s: {_esc(error)}")
+            case ev.LLMFinished(t=t, call=c, usage=u, error=error):
+                role, t0, n = self.llm.pop(c, ["llm", t, 0])
+                status = f"[red]{_esc(error)}[/]" if error else f"{u.completion_tokens or n} tokens"
+                p(f"[cyan]●[/] {role} {t - t0:.2f}s, {status}")
+            case ev.PlanInvalid(error=error):
+                p(f"[red]✗ invalid plan:[/] {_esc(error)}")
+            case ev.Replanning(round=r, reason=reason):
+                p(f"[magenta]⟳ replan {r}:[/] {_esc(reason)}")
+            case _:
+                pass
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name="plait", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelp as e:  # pragma: no cover - click version dependent
+        click.echo(e.format_message(), err=True)
+        code = EXIT_INVALID
+    except click.UsageError as e:
+        where = f"plait {e.ctx.info_name}: " if e.ctx and e.ctx.parent else "plait: "
+        click.echo(f"{where}{e.format_message()}", err=True)
+        code = EXIT_INVALID
+    except click.Abort:
+        code = EXIT_INTERRUPTED
+    except PlaitError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"plait: {e}", err=True)
+        code = EXIT_INVALID
+    except KeyboardInterrupt:
+        click.echo("plait: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"plait: internal error: {type(e).__name__}: {e} (--debug shows where)", err=True
+        )
+        code = EXIT_FAILED
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Typed events: the one record of a run that results, traces, stores and UIs all read.
+
+Every state change is emitted once, as one of these, with `t` in seconds since the run
+started. Nothing else keeps its own bookkeeping: `RunResult` and the Chrome trace are views
+built from this stream (see `result.Recorder` and `trace.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import Task
+    from .result import RunResult
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens an LLM call used, as the server reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(slots=True)
+class RunStarted:
+    t: float
+    run_id: str
+    question: str | None = None
+
+
+@dataclass(slots=True)
+class TaskAdded:
+    t: float
+    task: Task
+
+
+@dataclass(slots=True)
+class TaskStarted:
+    t: float
+    id: int
+    tool: str
+
+
+@dataclass(slots=True)
+class TaskRetrying:
+    t: float
+    id: int
+    attempt: int
+    error: str
+
+
+@dataclass(slots=True)
+class TaskFinished:
+    """A task settled: status is done, failed, skipped or cancelled."""
+
+    t: float
+    id: int
+    status: str
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class LLMStarted:
+    t: float
+    call: int
+    role: str  # planner or joiner
+    model: str
+
+
+@dataclass(slots=True)
+class LLMToken:
+    t: float
+    call: int
+    text: str
+
+
+@dataclass(slots=True)
+class LLMRetrying:
+    """The reply was lost (cut stream, 429, 5xx…) and is asked for again after `delay`."""
+
+    t: float
+    call: int
+    attempt: int
+    error: str
+    delay: float
+
+
+@dataclass(slots=True)
+class LLMFinished:
+    t: float
+    call: int
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class PlanInvalid:
+    """The planner wrote something that cannot run; it is shown the error and asked again."""
+
+    t: float
+    error: str
+
+
+@dataclass(slots=True)
+class Replanning:
+    t: float
+    round: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Answered:
+    t: float
+    answer: str
+
+
+@dataclass(slots=True)
+class RunFinished:
+    t: float
+    result: RunResult
+
+
+Event = (
+    RunStarted
+    | TaskAdded
+    | TaskStarted
+    | TaskRetrying
+    | TaskFinished
+    | LLMStarted
+    | LLMToken
+    | LLMRetrying
+    | LLMFinished
+    | PlanInvalid
+    | Replanning
+    | Answered
+    | RunFinished
+)
+Listener = Callable[[Event], None]
+
+
+class Emitter:
+    """Fans each event out to listeners, synchronously and in order."""
+
+    __slots__ = ("listeners",)
+
+    def __init__(self, *listeners: Listener | None) -> None:
+        self.listeners = [f for f in listeners if f is not None]
+
+    def __call__(self, event: Event) -> None:
+        for f in self.listeners:
+            f(event)

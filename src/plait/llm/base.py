@@ -1,0 +1,66 @@
+"""The LLM seam: one small async streaming interface that every model client implements.
+
+A client turns a `Request` into a stream of `Delta`s: text as it arrives, and the call's
+`Usage` on the last one when the server reports it. Clients map their library's exceptions
+to `LLMError` right here at the seam (retryable or not, with the server's Retry-After), so
+nothing above ever catches an httpx or openai type. Retrying is not a client's job: the
+agent retries a lost reply and knows what of it was already used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..events import Usage
+
+__all__ = ["LLM", "Delta", "LLMError", "Message", "Request", "Usage"]
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+@dataclass(slots=True)
+class Request:
+    messages: list[Message]
+    stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None  # constrain the reply, where the backend can
+    session: str | None = None  # program affinity: calls of one run share a key (Continuum)
+    max_tokens: int | None = None
+    temperature: float = 0.0
+
+
+@dataclass(slots=True)
+class Delta:
+    text: str = ""
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class LLMError(Exception):
+    """A failed call. `retryable` says whether asking again may succeed."""
+
+    message: str
+    retryable: bool = False
+    retry_after: float | None = None  # seconds the server asked us to wait
+    status: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A model. `name` is how results and traces label it."""
+
+    name: str
+
+    @property
+    def supports_json_schema(self) -> bool:
+        """Whether `Request.json_schema` really constrains the reply."""
+        ...
+
+    def stream(self, request: Request) -> AsyncIterator[Delta]:
+        """Stream the reply. Raise LLMError on failure, even after some text was sent."""
+        ...

@@ -1,0 +1,80 @@
+"""`replay:FILE?ttft=S&tps=N`: replies from a JSON list of strings, with real LLM timing.
+
+The MockTransport of LLMs. Replies are returned in call order, each streamed in ~4-character
+tokens at N tokens/s after S seconds, so tests and benchmarks reproduce a real model's timing
+deterministically. Running out of replies is an error, not a silent empty answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from ..errors import PlaitError
+from .base import Delta, LLMError, Request, Usage
+
+CHARS_PER_TOKEN = 4
+
+
+class ReplayLLM:
+    supports_json_schema = False
+
+    def __init__(
+        self, replies: Sequence[str], *, ttft: float = 0.0, tps: float = 0.0, name: str = "replay"
+    ) -> None:
+        self.replies = list(replies)
+        self.ttft = ttft
+        self.tps = tps
+        self.name = name
+        self.calls: list[Request] = []
+
+    @classmethod
+    def from_spec(cls, spec: str) -> ReplayLLM:
+        """`FILE?ttft=0.5&tps=40` (the part after `replay:`)."""
+        path, _, query = spec.partition("?")
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        unknown = set(params) - {"ttft", "tps"}
+        if unknown:
+            raise PlaitError(f"replay model: unknown option {sorted(unknown)[0]!r} (use ttft, tps)")
+        try:
+            ttft = float(params.get("ttft", 0))
+            tps = float(params.get("tps", 0))
+        except ValueError:
+            raise PlaitError(f"replay model: ttft and tps must be numbers in {spec!r}") from None
+        try:
+            replies = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PlaitError(f"replay model: file not found: {path}") from None
+        except (OSError, ValueError) as e:
+            raise PlaitError(f"replay model: cannot read {path}: {e}") from None
+        if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
+            raise PlaitError(f"replay model: {path} must hold a JSON list of strings")
+        return cls(replies, ttft=ttft, tps=tps, name=f"replay:{Path(path).name}")
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+        index = len(self.calls)
+        self.calls.append(request)
+        if index >= len(self.replies):
+            raise LLMError(f"replay model: no reply left for call {index + 1}")
+        reply = self.replies[index]
+        for stop in request.stop:  # a real server stops at a stop sequence, and so do we
+            cut = reply.find(stop)
+            if cut >= 0:
+                reply = reply[:cut]
+        tokens = [reply[i : i + CHARS_PER_TOKEN] for i in range(0, len(reply), CHARS_PER_TOKEN)]
+        start = time.perf_counter()
+        if self.ttft > 0:
+            await asyncio.sleep(self.ttft)
+        for i, token in enumerate(tokens):
+            if self.tps > 0 and i > 0:
+                # Pace against the clock, not per sleep, so timing does not drift with load.
+                delay = start + self.ttft + i / self.tps - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            yield Delta(token)
+        prompt = sum(len(m["content"]) for m in request.messages) // CHARS_PER_TOKEN
+        yield Delta("", Usage(prompt, len(tokens)))

@@ -1,0 +1,469 @@
+"""Plans: the Task record and the streaming parser for both plan forms.
+
+A plan is data. This module turns planner text into `Task` records and never evaluates
+anything: arguments go through `ast.parse` and `ast.literal_eval` only, so a plan can name
+no variable, call nothing and import nothing. It knows no tools and does no I/O; checking a
+task against a tool's signature is `tools.py`'s job.
+
+Text form (LLMCompiler's)::
+
+    Thought: free text, ignored
+    1. search("Eiffel Tower height")
+    2. compare(a=$1, b="height of ${2}")
+    3. join()<END_OF_PLAN>
+
+JSON form, same meaning: ``{"tasks": [{"id": 1, "tool": "search", "args": ["x"]}, ...]}``.
+
+References: a string that is exactly ``$N`` or ``${N}`` (a bare ``$N`` in the text form is
+read as that string) stands for task N's result value; ``$N`` inside a longer string stands
+for the result's text. Whole references must point at a task emitted earlier; a ``$N``
+inside a longer string that names no earlier task is left as literal text ("costs $5").
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PlanError
+
+END_OF_PLAN = "<END_OF_PLAN>"
+JOIN = "join"
+
+_REF = re.compile(r"\$\{(\d+)\}|\$(\d+)")
+_WHOLE_REF = re.compile(r"\s*\$(?:\{(\d+)\}|(\d+))\s*")
+_TASK_START = re.compile(r"\s*(\d+)\s*\.\s*([A-Za-z_][\w.]*)\s*\(")
+_BARE_JOIN = re.compile(r"\s*(\d+)\s*\.\s*join\s*$")
+_FENCE = re.compile(r"\s*```[\w-]*\s*")
+
+
+@dataclass(slots=True)
+class Task:
+    """One tool call in a plan. `args` are positional, `kwargs` keyword; both may hold refs."""
+
+    id: int
+    tool: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    deps: frozenset[int] = frozenset()
+    line: int | None = None
+
+    def arguments(self) -> Any:
+        """The arguments as one JSON-friendly value: a dict when all are named."""
+        if not self.args:
+            return dict(self.kwargs)
+        if not self.kwargs:
+            return list(self.args)
+        return {"args": list(self.args), "kwargs": dict(self.kwargs)}
+
+
+# -- references -------------------------------------------------------------------------
+
+
+def whole_ref(value: Any) -> int | None:
+    """Task id if `value` is exactly a reference string like "$3" or "${3}"."""
+    if isinstance(value, str) and "$" in value:
+        m = _WHOLE_REF.fullmatch(value)
+        if m:
+            return int(m.group(1) or m.group(2))
+    return None
+
+
+def references(value: Any) -> Iterator[tuple[int, bool]]:
+    """Yield (task id, is_whole) for every reference in a nested argument value."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return
+        n = whole_ref(value)
+        if n is not None:
+            yield n, True
+            return
+        for m in _REF.finditer(value):
+            yield int(m.group(1) or m.group(2)), False
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            yield from references(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from references(v)
+
+
+def dependencies(
+    task_id: int,
+    values: Iterable[Any],
+    known: Mapping[int, Any] | set[int],
+    line: int | None = None,
+) -> frozenset[int]:
+    """The earlier tasks that `values` reference; a whole reference to any other is an error."""
+    deps: set[int] = set()
+    for value in values:
+        for n, whole in references(value):
+            if n in known and n != task_id:
+                deps.add(n)
+            elif whole:
+                raise PlanError(
+                    f"task {task_id} references ${n}, which is not an earlier task", line=line
+                )
+    return frozenset(deps)
+
+
+def result_text(value: Any) -> str:
+    """How a result reads when substituted inside a string."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def resolve(value: Any, results: Mapping[int, Any]) -> Any:
+    """Replace references in `value` with results: whole refs by value, inner refs by text."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+        n = whole_ref(value)
+        if n is not None and n in results:
+            return results[n]
+
+        def sub(m: re.Match[str]) -> str:
+            k = int(m.group(1) or m.group(2))
+            return result_text(results[k]) if k in results else m.group(0)
+
+        return _REF.sub(sub, value)
+    if isinstance(value, list):
+        return [resolve(v, results) for v in value]
+    if isinstance(value, tuple):
+        return tuple(resolve(v, results) for v in value)
+    if isinstance(value, dict):
+        return {k: resolve(v, results) for k, v in value.items()}
+    return value
+
+
+# -- text form ---------------------------------------------------------------------------
+
+
+def _scan_call(text: str, start: int) -> int | None:
+    """Index of the ')' closing the '(' at `start`, skipping string literals; None if open."""
+    depth = 0
+    quote = ""
+    i, n = start, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+        elif c in "\"'":
+            quote = text[i : i + 3] if text.startswith(c * 3, i) else c
+            i += len(quote)
+            continue
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i if c == ")" else None
+        i += 1
+    return None
+
+
+def _quote_bare_refs(text: str) -> str:
+    """Turn bare $N / ${N} outside string literals into the strings "$N" / "${N}"."""
+    if "$" not in text:
+        return text
+    out: list[str] = []
+    quote = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                out.append(text[i : i + 2])
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                out.append(quote)
+                i += len(quote)
+                quote = ""
+                continue
+            out.append(c)
+            i += 1
+            continue
+        if c in "\"'":
+            quote = text[i : i + 3] if text.startswith(c * 3, i) else c
+            out.append(quote)
+            i += len(quote)
+            continue
+        if c == "$":
+            m = _REF.match(text, i)
+            if m:
+                out.append(f'"{m.group(0)}"')
+                i = m.end()
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Arguments of a call as Python literals; anything else is one string, as LLMCompiler does.
+
+    `search(In Cold Blood)` gives ("In Cold Blood",): the tool's schema decides whether that fits.
+    """
+    raw = text.strip()
+    if not raw:
+        return (), {}
+    try:
+        node = ast.parse(f"_({_quote_bare_refs(raw)})", mode="eval").body
+        assert isinstance(node, ast.Call)
+        args = tuple(ast.literal_eval(a) for a in node.args)
+        kwargs: dict[str, Any] = {}
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise ValueError("** is not a literal")
+            kwargs[kw.arg] = ast.literal_eval(kw.value)
+        return args, kwargs
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, AssertionError):
+        return (raw,), {}
+
+
+class PlanParser:
+    """Incremental plan parser: feed it text as it streams, get each task once its line is done.
+
+    `feed` and `close` return the tasks completed by that text. After the plan's end (`join()`,
+    `<END_OF_PLAN>`, a `###` line, or the JSON array's close) `done` is True and further text
+    is ignored, so a caller may stop the stream early. Errors raise PlanError naming the line;
+    tasks returned before the error stay valid.
+    """
+
+    def __init__(self, known: Iterable[int] = ()) -> None:
+        self.known: set[int] = set(known)  # ids that references may point at
+        self.done = False
+        self.joined = False  # the plan ended with join()
+        self._form = ""  # "", "text" or "json"
+        self._buf = ""
+        self._line = 0  # lines consumed so far (text form)
+        self._pending: list[str] = []  # lines of a task whose parenthesis is still open
+        self._pending_line = 0
+        self._json: _JsonTasks | None = None
+
+    # public -----------------------------------------------------------------------------
+
+    def feed(self, chunk: str) -> list[Task]:
+        if self.done or not chunk:
+            return []
+        if not self._form:
+            self._buf += chunk
+            head = _FENCE.sub("", self._buf, count=1).lstrip()
+            if not head:
+                return []
+            self._form = "json" if head[0] in "{[" else "text"
+            chunk, self._buf = self._buf, ""
+            if self._form == "json":
+                self._json = _JsonTasks()
+        if self._json is not None:
+            return self._json_tasks(self._json.feed(chunk))
+        self._buf += chunk
+        if "\n" not in self._buf and END_OF_PLAN not in self._buf:
+            return []
+        lines = self._buf.split("\n")
+        self._buf = lines.pop()
+        tasks: list[Task] = []
+        for line in lines:
+            self._text_line(line, tasks)
+            if self.done:
+                self._buf = ""
+                return tasks
+        if END_OF_PLAN in self._buf:
+            self._text_line(self._buf, tasks)
+            self._buf = ""
+        return tasks
+
+    def close(self) -> list[Task]:
+        """End of text: flush the last line and check nothing was left open."""
+        tasks: list[Task] = []
+        if self._json is not None:
+            if not self.done:
+                tasks = self._json_tasks(self._json.close())
+        elif not self.done:
+            if self._buf:
+                self._text_line(self._buf, tasks)
+                self._buf = ""
+            if self._pending:
+                self._unclosed()
+        self.done = True
+        return tasks
+
+    # text form ---------------------------------------------------------------------------
+
+    def _text_line(self, line: str, out: list[Task]) -> None:
+        self._line += 1
+        end = line.find(END_OF_PLAN)
+        if end >= 0:
+            line = line[:end]
+        if self._pending:
+            if _TASK_START.match(line) or line.lstrip().startswith(("Thought", "###")):
+                self._unclosed()
+            self._pending.append(line)
+            self._try_task("\n".join(self._pending), self._pending_line, out)
+        elif line.lstrip().startswith("###"):
+            self.done = True
+            return
+        elif _TASK_START.match(line):
+            self._pending_line = self._line
+            self._pending = [line]
+            self._try_task(line, self._line, out)
+        elif _BARE_JOIN.match(line):
+            self.done = self.joined = True
+            return
+        if end >= 0 and not self.done:
+            if self._pending:
+                self._unclosed()
+            self.done = True
+
+    def _try_task(self, text: str, line: int, out: list[Task]) -> None:
+        m = _TASK_START.match(text)
+        assert m is not None
+        close = _scan_call(text, m.end() - 1)
+        if close is None:
+            return  # parenthesis still open: wait for the next line
+        self._pending = []
+        task_id, name = int(m.group(1)), m.group(2)
+        if name == JOIN:
+            self.done = self.joined = True
+            return
+        args, kwargs = parse_arguments(text[m.end() : close])
+        out.append(self._task(task_id, name, args, kwargs, line))
+
+    def _unclosed(self) -> None:
+        first = self._pending[0].strip()
+        snippet = first if len(first) <= 60 else first[:57] + "..."
+        self._pending = []
+        raise PlanError(f"unclosed parenthesis in task: {snippet}", line=self._pending_line)
+
+    # both forms ------------------------------------------------------------------------
+
+    def _task(
+        self, task_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], line: int
+    ) -> Task:
+        if task_id in self.known:
+            raise PlanError(f"task id {task_id} is used twice", line=line)
+        deps = dependencies(task_id, (*args, *kwargs.values()), self.known, line)
+        self.known.add(task_id)
+        return Task(task_id, name, args, kwargs, deps, line)
+
+    def _json_tasks(self, objects: list[tuple[str, int]]) -> list[Task]:
+        tasks: list[Task] = []
+        for text, line in objects:
+            try:
+                obj = json.loads(text)
+            except ValueError as e:
+                raise PlanError(f"invalid JSON task: {e}", line=line) from None
+            task = self._json_task(obj, line)
+            if task is None:
+                self.done = self.joined = True
+                break
+            tasks.append(task)
+        if self._json is not None and self._json.finished:
+            self.done = True
+        return tasks
+
+    def _json_task(self, obj: Any, line: int) -> Task | None:
+        if not isinstance(obj, dict):
+            raise PlanError("a JSON task must be an object", line=line)
+        name = obj.get("tool")
+        if not isinstance(name, str) or not name:
+            raise PlanError('a JSON task needs a "tool" name', line=line)
+        if name == JOIN:
+            return None
+        task_id = obj.get("id")
+        if not isinstance(task_id, int) or isinstance(task_id, bool):
+            raise PlanError(f'JSON task "{name}" needs an integer "id"', line=line)
+        raw = obj.get("args", [])
+        kwargs = obj.get("kwargs", {})
+        if isinstance(raw, dict):
+            args, kwargs = (), {**raw, **kwargs} if isinstance(kwargs, dict) else raw
+        elif isinstance(raw, list):
+            args = tuple(raw)
+        else:
+            raise PlanError(f'task {task_id}: "args" must be a list or an object', line=line)
+        if not isinstance(kwargs, dict):
+            raise PlanError(f'task {task_id}: "kwargs" must be an object', line=line)
+        return self._task(task_id, name, args, kwargs, line)
+
+
+class _JsonTasks:
+    """Finds each complete task object in a streaming JSON plan without parsing the rest.
+
+    Task objects are the objects directly inside the plan's array: `{"tasks": [ {..}, ..]}`
+    or a bare `[ {..}, ..]`. Each is handed out, with its line, the moment its brace closes.
+    """
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._text: list[str] = []
+        self._obj: list[str] | None = None
+        self._obj_line = 0
+        self._line = 1
+        self._depth = 0
+        self._array_depth = 0  # depth at which task objects sit, once known
+        self._in_string = False
+        self._escape = False
+        self._started = False
+
+    def feed(self, chunk: str) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for c in chunk:
+            if self.finished:
+                break
+            if self._obj is not None:
+                self._obj.append(c)
+            if c == "\n":
+                self._line += 1
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif c == "\\":
+                    self._escape = True
+                elif c == '"':
+                    self._in_string = False
+                continue
+            if c == '"':
+                self._in_string = True
+            elif c in "{[":
+                if not self._started:
+                    self._started = True
+                    self._array_depth = 1 if c == "[" else 2
+                self._depth += 1
+                if c == "{" and self._depth == self._array_depth + 1 and self._obj is None:
+                    self._obj = [c]
+                    self._obj_line = self._line
+            elif c in "}]":
+                self._depth -= 1
+                if self._obj is not None and self._depth == self._array_depth:
+                    out.append(("".join(self._obj), self._obj_line))
+                    self._obj = None
+                elif self._depth == 0:
+                    self.finished = True
+        return out
+
+    def close(self) -> list[tuple[str, int]]:
+        if not self.finished:
+            what = "task object" if self._obj is not None else "plan"
+            raise PlanError(f"JSON {what} is not closed at the end of the text", line=self._line)
+        return []
+
+
+def parse_plan(text: str, known: Iterable[int] = ()) -> list[Task]:
+    """Parse a whole plan at once (same rules as streaming)."""
+    parser = PlanParser(known)
+    return [*parser.feed(text), *parser.close()]

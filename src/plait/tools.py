@@ -1,0 +1,277 @@
+"""Tools: `@tool`, the registry, JSON Schema from signatures, and argument checks.
+
+A tool is a plain sync or async function. Its signature and type hints are the contract the
+planner sees (as JSON Schema) and the scheduler enforces (pydantic validates the arguments
+before every call). Checks that need no results run when a task is added, so a plan whose
+literals can never fit is rejected before anything runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, overload
+
+import pydantic
+
+from .errors import PlanError, ToolError
+from .plan import Task, references
+
+__all__ = ["Tool", "Tools", "load_tools", "tool"]
+
+
+class Tool:
+    """A function the planner may call, with its limits. Calling it calls the function."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.1,
+    ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ToolError(f"tool {fn.__name__}: max_concurrency must be at least 1")
+        if retries < 0:
+            raise ToolError(f"tool {fn.__name__}: retries must not be negative")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = description or inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        self._params: list[str] = []
+        self._positional: list[str] = []
+        self._var_positional = False
+        self._var_keyword = False
+        fields: dict[str, Any] = {}
+        for i, (pname, p) in enumerate(self._signature.parameters.items()):
+            if p.kind is p.VAR_POSITIONAL:
+                self._var_positional = True
+                continue
+            if p.kind is p.VAR_KEYWORD:
+                self._var_keyword = True
+                continue
+            ann = Any if p.annotation is p.empty else p.annotation
+            default = ... if p.default is p.empty else p.default
+            # Internal field names avoid clashes with BaseModel attributes ("json", "copy").
+            fields[f"p{i}"] = (ann, pydantic.Field(default, alias=pname, title=pname))
+            self._params.append(pname)
+            if p.kind is not p.KEYWORD_ONLY:
+                self._positional.append(pname)
+        hints = {"arbitrary_types_allowed": True, "populate_by_name": False}
+        self._model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
+            f"{self.name}_arguments",
+            __config__=pydantic.ConfigDict(
+                **hints, extra="allow" if self._var_keyword else "forbid"
+            ),
+            **fields,
+        )
+        self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
+        self._adapters: dict[str, pydantic.TypeAdapter[Any]] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}{self._signature}>"
+
+    # planner-facing --------------------------------------------------------------------
+
+    def schema(self) -> dict[str, Any]:
+        """JSON Schema of the arguments object."""
+        schema = self._model.model_json_schema(by_alias=True)
+        schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)
+        return schema
+
+    def signature(self) -> str:
+        """`name(param: type, ...)` as the planner prompt shows it."""
+        parts = []
+        for p in self._signature.parameters.values():
+            ann = "" if p.annotation is p.empty else f": {_type_name(p.annotation)}"
+            default = "" if p.default is p.empty else f" = {p.default!r}"
+            prefix = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
+            parts.append(f"{prefix}{p.name}{ann}{default}")
+        return f"{self.name}({', '.join(parts)})"
+
+    # scheduler-facing ------------------------------------------------------------------
+
+    def bind(self, task: Task) -> dict[str, Any]:
+        """Name every argument and check the ones that need no result; raise PlanError if not."""
+        where = f"task {task.id} ({self.name})"
+        if len(task.args) > len(self._positional) and not self._var_positional:
+            raise PlanError(
+                f"{where}: takes {len(self._positional)} positional arguments, "
+                f"{len(task.args)} given",
+                line=task.line,
+            )
+        bound = dict(zip(self._positional, task.args, strict=False))
+        for key, value in task.kwargs.items():
+            if key in bound:
+                raise PlanError(f"{where}: argument {key!r} given twice", line=task.line)
+            if key not in self._params and not self._var_keyword:
+                raise PlanError(f"{where}: unknown argument {key!r}", line=task.line)
+            bound[key] = value
+        for pname, p in self._signature.parameters.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if pname not in bound and p.default is p.empty:
+                raise PlanError(f"{where}: missing argument {pname!r}", line=task.line)
+        for key, value in bound.items():
+            if key in self._params and next(references(value), None) is None:
+                try:
+                    self._adapter(key).validate_python(value)
+                except pydantic.ValidationError as e:
+                    raise PlanError(
+                        f"{where}: argument {key!r}: {_first_error(e)}", line=task.line
+                    ) from None
+        return bound
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Arguments after pydantic validation (and coercion), ready for the call."""
+        if not self._names:
+            return dict(arguments)
+        try:
+            model = self._model.model_validate(arguments)
+        except pydantic.ValidationError as e:
+            raise ValueError(f"invalid arguments for {self.name}: {_first_error(e)}") from None
+        out = {self._names[k]: v for k, v in model.__dict__.items()}
+        if model.__pydantic_extra__:
+            out.update(model.__pydantic_extra__)
+        return out
+
+    def _adapter(self, pname: str) -> pydantic.TypeAdapter[Any]:
+        adapter = self._adapters.get(pname)
+        if adapter is None:
+            p = self._signature.parameters[pname]
+            ann = Any if p.annotation is p.empty else p.annotation
+            adapter = self._adapters[pname] = pydantic.TypeAdapter(ann)
+        return adapter
+
+
+def _type_name(ann: Any) -> str:
+    return ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+
+
+def _first_error(e: pydantic.ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    return f"{err['msg']}" + (f" at {loc}" if loc else "")
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_backoff: float = 0.1,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Make a function a tool: `@tool` or `@tool(max_concurrency=4, timeout=10, retries=2)`."""
+    if fn is not None:
+        return Tool(fn, **options)
+    return lambda f: Tool(f, **options)
+
+
+class Tools(Mapping[str, Tool]):
+    """The tools a run may call, by name."""
+
+    def __init__(
+        self, tools: Iterable[Tool | Callable[..., Any]] = (), *, examples: str | None = None
+    ) -> None:
+        self.examples = examples  # few-shot plans written for these tools, for the planner
+        self._tools: dict[str, Tool] = {}
+        for t in tools:
+            t = t if isinstance(t, Tool) else Tool(t)
+            if t.name in self._tools:
+                raise ToolError(f"two tools are named {t.name!r}")
+            self._tools[t.name] = t
+
+    def __getitem__(self, name: str) -> Tool:
+        return self._tools[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tools)
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def prepare(self, task: Task) -> Task:
+        """The task with arguments bound to parameter names; PlanError if it can never run."""
+        t = self._tools.get(task.tool)
+        if t is None:
+            known = ", ".join(sorted(self._tools)) or "none"
+            raise PlanError(
+                f"task {task.id}: unknown tool {task.tool!r} (tools: {known})", line=task.line
+            )
+        if task.args or task.kwargs:
+            return Task(task.id, task.tool, (), t.bind(task), task.deps, task.line)
+        t.bind(task)
+        return task
+
+    @classmethod
+    def coerce(
+        cls, tools: Tools | Iterable[Tool | Callable[..., Any]] | Mapping[str, Any] | str
+    ) -> Tools:
+        """Accept a Tools, tools, a {name: tool} mapping, or a module / .py path to load."""
+        if isinstance(tools, Tools):
+            return tools
+        if isinstance(tools, str):
+            return load_tools(tools)
+        if isinstance(tools, Mapping):
+            return cls(
+                v if isinstance(v, Tool) and v.name == k else Tool(getattr(v, "fn", v), name=k)
+                for k, v in tools.items()
+            )
+        return cls(tools)
+
+
+def load_tools(spec: str) -> Tools:
+    """Every `@tool` in a `.py` file or an importable module, under its function name."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise ToolError(f"tools file not found: {spec}")
+            name = f"plait_tools_{abs(hash(str(path.resolve())))}"
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ToolError(f"cannot load tools file {spec}")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(spec)
+    except ToolError:
+        raise
+    except SyntaxError as e:
+        raise ToolError(f"{e.filename or spec}:{e.lineno}: syntax error: {e.msg}") from None
+    except ModuleNotFoundError as e:
+        if e.name and spec.startswith(e.name):
+            raise ToolError(f"tools module not found: {spec}") from None
+        raise ToolError(f"{spec}: import failed: {e}") from None
+    except Exception as e:  # the user's module raised while importing
+        raise ToolError(f"{spec}: import failed: {type(e).__name__}: {e}") from None
+    found = [v for v in vars(module).values() if isinstance(v, Tool)]
+    if not found:
+        raise ToolError(f"{spec}: no @plait.tool functions found")
+    examples = getattr(module, "EXAMPLES", None)
+    return Tools(found, examples=examples if isinstance(examples, str) else None)
