@@ -60,7 +60,7 @@ async def search(query: str) -> str:
 
 @plait.tool
 def extract_number(text: str, unit: str = "") -> float:
-    """The first number in text (the first one before `unit`, if given), e.g. 330 from '330 metres'."""
+    """The first number in text (before `unit`, if given): 330 from '330 metres tall'."""
     pattern = r"(-?\d[\d,]*(?:\.\d+)?)"
     if unit:
         pattern += r"\s*" + re.escape(unit)
@@ -98,7 +98,7 @@ def _eval(node: ast.AST) -> float:
 
 @plait.tool
 def calculate(expression: str) -> float:
-    """Evaluate arithmetic such as '330 - 93' or '(2.1 + 8.9) / 2' (numbers and + - * / ** % only)."""
+    """Evaluate arithmetic such as '330 - 93' or '(2.1 + 8.9) / 2': numbers, + - * / ** %."""
     return _eval(ast.parse(expression.strip(), mode="eval").body)
 
 

@@ -205,8 +205,6 @@ class LiveView:
             self.console.print(text, no_wrap=True, overflow="ellipsis")
 
         match e:
-            case ev.TaskAdded(task=task):
-                pass
             case ev.TaskStarted(t=t, id=i, tool=tool):
                 self.running[i] = (tool, t)
             case ev.TaskFinished(t=t, id=i, status=status, result=result, error=error):
