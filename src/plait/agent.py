@@ -200,7 +200,8 @@ class Agent:
         attempt = 0
         while True:
             try:
-                async with contextlib.aclosing(self.llm.stream(request)) as stream:
+                stream = self.llm.stream(request)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
                     async for delta in stream:
                         if delta.usage is not None:
                             usage = delta.usage

@@ -250,9 +250,6 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         code = cli.main(args=args, prog_name="plait", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as e:  # pragma: no cover - click version dependent
-        click.echo(e.format_message(), err=True)
-        code = EXIT_INVALID
     except click.UsageError as e:
         where = f"plait {e.ctx.info_name}: " if e.ctx and e.ctx.parent else "plait: "
         click.echo(f"{where}{e.format_message()}", err=True)

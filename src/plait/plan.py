@@ -34,8 +34,10 @@ from .errors import PlanError
 END_OF_PLAN = "<END_OF_PLAN>"
 JOIN = "join"
 
-_REF = re.compile(r"\$\{(\d+)\}|\$(\d+)")
-_WHOLE_REF = re.compile(r"\s*\$(?:\{(\d+)\}|(\d+))\s*")
+# Ids have at most 18 digits: a longer run of digits is no task's id, just text (and
+# int() of thousands of digits raises ValueError).
+_REF = re.compile(r"\$\{(\d{1,18})\}|\$(\d{1,18})(?!\d)")
+_WHOLE_REF = re.compile(r"\s*\$(?:\{(\d{1,18})\}|(\d{1,18}))\s*")
 _TASK_START = re.compile(r"\s*(\d+)\s*\.\s*([A-Za-z_][\w.]*)\s*\(")
 _BARE_JOIN = re.compile(r"\s*(\d+)\s*\.\s*join\s*$")
 _FENCE = re.compile(r"\s*```[\w-]*\s*")
@@ -230,6 +232,8 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         for kw in node.keywords:
             if kw.arg is None:
                 raise ValueError("** is not a literal")
+            if kw.arg in kwargs:
+                raise ValueError(f"keyword argument {kw.arg} repeated")  # as Python says
             kwargs[kw.arg] = ast.literal_eval(kw.value)
         return args, kwargs
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, AssertionError):
@@ -264,8 +268,8 @@ class PlanParser:
         if not self._form:
             self._buf += chunk
             head = _FENCE.sub("", self._buf, count=1).lstrip()
-            if not head:
-                return []
+            if not head or "```".startswith(head):
+                return []  # nothing yet, or the start of a fence split across chunks
             self._form = "json" if head[0] in "{[" else "text"
             chunk, self._buf = self._buf, ""
             if self._form == "json":
@@ -337,6 +341,8 @@ class PlanParser:
         if close is None:
             return  # parenthesis still open: wait for the next line
         self._pending = []
+        if len(m.group(1)) > 18:
+            raise PlanError(f"task id {m.group(1)[:20]}... is too large", line=line)
         task_id, name = int(m.group(1)), m.group(2)
         if name == JOIN:
             self.done = self.joined = True

@@ -27,7 +27,7 @@ from typing import Any
 from . import events as ev
 from .errors import PlanError
 from .graph import CANCELLED, Graph, GraphError, Node
-from .plan import Task, resolve
+from .plan import Task, dependencies, resolve
 from .tools import Tool, Tools
 
 
@@ -91,6 +91,10 @@ class Scheduler:
 
         Raises PlanError for a task that can never run; the graph is then unchanged.
         """
+        if not task.deps and (task.args or task.kwargs):
+            # Tasks built by hand name their inputs only through references.
+            refs = (*task.args, *task.kwargs.values())
+            task.deps = dependencies(task.id, refs, self.graph.nodes, task.line)
         task = self.tools.prepare(task)
         try:
             node = self.graph.add(task)

@@ -70,12 +70,12 @@ class Tool:
             self._params.append(pname)
             if p.kind is not p.KEYWORD_ONLY:
                 self._positional.append(pname)
-        hints = {"arbitrary_types_allowed": True, "populate_by_name": False}
+        config = pydantic.ConfigDict(
+            arbitrary_types_allowed=True, extra="allow" if self._var_keyword else "forbid"
+        )
         self._model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
             f"{self.name}_arguments",
-            __config__=pydantic.ConfigDict(
-                **hints, extra="allow" if self._var_keyword else "forbid"
-            ),
+            __config__=config,
             **fields,
         )
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}

@@ -54,13 +54,13 @@ class TraceRecorder:
                 self._calls[c] = (t, f"{role} ({model})")
             case ev.LLMFinished(t=t, call=c, usage=u, error=error):
                 t0, name = self._calls.pop(c, (t, "llm"))
-                args: dict[str, Any] = {
+                info: dict[str, Any] = {
                     "prompt_tokens": u.prompt_tokens,
                     "completion_tokens": u.completion_tokens,
                 }
                 if error:
-                    args["error"] = error
-                self._slice(name, "llm", t0, t, LLM_LANE, args)
+                    info["error"] = error
+                self._slice(name, "llm", t0, t, LLM_LANE, info)
             case ev.LLMRetrying(t=t, call=c, attempt=a, error=error):
                 self._instant(t, f"llm retry {a}", {"error": error}, LLM_LANE)
             case ev.Replanning(t=t, round=r, reason=reason):
