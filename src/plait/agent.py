@@ -56,7 +56,7 @@ async def execute_plan(text: str, scheduler: Scheduler, outcome: Outcome) -> Non
     if not tasks:
         raise PlanError("the plan has no tasks")
     for task in tasks:
-        scheduler.add(task)
+        scheduler.add(task, checked=True)
     await scheduler.wait()
     last = scheduler.graph.nodes[tasks[-1].id]
     if last.status == "done":

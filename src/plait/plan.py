@@ -216,6 +216,43 @@ def _quote_bare_refs(text: str) -> str:
     return "".join(out)
 
 
+_NO_NESTING = re.compile(r"[^\"'()\[\]{}\\#]*")
+_KEYWORD = re.compile(r"([A-Za-z_]\w*)\s*=(?!=)\s*(.*)", re.S)
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
+def _simple_arguments(raw: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Fast path for the common case (numbers, constants and $refs only); None if not that."""
+    if not _NO_NESTING.fullmatch(raw):
+        return None
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for piece in raw.split(","):
+        piece = piece.strip()
+        key = None
+        m = _KEYWORD.fullmatch(piece)
+        if m:
+            key, piece = m.group(1), m.group(2)
+        if _WHOLE_REF.fullmatch(piece):
+            value: Any = piece
+        elif _NUMBER.fullmatch(piece) and len(piece) < 20:
+            value = float(piece) if "." in piece else int(piece)
+        elif piece in _CONSTANTS:
+            value = _CONSTANTS[piece]
+        else:
+            return None
+        if key is None:
+            if kwargs:
+                return None  # positional after keyword: let the full parser decide
+            args.append(value)
+        elif key in kwargs:
+            return None
+        else:
+            kwargs[key] = value
+    return tuple(args), kwargs
+
+
 def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Arguments of a call as Python literals; anything else is one string, as LLMCompiler does.
 
@@ -224,6 +261,9 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     raw = text.strip()
     if not raw:
         return (), {}
+    simple = _simple_arguments(raw)
+    if simple is not None:
+        return simple
     try:
         node = ast.parse(f"_({_quote_bare_refs(raw)})", mode="eval").body
         assert isinstance(node, ast.Call)

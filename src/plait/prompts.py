@@ -109,6 +109,8 @@ def planner_messages(
             f"Write only the new tasks, numbered from {next_id}. They may use earlier results "
             "as $ID."
         )
+    elif reason:  # nothing ran yet (say the plan was invalid): still say why
+        user += f"\n\nWhy a new plan is needed: {reason}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 

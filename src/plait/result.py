@@ -131,41 +131,64 @@ class Recorder:
         self.usage = Usage()
         self.answer: str | None = None
         self.replans = 0
+        self._handlers: dict[type, Any] = {
+            ev.TaskAdded: self._task_added,
+            ev.TaskStarted: self._task_started,
+            ev.TaskRetrying: self._task_retrying,
+            ev.TaskFinished: self._task_finished,
+            ev.LLMStarted: self._llm_started,
+            ev.LLMToken: self._llm_token,
+            ev.LLMRetrying: self._llm_retrying,
+            ev.LLMFinished: self._llm_finished,
+            ev.RunStarted: self._run_started,
+            ev.Replanning: self._replanning,
+            ev.Answered: self._answered,
+        }
 
     def __call__(self, e: ev.Event) -> None:
-        match e:
-            case ev.TaskAdded(task=task):
-                self.tasks[task.id] = TaskRecord(task.id, task.tool, task.arguments())
-            case ev.TaskStarted(t=t, id=i):
-                rec = self.tasks[i]
-                rec.status = "running"
-                rec.started = t
-                rec.attempts = 1
-            case ev.TaskRetrying(id=i):
-                self.tasks[i].attempts += 1
-            case ev.TaskFinished(t=t, id=i, status=status, result=result, error=error):
-                rec = self.tasks[i]
-                rec.status, rec.result, rec.error, rec.finished = status, result, error, t
-            case ev.LLMStarted(t=t, call=c, role=role, model=model):
-                self.calls[c] = LLMCall(role, model, t)
-            case ev.LLMToken(t=t, call=c):
-                call = self.calls[c]
-                if call.first_token is None:
-                    call.first_token = t
-            case ev.LLMRetrying(call=c):
-                self.calls[c].retries += 1
-            case ev.LLMFinished(t=t, call=c, usage=usage, error=error):
-                call = self.calls[c]
-                call.finished, call.usage, call.error = t, usage, error
-                self.usage = self.usage + usage
-            case ev.RunStarted(run_id=run_id):
-                self.run_id = run_id
-            case ev.Replanning():
-                self.replans += 1
-            case ev.Answered(answer=answer):
-                self.answer = answer
-            case _:
-                pass
+        handler = self._handlers.get(type(e))
+        if handler is not None:
+            handler(e)
+
+    def _task_added(self, e: ev.TaskAdded) -> None:
+        task = e.task
+        self.tasks[task.id] = TaskRecord(task.id, task.tool, task.arguments())
+
+    def _task_started(self, e: ev.TaskStarted) -> None:
+        rec = self.tasks[e.id]
+        rec.status, rec.started, rec.attempts = "running", e.t, 1
+
+    def _task_retrying(self, e: ev.TaskRetrying) -> None:
+        self.tasks[e.id].attempts += 1
+
+    def _task_finished(self, e: ev.TaskFinished) -> None:
+        rec = self.tasks[e.id]
+        rec.status, rec.result, rec.error, rec.finished = e.status, e.result, e.error, e.t
+
+    def _llm_started(self, e: ev.LLMStarted) -> None:
+        self.calls[e.call] = LLMCall(e.role, e.model, e.t)
+
+    def _llm_token(self, e: ev.LLMToken) -> None:
+        call = self.calls[e.call]
+        if call.first_token is None:
+            call.first_token = e.t
+
+    def _llm_retrying(self, e: ev.LLMRetrying) -> None:
+        self.calls[e.call].retries += 1
+
+    def _llm_finished(self, e: ev.LLMFinished) -> None:
+        call = self.calls[e.call]
+        call.finished, call.usage, call.error = e.t, e.usage, e.error
+        self.usage = self.usage + e.usage
+
+    def _run_started(self, e: ev.RunStarted) -> None:
+        self.run_id = e.run_id
+
+    def _replanning(self, e: ev.Replanning) -> None:
+        self.replans += 1
+
+    def _answered(self, e: ev.Answered) -> None:
+        self.answer = e.answer
 
     def result(self, status: str, error: str | None, elapsed: float) -> RunResult:
         return RunResult(

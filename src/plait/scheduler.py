@@ -86,16 +86,18 @@ class Scheduler:
 
     # the edit API --------------------------------------------------------------------
 
-    def add(self, task: Task) -> Node:
+    def add(self, task: Task, *, checked: bool = False) -> Node:
         """Add a task (checked against its tool first); it starts now if its inputs are done.
 
         Raises PlanError for a task that can never run; the graph is then unchanged.
+        `checked=True` skips the check for a task `Tools.prepare` already returned.
         """
         if not task.deps and (task.args or task.kwargs):
             # Tasks built by hand name their inputs only through references.
             refs = (*task.args, *task.kwargs.values())
             task.deps = dependencies(task.id, refs, self.graph.nodes, task.line)
-        task = self.tools.prepare(task)
+        if not checked:
+            task = self.tools.prepare(task)
         try:
             node = self.graph.add(task)
         except GraphError as e:

@@ -50,7 +50,12 @@ class Tool:
         self.retries = retries
         self.retry_backoff = retry_backoff
         self.is_async = inspect.iscoroutinefunction(fn)
-        self._signature = inspect.signature(fn)
+        try:  # string annotations (`from __future__ import annotations`) name types in fn's module
+            self._signature = inspect.signature(fn, eval_str=True)
+        except Exception as e:
+            raise ToolError(
+                f"tool {self.name}: cannot read its type hints: {type(e).__name__}: {e}"
+            ) from None
         self._params: list[str] = []
         self._positional: list[str] = []
         self._var_positional = False
