@@ -86,6 +86,7 @@ class Agent:
         self.max_replans = max_replans
         self.examples = examples
         self.retry = retry or RetryPolicy()
+        self.drain = 1.0  # seconds to keep reading a reply after it gave all we needed
         self._calls = 0
 
     async def answer(self, question: str, outcome: Outcome) -> None:
@@ -192,7 +193,11 @@ class Agent:
         on_text: Callable[[str], bool],
         restart: Callable[[], None],
     ) -> None:
-        """Stream a reply into `on_text` (which returns True to stop early), retrying losses."""
+        """Stream a reply into `on_text` (which returns True when it needs no more), retrying losses.
+
+        After `on_text` is satisfied the rest of the reply is still read for up to
+        `drain` seconds, unused, so the server's usage report (sent last) is not lost.
+        """
         self._calls += 1
         call = self._calls
         self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name))
@@ -201,6 +206,7 @@ class Agent:
         while True:
             try:
                 stream = self.llm.stream(request)
+                satisfied = False
                 async with contextlib.aclosing(stream):  # type: ignore[type-var]
                     async for delta in stream:
                         if delta.usage is not None:
@@ -208,7 +214,16 @@ class Agent:
                         if delta.text:
                             self.emit(ev.LLMToken(self.clock(), call, delta.text))
                             if on_text(delta.text):
+                                satisfied = True
                                 break
+                    if satisfied:
+                        with contextlib.suppress(TimeoutError, LLMError):
+                            async with asyncio.timeout(self.drain):
+                                async for delta in stream:
+                                    if delta.usage is not None:
+                                        usage = delta.usage
+                                    if delta.text:
+                                        self.emit(ev.LLMToken(self.clock(), call, delta.text))
                 self.emit(ev.LLMFinished(self.clock(), call, usage))
                 return
             except LLMError as e:

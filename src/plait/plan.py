@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import json
+import keyword
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class Task:
     def arguments(self) -> Any:
         """The arguments as one JSON-friendly value: a dict when all are named."""
         if not self.args:
-            return dict(self.kwargs)
+            return self.kwargs
         if not self.kwargs:
             return list(self.args)
         return {"args": list(self.args), "kwargs": dict(self.kwargs)}
@@ -149,32 +150,33 @@ def resolve(value: Any, results: Mapping[int, Any]) -> Any:
 # -- text form ---------------------------------------------------------------------------
 
 
+# A string literal (any quote style; escapes skipped), a lone quote that opens a string never
+# closed, or a bracket. Scanning by these tokens keeps the parser in C for the long stretches.
+_STRING = (
+    r'"""(?:[^"\\]|\\.|"(?!""))*"""'
+    r"|'''(?:[^'\\]|\\.|'(?!''))*'''"
+    r'|"(?:[^"\\]|\\.)*"'
+    r"|'(?:[^'\\]|\\.)*'"
+)
+_BRACKETS = re.compile(rf"{_STRING}|[\"']|[()\[\]{{}}]", re.S)
+_STRING_OR_REF = re.compile(rf"({_STRING})|(\$\{{\d+\}}|\$\d+)", re.S)
+
+
 def _scan_call(text: str, start: int) -> int | None:
     """Index of the ')' closing the '(' at `start`, skipping string literals; None if open."""
     depth = 0
-    quote = ""
-    i, n = start, len(text)
-    while i < n:
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 2
-                continue
-            if text.startswith(quote, i):
-                i += len(quote)
-                quote = ""
-                continue
-        elif c in "\"'":
-            quote = text[i : i + 3] if text.startswith(c * 3, i) else c
-            i += len(quote)
-            continue
-        elif c in "([{":
+    for m in _BRACKETS.finditer(text, start):
+        c = m.group(0)
+        if len(c) > 1:
+            continue  # a whole string literal
+        if c in "\"'":
+            return None  # a string that never closes
+        if c in "([{":
             depth += 1
-        elif c in ")]}":
+        else:
             depth -= 1
             if depth == 0:
-                return i if c == ")" else None
-        i += 1
+                return m.start() if c == ")" else None
     return None
 
 
@@ -182,74 +184,116 @@ def _quote_bare_refs(text: str) -> str:
     """Turn bare $N / ${N} outside string literals into the strings "$N" / "${N}"."""
     if "$" not in text:
         return text
-    out: list[str] = []
-    quote = ""
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if quote:
-            if c == "\\":
-                out.append(text[i : i + 2])
-                i += 2
-                continue
-            if text.startswith(quote, i):
-                out.append(quote)
-                i += len(quote)
-                quote = ""
-                continue
-            out.append(c)
-            i += 1
-            continue
-        if c in "\"'":
-            quote = text[i : i + 3] if text.startswith(c * 3, i) else c
-            out.append(quote)
-            i += len(quote)
-            continue
-        if c == "$":
-            m = _REF.match(text, i)
-            if m:
-                out.append(f'"{m.group(0)}"')
-                i = m.end()
-                continue
-        out.append(c)
-        i += 1
-    return "".join(out)
+    return _STRING_OR_REF.sub(lambda m: m.group(1) or f'"{m.group(2)}"', text)
 
 
-_NO_NESTING = re.compile(r"[^\"'()\[\]{}\\#]*")
-_KEYWORD = re.compile(r"([A-Za-z_]\w*)\s*=(?!=)\s*(.*)", re.S)
-_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+    | (?P<ref>\$\{\d+\}|\$\d+)
+    | (?P<num>-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.]))
+    | (?P<name>[A-Za-z_]\w*)
+    | (?P<op>[\[\](){},:=])
+    )""",
+    re.X,
+)
 _CONSTANTS = {"True": True, "False": False, "None": None}
 
 
-def _simple_arguments(raw: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """Fast path for the common case (numbers, constants and $refs only); None if not that."""
-    if not _NO_NESTING.fullmatch(raw):
-        return None
+class _NotSimple(Exception):
+    """The fast literal reader met something it leaves to `ast`."""
+
+
+def _fast_arguments(raw: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Read call arguments made of plain literals and refs without `ast`: the common case.
+
+    Gives exactly what the `ast` path gives, or raises _NotSimple for anything else
+    (triple quotes, string prefixes, implicit concatenation, sets, expressions, names).
+    """
+    if '"""' in raw or "'''" in raw:
+        raise _NotSimple
+    tokens: list[tuple[str, str]] = []
+    pos, n = 0, len(raw)
+    while pos < n:
+        m = _TOKEN.match(raw, pos)
+        if m is None or m.end() == pos:
+            if raw[pos:].isspace():
+                break
+            raise _NotSimple
+        kind = m.lastgroup or ""
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    tokens.append(("end", ""))
+    i = 0
+
+    def value() -> Any:
+        nonlocal i
+        kind, text = tokens[i]
+        i += 1
+        if kind == "str":
+            if tokens[i][0] == "str":
+                raise _NotSimple  # implicit concatenation
+            return text[1:-1] if "\\" not in text else ast.literal_eval(text)
+        if kind == "ref":
+            return text
+        if kind == "num":
+            return float(text) if any(c in text for c in ".eE") else int(text)
+        if kind == "name" and text in _CONSTANTS:
+            return _CONSTANTS[text]
+        if kind == "op" and text in "[(":
+            close = "]" if text == "[" else ")"
+            items, trailing = sequence(close)
+            if close == "]":
+                return items
+            return items[0] if len(items) == 1 and not trailing else tuple(items)
+        if kind == "op" and text == "{":
+            out: dict[Any, Any] = {}
+            while tokens[i] != ("op", "}"):
+                key = value()
+                if tokens[i] != ("op", ":"):
+                    raise _NotSimple  # a set, or worse
+                i += 1
+                out[key] = value()
+                if tokens[i] == ("op", ","):
+                    i += 1
+                elif tokens[i] != ("op", "}"):
+                    raise _NotSimple
+            i += 1
+            return out
+        raise _NotSimple
+
+    def sequence(close: str) -> tuple[list[Any], bool]:
+        nonlocal i
+        items: list[Any] = []
+        trailing = False
+        while tokens[i] != ("op", close):
+            items.append(value())
+            trailing = False
+            if tokens[i] == ("op", ","):
+                i += 1
+                trailing = True
+            elif tokens[i] != ("op", close):
+                raise _NotSimple
+        i += 1
+        return items, trailing
+
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-    for piece in raw.split(","):
-        piece = piece.strip()
-        key = None
-        m = _KEYWORD.fullmatch(piece)
-        if m:
-            key, piece = m.group(1), m.group(2)
-        if _WHOLE_REF.fullmatch(piece):
-            value: Any = piece
-        elif _NUMBER.fullmatch(piece) and len(piece) < 20:
-            value = float(piece) if "." in piece else int(piece)
-        elif piece in _CONSTANTS:
-            value = _CONSTANTS[piece]
+    while tokens[i][0] != "end":
+        if tokens[i][0] == "name" and tokens[i + 1] == ("op", "="):
+            key = tokens[i][1]
+            if key in kwargs or keyword.iskeyword(key):
+                raise _NotSimple
+            i += 2
+            kwargs[key] = value()
+        elif kwargs:
+            raise _NotSimple  # positional after keyword
         else:
-            return None
-        if key is None:
-            if kwargs:
-                return None  # positional after keyword: let the full parser decide
-            args.append(value)
-        elif key in kwargs:
-            return None
-        else:
-            kwargs[key] = value
+            args.append(value())
+        if tokens[i] == ("op", ","):
+            i += 1
+        elif tokens[i][0] != "end":
+            raise _NotSimple
     return tuple(args), kwargs
 
 
@@ -261,9 +305,10 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     raw = text.strip()
     if not raw:
         return (), {}
-    simple = _simple_arguments(raw)
-    if simple is not None:
-        return simple
+    try:
+        return _fast_arguments(raw)
+    except (_NotSimple, ValueError, TypeError, SyntaxError, RecursionError):
+        pass
     try:
         node = ast.parse(f"_({_quote_bare_refs(raw)})", mode="eval").body
         assert isinstance(node, ast.Call)

@@ -6,11 +6,10 @@ stream recorded by `Recorder`, never a second bookkeeping path.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json, to_jsonable_python
 
 from . import events as ev
 from .events import Usage
@@ -29,12 +28,15 @@ class TaskRecord:
     attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        return to_jsonable_python(self._raw(), fallback=repr)  # type: ignore[no-any-return]
+
+    def _raw(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "tool": self.tool,
-            "args": _jsonable(self.args),
+            "args": self.args,
             "status": self.status,
-            "result": _jsonable(self.result),
+            "result": self.result,
             "error": self.error,
             "started": _round(self.started),
             "finished": _round(self.finished),
@@ -78,6 +80,13 @@ class RunResult:
         raise KeyError(task_id)
 
     def to_dict(self) -> dict[str, Any]:
+        """The `--json` object: plain JSON values (a result that is not is shown as its repr)."""
+        return to_jsonable_python(self._raw(), fallback=repr)  # type: ignore[no-any-return]
+
+    def to_json(self, indent: int | None = None) -> str:
+        return to_json(self._raw(), fallback=repr, indent=indent).decode()
+
+    def _raw(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "status": self.status,
@@ -85,7 +94,7 @@ class RunResult:
             "error": self.error,
             "replans": self.replans,
             "elapsed": _round(self.elapsed),
-            "tasks": [t.to_dict() for t in self.tasks],
+            "tasks": [t._raw() for t in self.tasks],
             "usage": {
                 "prompt_tokens": self.usage.prompt_tokens,
                 "completion_tokens": self.usage.completion_tokens,
@@ -107,18 +116,9 @@ class RunResult:
             },
         }
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
-
 
 def _round(t: float | None) -> float | None:
     return None if t is None else round(t, 6)
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return to_jsonable_python(value, fallback=repr)
 
 
 class Recorder:

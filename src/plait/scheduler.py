@@ -195,16 +195,21 @@ class Scheduler:
         if task.deps:
             kwargs = resolve(kwargs, self.graph.results)
         kwargs = tool.validate(kwargs)
+        if tool.timeout is None:
+            return await self._invoke(tool, kwargs)
         async with asyncio.timeout(tool.timeout):
-            if tool.is_async:
-                return await tool.fn(**kwargs)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="plait-tool")
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._pool, functools.partial(tool.fn, **kwargs))
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            return await self._invoke(tool, kwargs)
+
+    async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
+        if tool.is_async:
+            return await tool.fn(**kwargs)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="plait-tool")
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._pool, functools.partial(tool.fn, **kwargs))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     def _settled(self, nodes: list[Node]) -> None:
         """Report nodes that settled without running (skipped or cancelled)."""

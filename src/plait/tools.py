@@ -136,7 +136,8 @@ class Tool:
             if pname not in bound and p.default is p.empty:
                 raise PlanError(f"{where}: missing argument {pname!r}", line=task.line)
         for key, value in bound.items():
-            if key in self._params and next(references(value), None) is None:
+            # Values holding a reference are checked at call time, once resolved.
+            if key in self._params and (not task.deps or next(references(value), None) is None):
                 try:
                     self._adapter(key).validate_python(value)
                 except pydantic.ValidationError as e:
