@@ -84,7 +84,12 @@ class Tool:
             **fields,
         )
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
-        self._adapters: dict[str, pydantic.TypeAdapter[Any]] = {}
+        # Built now, not on first use: a run should not pay pydantic's schema build.
+        self._adapters: dict[str, pydantic.TypeAdapter[Any]] = {
+            n: pydantic.TypeAdapter(Any if p.annotation is p.empty else p.annotation)
+            for n, p in self._signature.parameters.items()
+            if n in self._params
+        }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -160,12 +165,7 @@ class Tool:
         return out
 
     def _adapter(self, pname: str) -> pydantic.TypeAdapter[Any]:
-        adapter = self._adapters.get(pname)
-        if adapter is None:
-            p = self._signature.parameters[pname]
-            ann = Any if p.annotation is p.empty else p.annotation
-            adapter = self._adapters[pname] = pydantic.TypeAdapter(ann)
-        return adapter
+        return self._adapters[pname]
 
 
 def _type_name(ann: Any) -> str:
