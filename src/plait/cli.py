@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -181,20 +182,29 @@ class LiveView:
         self.console = Console(stderr=True, highlight=False)
         self.running: dict[int, tuple[str, float]] = {}
         self.llm: dict[int, list[Any]] = {}  # call -> [role, started, tokens]
-        self.now = 0.0
+        self._lines: list[str] = []  # printed in batches: one print per line is slow at 50k tasks
+        self._flushed = time.monotonic()
         self.live = Live(
             console=self.console, refresh_per_second=8, transient=True, get_renderable=self._render
         )
         self.live.start()
 
     def stop(self) -> None:
+        self._flush()
         self.live.stop()
+
+    def _flush(self) -> None:
+        if self._lines:
+            text, self._lines = "\n".join(self._lines), []
+            self.console.print(text, no_wrap=True, overflow="ellipsis")
+        self._flushed = time.monotonic()
 
     def _render(self) -> Any:
         from rich.text import Text
 
-        lines = [f"  … {role} writing ({n} tokens)" for role, _, n in self.llm.values()]
-        shown = sorted(self.running.items())[:12]
+        # Called from rich's refresh thread: iterate over copies.
+        lines = [f"  … {role} writing ({n} tokens)" for role, _, n in list(self.llm.values())]
+        shown = sorted(list(self.running.items()))[:12]
         lines += [f"  ▶ {i}. {name}" for i, (name, _) in shown]
         if len(self.running) > len(shown):
             lines.append(f"  … and {len(self.running) - len(shown)} more running")
@@ -202,7 +212,9 @@ class LiveView:
 
     def __call__(self, e: ev.Event) -> None:
         def p(text: str) -> None:
-            self.console.print(text, no_wrap=True, overflow="ellipsis")
+            self._lines.append(text)
+            if len(self._lines) >= 200 or time.monotonic() - self._flushed > 0.1:
+                self._flush()
 
         match e:
             case ev.TaskStarted(t=t, id=i, tool=tool):
