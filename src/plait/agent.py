@@ -58,9 +58,9 @@ async def execute_plan(text: str, scheduler: Scheduler, outcome: Outcome) -> Non
     for task in tasks:
         scheduler.add(task, checked=True)
     await scheduler.wait()
-    last = scheduler.graph.nodes[tasks[-1].id]
-    if last.status == "done":
-        outcome.answer = result_text(last.result)
+    # The answer of a written plan is its last task's result, if every task succeeded.
+    if all(n.status == "done" for n in scheduler.graph.nodes.values()):
+        outcome.answer = result_text(scheduler.graph.nodes[tasks[-1].id].result)
 
 
 class Agent:
@@ -193,7 +193,7 @@ class Agent:
         on_text: Callable[[str], bool],
         restart: Callable[[], None],
     ) -> None:
-        """Stream a reply into `on_text` (which returns True when it needs no more), retrying losses.
+        """Stream a reply into `on_text` (True when it needs no more), retrying lost replies.
 
         After `on_text` is satisfied the rest of the reply is still read for up to
         `drain` seconds, unused, so the server's usage report (sent last) is not lost.
@@ -235,6 +235,10 @@ class Agent:
                 self.emit(ev.LLMRetrying(self.clock(), call, attempt, str(e), delay))
                 await asyncio.sleep(delay)
                 restart()
+            except PlanError:
+                # The reply arrived; it is the plan that is wrong (reported as PlanInvalid).
+                self.emit(ev.LLMFinished(self.clock(), call, usage))
+                raise
             except BaseException as e:
                 self.emit(ev.LLMFinished(self.clock(), call, usage, f"{type(e).__name__}: {e}"))
                 raise

@@ -16,7 +16,6 @@ make it async.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import random
 from collections.abc import Callable
@@ -202,11 +201,11 @@ class Scheduler:
 
     async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
         if tool.is_async:
-            return await tool.fn(**kwargs)
+            return await tool.invoke(kwargs)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="plait-tool")
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, functools.partial(tool.fn, **kwargs))
+        result = await loop.run_in_executor(self._pool, tool.invoke, kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result

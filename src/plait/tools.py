@@ -58,23 +58,29 @@ class Tool:
             ) from None
         self._params: list[str] = []
         self._positional: list[str] = []
-        self._var_positional = False
+        self._var_positional: str | None = None  # the name of *args, which takes a list
         self._var_keyword = False
         fields: dict[str, Any] = {}
+        annotations: dict[str, Any] = {}
         for i, (pname, p) in enumerate(self._signature.parameters.items()):
-            if p.kind is p.VAR_POSITIONAL:
-                self._var_positional = True
-                continue
             if p.kind is p.VAR_KEYWORD:
                 self._var_keyword = True
                 continue
             ann = Any if p.annotation is p.empty else p.annotation
             default = ... if p.default is p.empty else p.default
+            if p.kind is p.VAR_POSITIONAL:
+                self._var_positional = pname
+                ann, default = list[ann], []  # type: ignore[valid-type]
+            annotations[pname] = ann
             # Internal field names avoid clashes with BaseModel attributes ("json", "copy").
             fields[f"p{i}"] = (ann, pydantic.Field(default, alias=pname, title=pname))
             self._params.append(pname)
-            if p.kind is not p.KEYWORD_ONLY:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 self._positional.append(pname)
+        # Called with keywords only, unless *args or positional-only parameters forbid it.
+        self._call_positionally = self._var_positional is not None or any(
+            p.kind is p.POSITIONAL_ONLY for p in self._signature.parameters.values()
+        )
         config = pydantic.ConfigDict(
             arbitrary_types_allowed=True, extra="allow" if self._var_keyword else "forbid"
         )
@@ -85,13 +91,19 @@ class Tool:
         )
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
         # Built now, not on first use: a run should not pay pydantic's schema build.
-        self._adapters: dict[str, pydantic.TypeAdapter[Any]] = {
-            n: pydantic.TypeAdapter(Any if p.annotation is p.empty else p.annotation)
-            for n, p in self._signature.parameters.items()
-            if n in self._params
-        }
+        self._adapters = {n: _type_adapter(ann) for n, ann in annotations.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def invoke(self, arguments: dict[str, Any]) -> Any:
+        """Call the function with validated arguments (a coroutine, for an async tool)."""
+        if not self._call_positionally:
+            return self.fn(**arguments)
+        kwargs = dict(arguments)
+        args = [kwargs.pop(p) for p in self._positional if p in kwargs]
+        if self._var_positional is not None:
+            args.extend(kwargs.pop(self._var_positional, ()))
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -108,13 +120,25 @@ class Tool:
         return schema
 
     def signature(self) -> str:
-        """`name(param: type, ...)` as the planner prompt shows it."""
+        """`name(param: type, ...)` as the planner prompt shows it, with `/` and `*` markers."""
+        params = list(self._signature.parameters.values())
+        last_positional_only = max(
+            (i for i, p in enumerate(params) if p.kind is p.POSITIONAL_ONLY), default=-1
+        )
         parts = []
-        for p in self._signature.parameters.values():
+        star = False
+        for i, p in enumerate(params):
             ann = "" if p.annotation is p.empty else f": {_type_name(p.annotation)}"
             default = "" if p.default is p.empty else f" = {p.default!r}"
             prefix = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
+            if p.kind is p.VAR_POSITIONAL:
+                star = True
+            elif p.kind is p.KEYWORD_ONLY and not star:
+                parts.append("*")  # what follows must be named
+                star = True
             parts.append(f"{prefix}{p.name}{ann}{default}")
+            if i == last_positional_only:
+                parts.append("/")  # what comes before cannot be named
         return f"{self.name}({', '.join(parts)})"
 
     # scheduler-facing ------------------------------------------------------------------
@@ -129,6 +153,9 @@ class Tool:
                 line=task.line,
             )
         bound = dict(zip(self._positional, task.args, strict=False))
+        extra = task.args[len(self._positional) :]
+        if extra and self._var_positional is not None:
+            bound[self._var_positional] = list(extra)
         for key, value in task.kwargs.items():
             if key in bound:
                 raise PlanError(f"{where}: argument {key!r} given twice", line=task.line)
@@ -166,6 +193,15 @@ class Tool:
 
     def _adapter(self, pname: str) -> pydantic.TypeAdapter[Any]:
         return self._adapters[pname]
+
+
+def _type_adapter(ann: Any) -> pydantic.TypeAdapter[Any]:
+    """A validator for one parameter; plain classes are checked with isinstance, as the
+    arguments model does (`arbitrary_types_allowed`)."""
+    try:
+        return pydantic.TypeAdapter(ann)
+    except pydantic.PydanticSchemaGenerationError:
+        return pydantic.TypeAdapter(ann, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
 
 
 def _type_name(ann: Any) -> str:
