@@ -1,0 +1,172 @@
+"""Per-task overhead: many trivial async tasks, plait against bare asyncio.
+
+The DAG (seeded): task i calls `noop(i)`, or `noop(i, [$a, $b])` with 0-2 references to
+random earlier tasks, so it is a realistic web of dependencies, not a flat fan-out.
+
+1. Whole process, 50,000 tasks: `plait exec plan.txt --tools tools.py --json > /dev/null`
+   as a subprocess, against a subprocess running a bare-asyncio script over the same DAG
+   (one asyncio task per node that awaits its inputs' tasks, then the same trivial
+   coroutine). Both include interpreter start and reading their input; plait's time also
+   includes parsing and validating the plan and building the --json result. Median of
+   --repeat runs; the ratio is plait ÷ bare asyncio (target ≤ 6×).
+2. In one process (no interpreter start): `plait.aexecute` at 1k, 10k, 50k and 100k tasks,
+   in µs per task, beside bare asyncio in the same process. Flat µs/task means the
+   per-task cost does not grow with the size of the plan.
+
+    python bench/scale.py [--tasks 50000] [--repeat 3] [--sizes 1000,10000,50000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import plait
+
+TOOLS_PY = '''\
+import plait
+
+
+@plait.tool
+async def noop(x: int, inputs: list | None = None) -> int:
+    return x
+'''
+
+# The baseline: the same DAG, the same trivial coroutine, no framework.
+BARE_PY = '''\
+import asyncio
+import json
+import sys
+
+
+async def noop(x, inputs=None):
+    return x
+
+
+async def node(i, deps, tasks):
+    inputs = [await tasks[d] for d in deps]
+    return await noop(i, inputs or None)
+
+
+async def main(path):
+    dag = json.load(open(path))
+    tasks = {}
+    for i, deps in enumerate(dag, start=1):
+        tasks[i] = asyncio.create_task(node(i, deps, tasks))
+    results = await asyncio.gather(*tasks.values())
+    assert len(results) == len(dag)
+
+
+asyncio.run(main(sys.argv[1]))
+'''
+
+
+def make_dag(n: int, seed: int = 1) -> list[list[int]]:
+    """deps[i-1] = the earlier task ids task i references (0-2 of them)."""
+    rng = random.Random(seed)
+    dag: list[list[int]] = [[]]
+    for i in range(2, n + 1):
+        k = rng.choice((0, 1, 1, 2, 2)) if i > 2 else rng.randint(0, 1)
+        dag.append(sorted(set(rng.sample(range(1, i), k))))
+    return dag
+
+
+def plan_text(dag: list[list[int]]) -> str:
+    lines = []
+    for i, deps in enumerate(dag, start=1):
+        refs = f", [{', '.join(f'${d}' for d in deps)}]" if deps else ""
+        lines.append(f"{i}. noop({i}{refs})")
+    lines.append(f"{len(dag) + 1}. join()")
+    return "\n".join(lines) + "\n"
+
+
+@plait.tool
+async def noop(x: int, inputs: list | None = None) -> int:
+    return x
+
+
+async def bare(dag: list[list[int]]) -> None:
+    async def node(i: int, deps: list[int]) -> int:
+        inputs = [await tasks[d] for d in deps]
+        return await noop.fn(i, inputs or None)
+
+    tasks: dict[int, asyncio.Task[int]] = {}
+    for i, deps in enumerate(dag, start=1):
+        tasks[i] = asyncio.create_task(node(i, deps))
+    await asyncio.gather(*tasks.values())
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def whole_process(n: int, repeat: int) -> None:
+    plait_exe = shutil.which("plait") or str(Path(sys.executable).with_name("plait"))
+    with tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp:
+        d = Path(tmp)
+        dag = make_dag(n)
+        (d / "plan.txt").write_text(plan_text(dag))
+        (d / "dag.json").write_text(json.dumps(dag))
+        (d / "tools.py").write_text(TOOLS_PY)
+        (d / "bare.py").write_text(BARE_PY)
+        tools = str(d / "tools.py")
+        ours_cmd = [plait_exe, "exec", str(d / "plan.txt"), "--tools", tools, "--json"]
+        bare_cmd = [sys.executable, str(d / "bare.py"), str(d / "dag.json")]
+        empty_cmd = [sys.executable, "-c", "pass"]
+        timed(ours_cmd)  # warm the page cache and .pyc files
+        ours, base, empty = [], [], []
+        for _ in range(repeat):
+            ours.append(timed(ours_cmd))
+            base.append(timed(bare_cmd))
+            empty.append(timed(empty_cmd))
+    o, b, e = (statistics.median(x) for x in (ours, base, empty))
+    print(f"whole process, {n:,} tasks, median of {repeat} (target ≤ 6×)")
+    print(f"  plait exec --json      {o:7.3f} s")
+    print(f"  bare asyncio script    {b:7.3f} s")
+    print(f"  ratio                  {o / b:7.2f} ×")
+    print(f"  (empty interpreter     {e:7.3f} s)")
+
+
+async def in_process(sizes: list[int], repeat: int) -> None:
+    print("\nin one process (aexecute, plan parsing included; no interpreter start)")
+    print(f"{'tasks':>8} {'plait s':>8} {'µs/task':>8} {'bare s':>8} {'µs/task':>8} {'ratio':>6}")
+    await plait.aexecute(plan_text(make_dag(1000)), tools=[noop])  # warm-up
+    for n in sizes:
+        dag = make_dag(n)
+        plan = plan_text(dag)
+        ours, base = [], []
+        for _ in range(repeat):
+            gc.collect()
+            start = time.perf_counter()
+            result = await plait.aexecute(plan, tools=[noop])
+            ours.append(time.perf_counter() - start)
+            assert result.status == "done" and len(result.tasks) == n
+            del result
+            gc.collect()
+            start = time.perf_counter()
+            await bare(dag)
+            base.append(time.perf_counter() - start)
+        o, b = statistics.median(ours), statistics.median(base)
+        print(f"{n:>8,} {o:>8.3f} {o / n * 1e6:>8.1f} {b:>8.3f} {b / n * 1e6:>8.1f} {o / b:>6.1f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=50_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sizes", default="1000,10000,50000,100000")
+    args = ap.parse_args()
+    whole_process(args.tasks, args.repeat)
+    asyncio.run(in_process([int(s) for s in args.sizes.split(",")], args.repeat))
