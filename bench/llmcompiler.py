@@ -52,8 +52,16 @@ FACTS = {
     "Eiffel Tower height": "The Eiffel Tower is 330 metres tall.",
     "Statue of Liberty height": "The Statue of Liberty is 93 metres tall with its pedestal.",
 }
-LAPTOPS = ["Framework 13", "MacBook Air M3", "ThinkPad X1 Carbon", "Dell XPS 13",
-           "ASUS Zenbook 14", "HP Spectre x360", "Surface Laptop 6", "Acer Swift Go 14"]
+LAPTOPS = [
+    "Framework 13",
+    "MacBook Air M3",
+    "ThinkPad X1 Carbon",
+    "Dell XPS 13",
+    "ASUS Zenbook 14",
+    "HP Spectre x360",
+    "Surface Laptop 6",
+    "Acer Swift Go 14",
+]
 for i, name in enumerate(LAPTOPS):
     FACTS[f"{name} review"] = f"{name}: {9 + i % 5} h, {1.1 + i / 20:.2f} kg, {7 + i % 3}/10"
 NUMBERS = {"population of France": 68.4, "population of Germany": 84.5}
@@ -70,8 +78,12 @@ def latency(tool: str, arg: str) -> float:
 
 def evaluate(expression: str) -> float:
     """Safe arithmetic: numbers, + - * / and parentheses."""
-    ops = {ast.Add: float.__add__, ast.Sub: float.__sub__, ast.Mult: float.__mul__,
-           ast.Div: float.__truediv__}
+    ops = {
+        ast.Add: float.__add__,
+        ast.Sub: float.__sub__,
+        ast.Mult: float.__mul__,
+        ast.Div: float.__truediv__,
+    }
 
     def ev(n: ast.AST) -> float:
         if isinstance(n, ast.Constant) and isinstance(n.value, int | float):
@@ -114,32 +126,58 @@ TOOLS = {t.name: t for t in (search, lookup, calc)}
 # Workload: question, steps (tool, argument template with $N, the ReAct thought), answer.
 # The thoughts are what a ReAct model writes before each action (~100 characters).
 COMPARE = [
-    ("search", "Eiffel Tower height",
-     "To compare the two I first need the height of the Eiffel Tower, so I will search for it."),
-    ("search", "Statue of Liberty height",
-     "The Eiffel Tower is 330 m tall. Now I need the height of the Statue of Liberty to compare."),
+    (
+        "search",
+        "Eiffel Tower height",
+        "To compare the two I first need the height of the Eiffel Tower, so I will search for it.",
+    ),
+    (
+        "search",
+        "Statue of Liberty height",
+        "The Eiffel Tower is 330 m tall. Now I need the height of the Statue of Liberty to compare.",
+    ),
 ]
 RECOMMEND = [
-    ("search", f"{name} review",
-     f"To compare the options for a student I should read what reviewers say about the {name}.")
+    (
+        "search",
+        f"{name} review",
+        f"To compare the options for a student I should read what reviewers say about the {name}.",
+    )
     for name in LAPTOPS
 ]
 ARITHMETIC = [
-    ("lookup", "population of France",
-     "To answer I need both populations, so first I will look up the population of France."),
-    ("lookup", "population of Germany",
-     "I have the population of France. Next I need the population of Germany as well."),
-    ("calc", "$1 + $2",
-     "I have both populations. Now I add them together to get the combined population total."),
-    ("calc", "$1 / $3 * 100",
-     "With the combined total I can now compute the share of France in percent of that total."),
-    ("calc", "100 - $4",
-     "The share living outside France is then 100 minus the French share that I just computed."),
+    (
+        "lookup",
+        "population of France",
+        "To answer I need both populations, so first I will look up the population of France.",
+    ),
+    (
+        "lookup",
+        "population of Germany",
+        "I have the population of France. Next I need the population of Germany as well.",
+    ),
+    (
+        "calc",
+        "$1 + $2",
+        "I have both populations. Now I add them together to get the combined population total.",
+    ),
+    (
+        "calc",
+        "$1 / $3 * 100",
+        "With the combined total I can now compute the share of France in percent of that total.",
+    ),
+    (
+        "calc",
+        "100 - $4",
+        "The share living outside France is then 100 minus the French share that I just computed.",
+    ),
 ]
 WORKLOADS = {
     "(a) 2-entity": (
-        "Which is taller, the Eiffel Tower or the Statue of Liberty?", COMPARE,
-        "330 m is more than 93 m.", "The Eiffel Tower is taller: 330 m against 93 m.",
+        "Which is taller, the Eiffel Tower or the Statue of Liberty?",
+        COMPARE,
+        "330 m is more than 93 m.",
+        "The Eiffel Tower is taller: 330 m against 93 m.",
     ),
     "(b) 8-search": (
         "Which of these eight laptops should a student buy: " + ", ".join(LAPTOPS) + "?",
@@ -150,7 +188,8 @@ WORKLOADS = {
     "(c) arithmetic": (
         "What share of the combined population of France and Germany lives outside France, in %?",
         ARITHMETIC,
-        "The share outside France follows.", "About 55.3% live outside France.",
+        "The share outside France follows.",
+        "About 55.3% live outside France.",
     ),
 }
 REF = re.compile(r"\$(\d+)")
@@ -159,8 +198,13 @@ REF = re.compile(r"\$(\d+)")
 def plan_reply(steps: list[tuple[str, str, str]]) -> str:
     """The planner's reply, written as LLMCompiler's few-shot plans are."""
     lines = [f"{i}. {tool}({json.dumps(arg)})" for i, (tool, arg, _) in enumerate(steps, 1)]
-    return "\n".join([*lines, "Thought: I can answer once these are done.",
-                      f"{len(steps) + 1}. join()<END_OF_PLAN>"])
+    return "\n".join(
+        [
+            *lines,
+            "Thought: I can answer once these are done.",
+            f"{len(steps) + 1}. join()<END_OF_PLAN>",
+        ]
+    )
 
 
 def finish_reply(thought: str, answer: str) -> str:
@@ -228,8 +272,10 @@ async def run_plait(question: str, plan: str, joiner: str) -> float:
 
 async def main(repeat: int) -> None:
     print(f"replayed LLM: ttft {TTFT} s, {TPS:g} tokens/s; median of {repeat}")
-    print(f"{'workload':<15} {'ReAct s':>8} {'plait s':>8} {'speedup':>8} {'critical s':>10}"
-          f" {'plait÷crit':>10} {'ReAct tok/step':>14}")
+    print(
+        f"{'workload':<15} {'ReAct s':>8} {'plait s':>8} {'speedup':>8} {'critical s':>10}"
+        f" {'plait÷crit':>10} {'ReAct tok/step':>14}"
+    )
     for name, (question, steps, thought, answer) in WORKLOADS.items():
         plan, joiner = plan_reply(steps), finish_reply(thought, answer)
         crit = critical_path(steps, plan, joiner)
@@ -246,8 +292,10 @@ async def main(repeat: int) -> None:
             for tool, a, t in steps
         )
         p, r = statistics.median(ours), statistics.median(theirs)
-        print(f"{name:<15} {r:>8.3f} {p:>8.3f} {r / p:>7.2f}× {crit:>10.3f} {p / crit:>10.3f}"
-              f" {step_tokens:>14.0f}")
+        print(
+            f"{name:<15} {r:>8.3f} {p:>8.3f} {r / p:>7.2f}× {crit:>10.3f} {p / crit:>10.3f}"
+            f" {step_tokens:>14.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,17 +33,17 @@ from pathlib import Path
 
 import plait
 
-TOOLS_PY = '''\
+TOOLS_PY = """\
 import plait
 
 
 @plait.tool
 async def noop(x: int, inputs: list | None = None) -> int:
     return x
-'''
+"""
 
 # The baseline: the same DAG, the same trivial coroutine, no framework.
-BARE_PY = '''\
+BARE_PY = """\
 import asyncio
 import json
 import sys
@@ -68,7 +68,7 @@ async def main(path):
 
 
 asyncio.run(main(sys.argv[1]))
-'''
+"""
 
 
 def make_dag(n: int, seed: int = 1) -> list[list[int]]:

@@ -68,8 +68,7 @@ def test_execute_is_the_blocking_form():
     def double(n: int) -> int:
         return 2 * n
 
-    result = plait.execute("1. double(4)\n2. double($1)\n3. join()", tools=[double],
-                           run_id="fixed")
+    result = plait.execute("1. double(4)\n2. double($1)\n3. join()", tools=[double], run_id="fixed")
     assert result.run_id == "fixed"
     assert result.answer == "16"
     assert [t.args for t in result.tasks] == [{"n": 4}, {"n": "$1"}]
@@ -128,13 +127,15 @@ def test_run_is_the_blocking_form(tools):
 
 
 async def test_replan_sees_earlier_results_and_numbers_after_them(tools):
-    llm = ReplayLLM([
-        '1. search("Eiffel Tower height")\n2. join()\n<END_OF_PLAN>',
-        "Thought: one height only.\nAction: Replan(need the Statue of Liberty height)",
-        '2. search("Statue of Liberty height")\n3. extract_number($1, unit="metres")\n'
-        '4. extract_number($2, unit="metres")\n5. calculate("$3 - $4")\n6. join()\n',
-        FINISH,
-    ])
+    llm = ReplayLLM(
+        [
+            '1. search("Eiffel Tower height")\n2. join()\n<END_OF_PLAN>',
+            "Thought: one height only.\nAction: Replan(need the Statue of Liberty height)",
+            '2. search("Statue of Liberty height")\n3. extract_number($1, unit="metres")\n'
+            '4. extract_number($2, unit="metres")\n5. calculate("$3 - $4")\n6. join()\n',
+            FINISH,
+        ]
+    )
     events: list[ev.Event] = []
     result = await plait.arun(QUESTION, tools=tools, model=llm, on_event=events.append)
     assert result.answer == "237 metres"
@@ -150,13 +151,15 @@ async def test_replan_sees_earlier_results_and_numbers_after_them(tools):
 
 
 async def test_replan_ids_must_come_after_earlier_tasks(tools):
-    llm = ReplayLLM([
-        '1. search("Eiffel Tower height")\n2. join()\n',
-        "Action: Replan(more)",
-        '1. search("Statue of Liberty height")\n2. join()\n',  # reuses id 1
-        '2. search("Statue of Liberty height")\n3. join()\n',
-        FINISH,
-    ])
+    llm = ReplayLLM(
+        [
+            '1. search("Eiffel Tower height")\n2. join()\n',
+            "Action: Replan(more)",
+            '1. search("Statue of Liberty height")\n2. join()\n',  # reuses id 1
+            '2. search("Statue of Liberty height")\n3. join()\n',
+            FINISH,
+        ]
+    )
     result = await plait.arun(QUESTION, tools=tools, model=llm, max_replans=2)
     assert result.answer == "237 metres"
     assert "task id 1 is used twice" in llm.calls[3].messages[1]["content"]
@@ -177,7 +180,7 @@ async def test_an_invalid_plan_is_shown_to_the_planner_and_fixed(tools):
 
 
 async def test_a_plan_that_does_not_fit_the_tools_is_replanned(tools):
-    wrong = '1. search(query=12)\n2. join()\n'
+    wrong = "1. search(query=12)\n2. join()\n"
     llm = ReplayLLM([wrong, PLAN, FINISH])
     result = await plait.arun(QUESTION, tools=tools, model=llm)
     assert result.answer == "237 metres"
@@ -212,7 +215,10 @@ async def test_a_lost_planner_reply_is_retried_without_dispatching_twice(tools):
 
     events: list[ev.Event] = []
     result = await plait.arun(
-        QUESTION, tools=tools, model=Flaky(), on_event=events.append,
+        QUESTION,
+        tools=tools,
+        model=Flaky(),
+        on_event=events.append,
         retry=plait.RetryPolicy(attempts=2, base=0.0),
     )
     assert result.answer == "237 metres"

@@ -16,7 +16,7 @@ from plait.cli import main
 
 TASK_KEYS = {"id", "tool", "args", "status", "result", "error", "started", "finished"}
 
-FAILING_TOOLS = '''
+FAILING_TOOLS = """
 import plait
 
 @plait.tool
@@ -26,7 +26,7 @@ def ok(text: str) -> str:
 @plait.tool
 def broken(text: str) -> str:
     raise RuntimeError("the service is down")
-'''
+"""
 
 
 def plait_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -92,10 +92,14 @@ def test_exec_without_json_prints_the_answer(capsys, example_plan, example_tools
 def test_exec_json_form_plan(capsys, tmp_path, example_tools):
     plan = write(
         tmp_path / "p.json",
-        json.dumps({"tasks": [
-            {"id": 1, "tool": "calculate", "args": ["6 * 7"]},
-            {"id": 2, "tool": "calculate", "args": {"expression": "$1 + 1"}},
-        ]}),
+        json.dumps(
+            {
+                "tasks": [
+                    {"id": 1, "tool": "calculate", "args": ["6 * 7"]},
+                    {"id": 2, "tool": "calculate", "args": {"expression": "$1 + 1"}},
+                ]
+            }
+        ),
     )
     code, out, _ = plait_main(capsys, "exec", plan, "--tools", example_tools, "--json")
     assert code == 0
@@ -141,7 +145,7 @@ def test_failed_task_without_json(capsys, tmp_path):
         ('1. search("Eiffel"\n2. join()\n', "line 1: unclosed parenthesis"),
         ('1. search("a")\n2. nope($1)\n', "line 2: task 2: unknown tool 'nope'"),
         ("1. calculate()\n", "line 1: task 1 (calculate): missing argument 'expression'"),
-        ('1. calculate(expression=12)\n', "argument 'expression'"),
+        ("1. calculate(expression=12)\n", "argument 'expression'"),
         ("1. search($3)\n", "not an earlier task"),
         ("1. a()\n1. b()\n", "used twice"),
         ("Thought: nothing to do\n", "no tasks"),
@@ -227,7 +231,11 @@ def test_trace_file_for_exec(capsys, tmp_path, example_plan, example_tools):
     data = json.loads(trace.read_text())
     slices = [e for e in data["traceEvents"] if e["ph"] == "X"]
     assert sorted(e["name"] for e in slices) == [
-        "1. search", "2. search", "3. extract_number", "4. extract_number", "5. calculate"
+        "1. search",
+        "2. search",
+        "3. extract_number",
+        "4. extract_number",
+        "5. calculate",
     ]
     for e in slices:
         assert {"ts", "dur", "pid", "tid"} <= set(e)
@@ -370,9 +378,7 @@ def test_run_replans(capsys, replies, example_tools):
     assert [t["id"] for t in data["tasks"]] == [1, 2, 3, 4, 5]
     assert data["tasks"][2]["result"] == 330.0  # $1 from the first round
     assert data["tasks"][4]["result"] == 237.0
-    assert [c["role"] for c in data["usage"]["calls"]] == [
-        "planner", "joiner", "planner", "joiner"
-    ]
+    assert [c["role"] for c in data["usage"]["calls"]] == ["planner", "joiner", "planner", "joiner"]
 
 
 def test_run_fixes_an_invalid_plan(capsys, replies, example_tools):
@@ -385,8 +391,9 @@ def test_run_fixes_an_invalid_plan(capsys, replies, example_tools):
 
 def test_run_max_replans_0_ends_without_an_answer(capsys, replies, example_tools):
     broken = '1. search("Eiffel Tower height"\n2. join()\n<END_OF_PLAN>'
-    code, data, _ = run_json(capsys, replies(broken, PLAN, FINISH), example_tools,
-                             "--max-replans", "0")
+    code, data, _ = run_json(
+        capsys, replies(broken, PLAN, FINISH), example_tools, "--max-replans", "0"
+    )
     assert code == 1
     assert data["status"] == "failed"
     assert data["answer"] is None

@@ -108,8 +108,13 @@ def test_llmcompiler_style_plan():
 
 @pytest.mark.parametrize(
     "tail",
-    ["4. join()<END_OF_PLAN>\n5. x()\n", "4. join()\n5. x()\n", "<END_OF_PLAN>\n5. x()\n",
-     "### the end\n5. x()\n", "4. join\n5. x()\n"],
+    [
+        "4. join()<END_OF_PLAN>\n5. x()\n",
+        "4. join()\n5. x()\n",
+        "<END_OF_PLAN>\n5. x()\n",
+        "### the end\n5. x()\n",
+        "4. join\n5. x()\n",
+    ],
 )
 def test_plan_end_markers_ignore_the_rest(tail):
     text = '1. a()\n2. b($1)\n3. c("$2")\n' + tail
@@ -137,7 +142,20 @@ def test_literal_argument_types():
         " (), [], {}, key=-7, other={'n': (1,)})"
     )
     assert t.args == (
-        "s", 2, -3, -2.5, 1000.0, True, False, None, [1, "a"], (1, -2), {"k": [None]}, (), [], {}
+        "s",
+        2,
+        -3,
+        -2.5,
+        1000.0,
+        True,
+        False,
+        None,
+        [1, "a"],
+        (1, -2),
+        {"k": [None]},
+        (),
+        [],
+        {},
     )
     assert t.kwargs == {"key": -7, "other": {"n": (1,)}}
     assert t.deps == frozenset()
@@ -145,14 +163,16 @@ def test_literal_argument_types():
 
 def test_references_everywhere():
     text = (
-        "1. a()\n"
-        "2. b()\n"
-        '3. c($1, x=${2}, y=[$1, {"k": "$2"}], z="from $1 and ${2}!", w=("$1",))\n'
+        '1. a()\n2. b()\n3. c($1, x=${2}, y=[$1, {"k": "$2"}], z="from $1 and ${2}!", w=("$1",))\n'
     )
     t = parse_plan(text)[2]
     assert t.args == ("$1",)
-    assert t.kwargs == {"x": "${2}", "y": ["$1", {"k": "$2"}], "z": "from $1 and ${2}!",
-                        "w": ("$1",)}
+    assert t.kwargs == {
+        "x": "${2}",
+        "y": ["$1", {"k": "$2"}],
+        "z": "from $1 and ${2}!",
+        "w": ("$1",),
+    }
     assert t.deps == {1, 2}
 
 
@@ -233,8 +253,13 @@ def test_duplicate_of_a_known_id():
 
 @pytest.mark.parametrize(
     "text",
-    ["1. a($1)\n", "1. a($2)\n2. b()\n", '1. a(x="${3}")\n', "1. a([$9])\n",
-     '{"tasks": [{"id": 1, "tool": "a", "args": ["$2"]}]}'],
+    [
+        "1. a($1)\n",
+        "1. a($2)\n2. b()\n",
+        '1. a(x="${3}")\n',
+        "1. a([$9])\n",
+        '{"tasks": [{"id": 1, "tool": "a", "args": ["$2"]}]}',
+    ],
 )
 def test_whole_reference_must_name_an_earlier_task(text):
     with pytest.raises(PlanError, match="not an earlier task") as info:
@@ -351,21 +376,71 @@ def test_random_splits(plan, cuts):
 # -- property: arbitrary text is data, never code ----------------------------------------
 
 FRAGMENTS = [
-    "1.", "2.", "3.", " ", "\n", "search", "join", "(", ")", '"', "'", "$1", "${2}", "$",
-    "[", "]", "{", "}", ",", "=", "x", "Thought:", "<END_OF_PLAN>", "###", "```", "json",
-    ":", '"tasks"', '"id"', '"tool"', '"args"', "1", "-", "\\", '"""', "None",
-    "9" * 30, '{"tasks": [', '{"id": 1, "tool": "a", "args": ["$1"]}', "\r",
-    "__import__('os').system('true')", "open('x')", "lambda: 0", "**", "*",
+    "1.",
+    "2.",
+    "3.",
+    " ",
+    "\n",
+    "search",
+    "join",
+    "(",
+    ")",
+    '"',
+    "'",
+    "$1",
+    "${2}",
+    "$",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "=",
+    "x",
+    "Thought:",
+    "<END_OF_PLAN>",
+    "###",
+    "```",
+    "json",
+    ":",
+    '"tasks"',
+    '"id"',
+    '"tool"',
+    '"args"',
+    "1",
+    "-",
+    "\\",
+    '"""',
+    "None",
+    "9" * 30,
+    '{"tasks": [',
+    '{"id": 1, "tool": "a", "args": ["$1"]}',
+    "\r",
+    "__import__('os').system('true')",
+    "open('x')",
+    "lambda: 0",
+    "**",
+    "*",
 ]
-plan_like = st.lists(
-    st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=40
-).map("".join)
+plan_like = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=40).map(
+    "".join
+)
 any_text = st.one_of(st.text(max_size=200), plan_like)
 
 _watching = threading.local()
 _seen: list[str] = []
-_DANGEROUS = ("exec", "open", "os.system", "subprocess.Popen", "os.exec", "os.posix_spawn",
-              "import", "socket.connect", "os.remove", "shutil")
+_DANGEROUS = (
+    "exec",
+    "open",
+    "os.system",
+    "subprocess.Popen",
+    "os.exec",
+    "os.posix_spawn",
+    "import",
+    "socket.connect",
+    "os.remove",
+    "shutil",
+)
 
 
 def _audit(event: str, args: tuple[object, ...]) -> None:
@@ -434,9 +509,11 @@ literals = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text().filter(lambda s: "$" not in s and "<END_OF_PLAN>" not in s),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.lists(inner, max_size=4).map(tuple)
-    | st.dictionaries(st.text(max_size=5).filter(lambda s: "$" not in s), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.text(max_size=5).filter(lambda s: "$" not in s), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 

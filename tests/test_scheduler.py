@@ -154,8 +154,10 @@ async def test_sync_tools_run_in_threads_and_async_on_the_loop(no_leftover_tool_
 
     @tool
     async def on_loop() -> str:
-        seen["async"] = (threading.current_thread() is threading.main_thread(),
-                         asyncio.get_running_loop() is loop)
+        seen["async"] = (
+            threading.current_thread() is threading.main_thread(),
+            asyncio.get_running_loop() is loop,
+        )
         return "async"
 
     async with scheduler(blocking, on_loop) as s:
@@ -347,11 +349,16 @@ async def test_failure_skips_dependents_and_never_runs_them():
         add_plan(
             s,
             '1. ok("a")\n2. bad()\n3. ok("uses $2")\n4. ok("$3 and $1")\n5. ok("only $1")\n'
-            '6. ok(name=$4)\n',
+            "6. ok(name=$4)\n",
         )
         await s.wait()
     assert statuses(s) == {
-        1: "done", 2: "failed", 3: "skipped", 4: "skipped", 5: "done", 6: "skipped"
+        1: "done",
+        2: "failed",
+        3: "skipped",
+        4: "skipped",
+        5: "done",
+        6: "skipped",
     }
     assert sorted(called) == ["a", "only a"]
     assert s.graph.nodes[2].error == "RuntimeError: broken tool"
@@ -415,7 +422,11 @@ async def test_cancel_a_running_task_and_its_dependents():
         await handshake(started)
         assert sorted(s.cancel(1)) == [1, 2, 3]
         assert statuses(s) == {
-            1: "cancelled", 2: "cancelled", 3: "cancelled", 4: "running", 5: "pending"
+            1: "cancelled",
+            2: "cancelled",
+            3: "cancelled",
+            4: "running",
+            5: "pending",
         }
         await handshake(was_cancelled)
         assert s.cancel(1) == []  # settled already
@@ -425,7 +436,9 @@ async def test_cancel_a_running_task_and_its_dependents():
     assert statuses(s)[5] == "done"
     assert called == ["other"]
     assert {i: st for i, st in finished(log) if st == "cancelled"} == {
-        1: "cancelled", 2: "cancelled", 3: "cancelled"
+        1: "cancelled",
+        2: "cancelled",
+        3: "cancelled",
     }
     assert other_tasks() == set()
 
@@ -534,7 +547,10 @@ async def test_cancelling_the_whole_run_leaves_nothing_running(no_leftover_tool_
     assert other_tasks() == set()
     assert tool_threads() == []
     assert sorted(finished(log)) == [
-        (1, "cancelled"), (2, "cancelled"), (3, "cancelled"), (4, "cancelled")
+        (1, "cancelled"),
+        (2, "cancelled"),
+        (3, "cancelled"),
+        (4, "cancelled"),
     ]
 
 

@@ -60,8 +60,12 @@ def test_task_and_llm_slices():
 
 def test_write_is_valid_json(tmp_path: Path):
     rec = TraceRecorder()
-    feed(rec, ev.RunStarted(0.0, "r"), ev.TaskStarted(0.0, 1, "t"),
-         ev.TaskFinished(0.001, 1, "done", None))
+    feed(
+        rec,
+        ev.RunStarted(0.0, "r"),
+        ev.TaskStarted(0.0, 1, "t"),
+        ev.TaskFinished(0.001, 1, "done", None),
+    )
     path = tmp_path / "t.json"
     rec.write(path)
     data = json.loads(path.read_text())
@@ -80,16 +84,21 @@ def test_a_whole_run_has_one_slice_per_task_and_llm_call(example_tools: Path):
     finish = "Action: Finish(4)"
     rec = TraceRecorder()
     result = asyncio.run(
-        plait.arun("q", tools=tools, model=ReplayLLM([plan, replan, more, finish]),
-                   on_event=rec)
+        plait.arun("q", tools=tools, model=ReplayLLM([plan, replan, more, finish]), on_event=rec)
     )
     assert result.answer == "4"
     xs = slices(rec)
     assert sorted(e["name"] for e in xs if e["cat"] == "task") == [
-        "1. search", "2. search", "3. calculate", "5. calculate"
+        "1. search",
+        "2. search",
+        "3. calculate",
+        "5. calculate",
     ]
     assert [e["name"].split()[0] for e in xs if e["cat"] == "llm"] == [
-        "planner", "joiner", "planner", "joiner"
+        "planner",
+        "joiner",
+        "planner",
+        "joiner",
     ]
     assert [e["name"] for e in rec.events if e["ph"] == "i"] == ["replan 1"]
     for e in xs:

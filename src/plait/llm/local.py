@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -152,9 +152,9 @@ class LocalLLM:
             kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = threading.Event()
-        put: Callable[[tuple[str, Any]], None] = lambda item: loop.call_soon_threadsafe(  # noqa: E731
-            queue.put_nowait, item
-        )
+
+        def put(item: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
             with lock:

@@ -56,6 +56,17 @@ from urllib.parse import parse_qs
 import httpx
 import openai
 
+try:  # openai 2.x+ talks through httpx2, whose errors are not httpx's
+    import httpx2
+
+    _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+        openai.APIConnectionError,
+        httpx.HTTPError,
+        httpx2.HTTPError,
+    )
+except ImportError:  # pragma: no cover - older openai
+    _CONNECTION_ERRORS = (openai.APIConnectionError, httpx.HTTPError)
+
 from ..errors import PlaitError
 from .base import Delta, LLMError, Request, Usage
 from .limits import LimitConfig, limiter_for
@@ -103,7 +114,7 @@ class OpenAILLM:
             "base_url": self.base_url,
             "api_key": api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
             "max_retries": 0,
-            "timeout": httpx.Timeout(timeout, connect=10.0),
+            "timeout": timeout,
         }
 
     @classmethod
@@ -207,7 +218,7 @@ class OpenAILLM:
                 stack.push_async_callback(own.close)
             slot = await stack.enter_async_context(self.limiter.slot())
             inner = self._stream(api, request, kwargs, form, slot)
-            async with contextlib.aclosing(inner):
+            async with contextlib.aclosing(inner):  # type: ignore[type-var]
                 async for delta in inner:
                     yield delta
 
@@ -263,7 +274,7 @@ class OpenAILLM:
             raise err from None
         except openai.APITimeoutError as e:
             raise LLMError(f"timed out: {e}", retryable=True) from None
-        except (openai.APIConnectionError, httpx.HTTPError) as e:
+        except _CONNECTION_ERRORS as e:
             raise LLMError(f"connection lost: {_why(e)}", retryable=True) from None
         except openai.APIError as e:  # e.g. an error event inside the stream
             raise LLMError(str(e), retryable=True) from None
@@ -289,7 +300,7 @@ def _why(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
+def _retry_after(response: Any) -> float | None:
     if response is None:
         return None
     header = response.headers.get("retry-after-ms")
