@@ -118,7 +118,7 @@ async def test_arun_answers_with_usage(tools):
     # the planner saw the tools, the joiner saw the results
     system = llm.calls[0].messages[0]["content"]
     assert "search(query: str)" in system and "calculate(expression: str)" in system
-    assert "330 metres" in llm.calls[1].messages[1]["content"]
+    assert "330 metres" in llm.calls[1].messages[-1]["content"]
 
 
 def test_run_is_the_blocking_form(tools):
@@ -143,11 +143,16 @@ async def test_replan_sees_earlier_results_and_numbers_after_them(tools):
     assert [e.reason for e in events if isinstance(e, ev.Replanning)] == [
         "need the Statue of Liberty height"
     ]
-    second = llm.calls[2].messages[1]["content"]
-    assert "330 metres" in second  # the result of task 1
+    second = llm.calls[2].messages[-1]["content"]
+    conversation = "\n".join(m["content"] for m in llm.calls[2].messages)
+    assert "330 metres" in conversation  # the result of task 1
     assert "numbered from 2" in second
     assert "need the Statue of Liberty height" in second
     assert result.task(3).result == 330.0
+    # one conversation: each call's prompt starts with the whole previous call and its reply
+    for before, after in zip(llm.calls, llm.calls[1:], strict=False):
+        assert after.messages[: len(before.messages)] == before.messages
+        assert after.messages[len(before.messages)]["role"] == "assistant"
 
 
 async def test_replan_ids_must_come_after_earlier_tasks(tools):
@@ -162,7 +167,7 @@ async def test_replan_ids_must_come_after_earlier_tasks(tools):
     )
     result = await plait.arun(QUESTION, tools=tools, model=llm, max_replans=2)
     assert result.answer == "237 metres"
-    assert "task id 1 is used twice" in llm.calls[3].messages[1]["content"]
+    assert "task id 1 is used twice" in llm.calls[3].messages[-1]["content"]
     assert [t.id for t in result.tasks] == [1, 2]
 
 
@@ -174,7 +179,7 @@ async def test_an_invalid_plan_is_shown_to_the_planner_and_fixed(tools):
     assert result.status == "done" and result.answer == "237 metres"
     invalid = [e.error for e in events if isinstance(e, ev.PlanInvalid)]
     assert len(invalid) == 1 and "line 1: unclosed parenthesis" in invalid[0]
-    retry_prompt = llm.calls[1].messages[1]["content"]
+    retry_prompt = llm.calls[1].messages[-1]["content"]
     assert "unclosed parenthesis" in retry_prompt
     assert [t.id for t in result.tasks] == [1, 2, 3, 4, 5]
 
@@ -184,7 +189,7 @@ async def test_a_plan_that_does_not_fit_the_tools_is_replanned(tools):
     llm = ReplayLLM([wrong, PLAN, FINISH])
     result = await plait.arun(QUESTION, tools=tools, model=llm)
     assert result.answer == "237 metres"
-    assert "argument 'query'" in llm.calls[1].messages[1]["content"]
+    assert "argument 'query'" in llm.calls[1].messages[-1]["content"]
 
 
 async def test_max_replans_0_ends_without_an_answer(tools):

@@ -22,7 +22,7 @@ from .errors import PlaitError, PlanError
 from .llm.base import LLM, LLMError, Request
 from .plan import PlanParser, Task, parse_plan, result_text
 from .planschema import plan_schema
-from .prompts import joiner_messages, observations, parse_decision, planner_messages
+from .prompts import join_turn, observations, parse_decision, planner_messages, replan_turn
 from .scheduler import Scheduler
 
 STOP = ("<END_OF_PLAN>",)
@@ -87,6 +87,8 @@ class Agent:
         self.examples = examples
         self.retry = retry or RetryPolicy()
         self.drain = 1.0  # seconds to keep reading a reply after it gave all we needed
+        self._conversation: list[dict[str, str]] = []  # every call extends this prefix
+        self._reported: set[int] = set()  # tasks whose results the conversation shows
         self._calls = 0
 
     async def answer(self, question: str, outcome: Outcome) -> None:
@@ -103,7 +105,7 @@ class Agent:
                 return
             if error is not None:
                 self.emit(ev.PlanInvalid(self.clock(), error))
-                reason = f"the previous plan could not be run: {error}. Write a valid plan."
+                reason = f"the previous plan could not be run: {error}. Write a valid plan"
                 outcome.error = f"invalid plan: {error}"
                 continue
             assert reply is not None
@@ -119,8 +121,10 @@ class Agent:
 
     # planner ---------------------------------------------------------------------------
 
-    def _history(self) -> str:
-        nodes = self.scheduler.graph.nodes.values()
+    def _unreported(self) -> str:
+        """Observations of the tasks the conversation has not shown yet."""
+        nodes = [n for i, n in self.scheduler.graph.nodes.items() if i not in self._reported]
+        self._reported.update(n.task.id for n in nodes)
         return observations([(n.task, n.status, n.result, n.error) for n in nodes])
 
     async def _plan(self, question: str, reason: str | None) -> str | None:
@@ -129,28 +133,30 @@ class Agent:
         known = set(graph.nodes)
         next_id = max(known, default=0) + 1
         json_form = self.llm.supports_json_schema
+        if not self._conversation:
+            self._conversation = planner_messages(
+                question, self.scheduler.tools, examples=self.examples, json_form=json_form
+            )
+        else:
+            turn = replan_turn(reason or "", self._unreported(), next_id)
+            self._conversation = [*self._conversation, turn]
         request = Request(
-            planner_messages(
-                question,
-                self.scheduler.tools,
-                examples=self.examples,
-                history=self._history() if known else "",
-                reason=reason,
-                next_id=next_id,
-                json_form=json_form,
-            ),
+            self._conversation,
             stop=() if json_form else STOP,
             json_schema=plan_schema(self.scheduler.tools, next_id) if json_form else None,
             session=self.run_id,
         )
         added: set[int] = set()
         parser = PlanParser(known)
+        reply: list[str] = []
 
         def restart() -> None:
             nonlocal parser
             parser = PlanParser(known)
+            reply.clear()
 
         def on_text(text: str) -> bool:
+            reply.append(text)
             for task in parser.feed(text):
                 if task.id in added:
                     continue  # dispatched by a reply that was lost and retried
@@ -161,12 +167,15 @@ class Agent:
             return parser.done
 
         try:
-            await self._complete("planner", request, on_text, restart)
-            on_text("")
-            for task in parser.close():
-                if task.id not in added:
-                    self.scheduler.add(task)
-                    added.add(task.id)
+            try:
+                await self._complete("planner", request, on_text, restart)
+                on_text("")
+                for task in parser.close():
+                    if task.id not in added:
+                        self.scheduler.add(task)
+                        added.add(task.id)
+            finally:
+                self._say("".join(reply))
         except PlanError as e:
             return str(e)
         if not added and not parser.joined:
@@ -174,15 +183,25 @@ class Agent:
         return None
 
     async def _join(self, question: str) -> str:
+        self._conversation = [
+            *self._conversation,
+            join_turn(question, self._unreported()),
+        ]
         parts: list[str] = []
-        request = Request(joiner_messages(question, self._history()), session=self.run_id)
+        request = Request(self._conversation, session=self.run_id)
 
         def on_text(text: str) -> bool:
             parts.append(text)
             return False
 
         await self._complete("joiner", request, on_text, parts.clear)
-        return "".join(parts)
+        reply = "".join(parts)
+        self._say(reply)
+        return reply
+
+    def _say(self, text: str) -> None:
+        """Record the model's reply as its turn in the run's conversation."""
+        self._conversation = [*self._conversation, {"role": "assistant", "content": text}]
 
     # one LLM call, with retries --------------------------------------------------------
 

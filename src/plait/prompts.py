@@ -1,5 +1,11 @@
 """Planner and joiner prompts (LLMCompiler's, trimmed), and reading the joiner's reply.
 
+A run is one conversation: the planner's instructions and the question, the plan, the
+results and the joiner's turn, then any replan, each call extending the messages of the one
+before. So every call's prompt starts with the previous call's whole prompt and reply, and a
+server that keeps the run's KV cache (llama.cpp's prompt cache, program affinity as in
+Continuum) evaluates only what is new.
+
 Prompts are built from the registered tools, so the planner sees each tool's signature,
 description and JSON Schema. A tools module may set `EXAMPLES` (a string of plans written
 for its own tools) to give the planner few-shot examples that fit; otherwise a generic one
@@ -48,8 +54,8 @@ that do not depend on each other.
 Example:
 {examples}"""
 
-JOINER_SYSTEM = """\
-Answer the user's question from the results of the tasks that were run.
+JOIN_INSTRUCTIONS = """\
+Now answer the question from these results: {question}
 Reply in exactly two lines:
 Thought: <your reasoning about the results>
 Action: Finish(<the final answer>)
@@ -57,12 +63,7 @@ or, only if the results cannot answer the question yet:
 Thought: <your reasoning>
 Action: Replan(<what is missing and should be done next>)
 
-Example:
-Question: Which is taller, the Eiffel Tower or the Statue of Liberty?
-1. search("Eiffel Tower height")
-Observation: The Eiffel Tower is 330 metres tall.
-2. search("Statue of Liberty height")
-Observation: The Statue of Liberty is 93 metres tall including its pedestal.
+For example:
 Thought: 330 metres is more than 93 metres.
 Action: Finish(The Eiffel Tower is taller: 330 m against 93 m.)"""
 
@@ -81,11 +82,10 @@ def planner_messages(
     tools: Tools,
     *,
     examples: str | None = None,
-    history: str = "",
-    reason: str | None = None,
     next_id: int = 1,
     json_form: bool = False,
 ) -> list[dict[str, str]]:
+    """The opening of a run's conversation: the planner's instructions and the question."""
     end = "nothing" if json_form else END_OF_PLAN
     system = PLANNER_SYSTEM.format(
         count=len(tools) + 1,
@@ -101,17 +101,28 @@ def planner_messages(
             '"args": {"query": "..."}}, ...]}, references as strings like "$1", and a last '
             'task {"id": N, "tool": "join", "args": {}}.'
         )
-    user = f"Question: {question}"
-    if history:
-        user += (
-            f"\n\nTasks already run, with their results:\n{history}\n\n"
-            f"Why a new plan is needed: {reason}\n"
-            f"Write only the new tasks, numbered from {next_id}. They may use earlier results "
-            "as $ID."
-        )
-    elif reason:  # nothing ran yet (say the plan was invalid): still say why
-        user += f"\n\nWhy a new plan is needed: {reason}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Question: {question}"},
+    ]
+
+
+def replan_turn(reason: str, results: str, next_id: int) -> dict[str, str]:
+    """The user turn that asks for more tasks, after results (if any) and why."""
+    seen = f"Results of the tasks run so far:\n{results}\n\n" if results else ""
+    return {
+        "role": "user",
+        "content": f"{seen}A new plan is needed: {reason}\n"
+        f"Write only the new tasks, numbered from {next_id}. They may use earlier results as "
+        "$ID.",
+    }
+
+
+def join_turn(question: str, results: str) -> dict[str, str]:
+    """The user turn that asks the joiner to decide, after the new results."""
+    text = JOIN_INSTRUCTIONS.format(question=question)
+    seen = f"Results of the tasks:\n{results}\n\n" if results else "No task was run.\n\n"
+    return {"role": "user", "content": seen + text}
 
 
 def render_call(task: Task) -> str:
@@ -132,13 +143,6 @@ def observations(tasks: Sequence[tuple[Task, str, object, str | None]], limit: i
         else:
             lines.append(f"Observation: {status}: {error}")
     return "\n".join(lines)
-
-
-def joiner_messages(question: str, history: str) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": JOINER_SYSTEM},
-        {"role": "user", "content": f"Question: {question}\n{history}\nThought:"},
-    ]
 
 
 @dataclass(slots=True)
