@@ -134,7 +134,8 @@ COMPARE = [
     (
         "search",
         "Statue of Liberty height",
-        "The Eiffel Tower is 330 m tall. Now I need the height of the Statue of Liberty to compare.",
+        "The Eiffel Tower is 330 m tall. Now I need the height of the Statue of Liberty "
+        "to compare.",
     ),
 ]
 RECOMMEND = [

@@ -102,12 +102,14 @@ def calculate(expression: str) -> float:
     return _eval(ast.parse(expression.strip(), mode="eval").body)
 
 
+# Few-shot plans for the planner. Deliberately not the README's question: a model that
+# copies an example must not look as if it had answered.
 EXAMPLES = """\
-Question: How much taller is the Eiffel Tower than the Statue of Liberty?
-1. search("Eiffel Tower height")
-2. search("Statue of Liberty height")
-3. extract_number($1, unit="metres")
-4. extract_number($2, unit="metres")
+Question: How much longer is the Nile than the Danube?
+1. search("Nile length")
+2. search("Danube length")
+3. extract_number($1, unit="kilometres")
+4. extract_number($2, unit="kilometres")
 5. calculate("$3 - $4")
 6. join()
 <END_OF_PLAN>"""

@@ -23,10 +23,10 @@ from .plan import END_OF_PLAN, Task, result_text
 from .tools import Tools
 
 GENERIC_EXAMPLE = """\
-Question: Which is taller, the Eiffel Tower or the Statue of Liberty, and by how much?
-Thought: Both heights can be looked up at the same time; the difference needs both.
-1. search("Eiffel Tower height")
-2. search("Statue of Liberty height")
+Question: Which river is longer, the Nile or the Amazon, and by how much?
+Thought: Both lengths can be looked up at the same time; the difference needs both.
+1. search("Nile length")
+2. search("Amazon length")
 3. calculate("$1 - $2")
 Thought: I can answer now.
 4. join()
@@ -64,8 +64,8 @@ Thought: <your reasoning>
 Action: Replan(<what is missing and should be done next>)
 
 For example:
-Thought: 330 metres is more than 93 metres.
-Action: Finish(The Eiffel Tower is taller: 330 m against 93 m.)"""
+Thought: The Nile is about 6650 km long and the Amazon about 6400 km.
+Action: Finish(The Nile is longer, by about 250 km.)"""
 
 
 def tool_lines(tools: Tools) -> str:

@@ -24,6 +24,7 @@ Options ride on the spec as a query: `local:/models/x.gguf?n_ctx=8192&n_threads=
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -42,6 +43,17 @@ INSTALL_HINT = "pip install 'plait[local]'"
 
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free the models while the interpreter still works: Llama's own __del__, run during
+    shutdown, prints a TypeError traceback (llama-cpp-python's free_model is gone by then)."""
+    with _models_lock:
+        for llm, lock in _models.values():
+            with lock:
+                llm.close()
+        _models.clear()
 
 
 def default_model_path() -> Path:
