@@ -55,8 +55,12 @@ async def execute_plan(text: str, scheduler: Scheduler, outcome: Outcome) -> Non
     tasks = [scheduler.tools.prepare(t) for t in parse_plan(text)]
     if not tasks:
         raise PlanError("the plan has no tasks")
-    for task in tasks:
+    for i, task in enumerate(tasks, 1):
         scheduler.add(task, checked=True)
+        if i % 32 == 0:
+            # Let dispatched tasks run while the rest are added: they start sooner, and a
+            # huge plan never holds all its coroutines in memory at once.
+            await asyncio.sleep(0)
     await scheduler.wait()
     # The answer of a written plan is its last task's result, if every task succeeded.
     if all(n.status == "done" for n in scheduler.graph.nodes.values()):

@@ -26,7 +26,7 @@ import ast
 import json
 import keyword
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,23 +76,40 @@ def whole_ref(value: Any) -> int | None:
     return None
 
 
-def references(value: Any) -> Iterator[tuple[int, bool]]:
-    """Yield (task id, is_whole) for every reference in a nested argument value."""
-    if isinstance(value, str):
-        if "$" not in value:
-            return
-        n = whole_ref(value)
-        if n is not None:
-            yield n, True
-            return
-        for m in _REF.finditer(value):
-            yield int(m.group(1) or m.group(2)), False
+def references(value: Any) -> list[tuple[int, bool]]:
+    """(task id, is_whole) for every reference in a nested argument value."""
+    found: list[tuple[int, bool]] = []
+    _collect(value, found)
+    return found
+
+
+def _collect(value: Any, found: list[tuple[int, bool]]) -> None:
+    if type(value) is str:  # the hot path: most values are strings or numbers
+        if "$" in value:
+            m = _WHOLE_REF.fullmatch(value)
+            if m:
+                found.append((int(m.group(1) or m.group(2)), True))
+            else:
+                found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(value))
     elif isinstance(value, (list, tuple, set, frozenset)):
         for v in value:
-            yield from references(v)
+            _collect(v, found)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from references(v)
+            _collect(v, found)
+    elif isinstance(value, str):  # a str subclass
+        _collect(str(value), found)
+
+
+def mentions_reference(value: Any) -> bool:
+    """Whether a value may hold a reference (a "$" in any of its strings): a cheap test."""
+    if type(value) is str:
+        return "$" in value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(mentions_reference(v) for v in value)
+    if isinstance(value, dict):
+        return any(mentions_reference(v) for v in value.values())
+    return isinstance(value, str) and "$" in value
 
 
 def dependencies(

@@ -73,6 +73,13 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "done"
 
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio reprs a finished task's result, and a run may hold 100k tasks.
+        return (
+            f"RunResult(run_id={self.run_id!r}, status={self.status!r}, "
+            f"answer={self.answer!r}, tasks={len(self.tasks)}, error={self.error!r})"
+        )
+
     def task(self, task_id: int) -> TaskRecord:
         for t in self.tasks:
             if t.id == task_id:

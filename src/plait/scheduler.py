@@ -91,7 +91,7 @@ class Scheduler:
         Raises PlanError for a task that can never run; the graph is then unchanged.
         `checked=True` skips the check for a task `Tools.prepare` already returned.
         """
-        if not task.deps and (task.args or task.kwargs):
+        if not checked and not task.deps and (task.args or task.kwargs):
             # Tasks built by hand name their inputs only through references.
             refs = (*task.args, *task.kwargs.values())
             task.deps = dependencies(task.id, refs, self.graph.nodes, task.line)

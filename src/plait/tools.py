@@ -19,7 +19,7 @@ from typing import Any, overload
 import pydantic
 
 from .errors import PlanError, ToolError
-from .plan import Task, references
+from .plan import Task, mentions_reference
 
 __all__ = ["Tool", "Tools", "load_tools", "tool"]
 
@@ -169,7 +169,7 @@ class Tool:
                 raise PlanError(f"{where}: missing argument {pname!r}", line=task.line)
         for key, value in bound.items():
             # Values holding a reference are checked at call time, once resolved.
-            if key in self._params and (not task.deps or next(references(value), None) is None):
+            if key in self._params and (not task.deps or not mentions_reference(value)):
                 try:
                     self._adapter(key).validate_python(value)
                 except pydantic.ValidationError as e:
