@@ -54,18 +54,23 @@ that do not depend on each other.
 Example:
 {examples}"""
 
-JOIN_INSTRUCTIONS = """\
-Now answer the question from these results: {question}
-Reply in exactly two lines:
+JOINER_RULES = """
+
+After the plan has run you will be shown its results and asked to decide. Then reply in \
+exactly two lines:
 Thought: <your reasoning about the results>
 Action: Finish(<the final answer>)
 or, only if the results cannot answer the question yet:
 Thought: <your reasoning>
 Action: Replan(<what is missing and should be done next>)
-
 For example:
 Thought: The Nile is about 6650 km long and the Amazon about 6400 km.
 Action: Finish(The Nile is longer, by about 250 km.)"""
+
+JOIN_TURN = (
+    "{results}\n\nNow decide, for the question: {question}\n"
+    "Reply with Thought: ... and then Action: Finish(...) or Action: Replan(...)."
+)
 
 
 def tool_lines(tools: Tools) -> str:
@@ -101,6 +106,8 @@ def planner_messages(
             '"args": {"query": "..."}}, ...]}, references as strings like "$1", and a last '
             'task {"id": N, "tool": "join", "args": {}}.'
         )
+    # The joiner's rules live here too, in the prefix every call of the run shares.
+    system += JOINER_RULES
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": f"Question: {question}"},
@@ -119,10 +126,13 @@ def replan_turn(reason: str, results: str, next_id: int) -> dict[str, str]:
 
 
 def join_turn(question: str, results: str) -> dict[str, str]:
-    """The user turn that asks the joiner to decide, after the new results."""
-    text = JOIN_INSTRUCTIONS.format(question=question)
-    seen = f"Results of the tasks:\n{results}\n\n" if results else "No task was run.\n\n"
-    return {"role": "user", "content": seen + text}
+    """The user turn that asks the joiner to decide, after the new results.
+
+    Short on purpose: the rules are in the system prompt, so with a warm KV cache the joiner
+    evaluates little more than the results.
+    """
+    seen = f"Results of the tasks:\n{results}" if results else "No task was run."
+    return {"role": "user", "content": JOIN_TURN.format(results=seen, question=question)}
 
 
 def render_call(task: Task) -> str:
