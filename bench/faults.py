@@ -49,12 +49,21 @@ def main() -> None:
         with FaultProxy(base.removesuffix("/v1"), rate=args.rate, seed=args.seed) as proxy:
             faulty = asyncio.run(batch(proxy.url + "/v1", args.runs))
             stats = dict(proxy.stats)
-    done = sum(r.status == "done" for r in faulty)
+    # A run "completes" when it ends with a result and no LLM call failed for good; with the
+    # 135M model some runs end without an answer for the model's own reasons, faults or not,
+    # which the clean runs show.
+    lost = [r for r in faulty for c in r.llm_calls if c.error]
+    done = len(faulty) - len(lost)
+    answered = (sum(r.status == "done" for r in clean), sum(r.status == "done" for r in faulty))
     retries = sum(c.retries for r in faulty for c in r.llm_calls)
     t_clean = statistics.mean(r.elapsed for r in clean)
     t_faulty = statistics.mean(r.elapsed for r in faulty)
     injected = {k: v for k, v in stats.items() if k not in ("requests", "clean", "cut")}
     print(f"  proxy: {stats.get('requests', 0)} requests, injected {injected}")
+    print(f"  answered: {answered[0]}/{len(clean)} without the proxy, "
+          f"{answered[1]}/{len(faulty)} through it")  # fmt: skip
+    for r in lost:
+        print(f"  lost: {r.run_id} {r.error}")
     print(f"faults: {done}/{len(faulty)} runs completed ({100 * done / len(faulty):.0f}%), "
           f"{retries} LLM retries, mean run {t_faulty:.2f}s vs {t_clean:.2f}s without the proxy "
           f"(+{t_faulty - t_clean:.2f}s, {t_faulty / t_clean:.2f}x)")  # fmt: skip
