@@ -11,26 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from llamaserver import llama_server
-
-
-def _missing() -> str | None:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return "llama_cpp is not importable: pip install -e '.[local,server]'"
-    try:
-        import fastapi  # noqa: F401
-        import sse_starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        return "llama_cpp's server extra is missing: pip install -e '.[local,server]'"
-    return None
+from llamaserver import llama_server, missing_server
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
-    reason = _missing()
+    reason = missing_server()
     if reason:
         pytest.skip(reason)
     with llama_server() as (base, _):

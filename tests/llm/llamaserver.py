@@ -29,7 +29,8 @@ SERVER_FLAGS = ["--n_ctx", "4096", "--n_threads", "2", "--cache", "true",
 READY_TIMEOUT = 120.0
 
 
-def _missing() -> str | None:
+def missing_server() -> str | None:
+    """Why the server cannot start here (a package missing), or None."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
