@@ -369,3 +369,10 @@ def test_load_tools_errors(tmp_path: Path, files, spec, message):
 def test_load_tools_does_not_accept_a_directory(tmp_path: Path):
     with pytest.raises(ToolError, match="not found"):
         load_tools(str(tmp_path))
+
+
+def test_a_mapping_renames_a_tool_and_keeps_its_limits():
+    limited = tool(max_concurrency=2, timeout=5, retries=3)(lambda query: query)
+    renamed = Tools.coerce({"lookup": limited})["lookup"]
+    assert renamed.name == "lookup"
+    assert (renamed.max_concurrency, renamed.timeout, renamed.retries) == (2, 5, 3)

@@ -91,11 +91,11 @@ class Scheduler:
         Raises PlanError for a task that can never run; the graph is then unchanged.
         `checked=True` skips the check for a task `Tools.prepare` already returned.
         """
-        if not checked and not task.deps and (task.args or task.kwargs):
-            # Tasks built by hand name their inputs only through references.
-            refs = (*task.args, *task.kwargs.values())
-            task.deps = dependencies(task.id, refs, self.graph.nodes, task.line)
         if not checked:
+            if not task.deps and (task.args or task.kwargs):
+                # Tasks built by hand name their inputs only through references.
+                refs = (*task.args, *task.kwargs.values())
+                task.deps = dependencies(task.id, refs, self.graph.nodes, task.line)
             task = self.tools.prepare(task)
         try:
             node = self.graph.add(task)

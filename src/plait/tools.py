@@ -96,6 +96,20 @@ class Tool:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    def renamed(self, name: str) -> Tool:
+        """The same tool, limits included, under another name."""
+        if name == self.name:
+            return self
+        return Tool(
+            self.fn,
+            name=name,
+            description=self.description,
+            max_concurrency=self.max_concurrency,
+            timeout=self.timeout,
+            retries=self.retries,
+            retry_backoff=self.retry_backoff,
+        )
+
     def invoke(self, arguments: dict[str, Any]) -> Any:
         """Call the function with validated arguments (a coroutine, for an async tool)."""
         if not self._call_positionally:
@@ -171,7 +185,7 @@ class Tool:
             # Values holding a reference are checked at call time, once resolved.
             if key in self._params and (not task.deps or not mentions_reference(value)):
                 try:
-                    self._adapter(key).validate_python(value)
+                    self._adapters[key].validate_python(value)
                 except pydantic.ValidationError as e:
                     raise PlanError(
                         f"{where}: argument {key!r}: {_first_error(e)}", line=task.line
@@ -190,9 +204,6 @@ class Tool:
         if model.__pydantic_extra__:
             out.update(model.__pydantic_extra__)
         return out
-
-    def _adapter(self, pname: str) -> pydantic.TypeAdapter[Any]:
-        return self._adapters[pname]
 
 
 def _type_adapter(ann: Any) -> pydantic.TypeAdapter[Any]:
@@ -280,8 +291,7 @@ class Tools(Mapping[str, Tool]):
             return load_tools(tools)
         if isinstance(tools, Mapping):
             return cls(
-                v if isinstance(v, Tool) and v.name == k else Tool(getattr(v, "fn", v), name=k)
-                for k, v in tools.items()
+                v.renamed(k) if isinstance(v, Tool) else Tool(v, name=k) for k, v in tools.items()
             )
         return cls(tools)
 
