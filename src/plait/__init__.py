@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from . import events
 from .agent import RetryPolicy
-from .api import aexecute, arun, astream, execute, run
+from .api import aexecute, aresume, arun, astream, execute, resume, run
 from .errors import PlaitError, PlanError, ToolError
 from .events import Event, Usage
 from .llm import LLM, LLMError, resolve_model
 from .plan import PlanParser, Task, parse_plan
 from .result import LLMCall, RunResult, TaskRecord
-from .scheduler import Scheduler
+from .scheduler import Scheduler, TaskContext, current_task
+from .stores import RunHeld, RunInfo, RunNotFound, Store, StoreError, open_store
 from .tools import Tool, Tools, load_tools, tool
 
 __version__ = "0.1.0"
@@ -33,22 +34,32 @@ __all__ = [
     "PlanError",
     "PlanParser",
     "RetryPolicy",
+    "RunHeld",
+    "RunInfo",
+    "RunNotFound",
     "RunResult",
     "Scheduler",
+    "Store",
+    "StoreError",
     "Task",
+    "TaskContext",
     "TaskRecord",
     "Tool",
     "ToolError",
     "Tools",
     "Usage",
     "aexecute",
+    "aresume",
     "arun",
     "astream",
+    "current_task",
     "events",
     "execute",
     "load_tools",
+    "open_store",
     "parse_plan",
     "resolve_model",
+    "resume",
     "run",
     "tool",
 ]

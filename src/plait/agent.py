@@ -7,6 +7,11 @@ streaming: that is LLMCompiler's task fetching unit, with no separate queue.
 
 An LLM reply that is lost mid-stream (LLMError with retryable=True) is asked for again with
 backoff; tasks the lost reply already dispatched are not dispatched twice.
+
+Resuming is replaying: the loop runs again from the start, with the replies a store kept
+(`replies`, by call number) given back instead of asking the model, and the scheduler's
+journal settling recorded tasks without running them. Given the same replies the loop makes
+the same calls, so a resumed run picks up exactly where the log ends.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from .plan import PlanParser, Task, parse_plan, result_text
 from .planschema import plan_schema
 from .prompts import join_turn, observations, parse_decision, planner_messages, replan_turn
 from .scheduler import Scheduler
+from .tools import Tools
 
 STOP = ("<END_OF_PLAN>",)
 
@@ -50,11 +56,16 @@ class Outcome:
         self.error: str | None = None
 
 
-async def execute_plan(text: str, scheduler: Scheduler, outcome: Outcome) -> None:
-    """Run a whole written plan. Every task is checked before any runs."""
-    tasks = [scheduler.tools.prepare(t) for t in parse_plan(text)]
+def prepare_plan(text: str, tools: Tools) -> list[Task]:
+    """A written plan's tasks, each checked against its tool: PlanError before anything runs."""
+    tasks = [tools.prepare(t) for t in parse_plan(text)]
     if not tasks:
         raise PlanError("the plan has no tasks")
+    return tasks
+
+
+async def execute_plan(tasks: list[Task], scheduler: Scheduler, outcome: Outcome) -> None:
+    """Run a whole written plan, prepared by `prepare_plan`."""
     for i, task in enumerate(tasks, 1):
         scheduler.add(task, checked=True)
         if i % 32 == 0:
@@ -81,8 +92,10 @@ class Agent:
         max_replans: int = 2,
         examples: str | None = None,
         retry: RetryPolicy | None = None,
+        replies: dict[int, ev.LLMFinished] | None = None,
     ) -> None:
         self.llm = llm
+        self.replies = replies or {}
         self.scheduler = scheduler
         self.emit = emit
         self.clock = clock
@@ -157,10 +170,8 @@ class Agent:
         def restart() -> None:
             nonlocal parser
             parser = PlanParser(known)
-            reply.clear()
 
         def on_text(text: str) -> bool:
-            reply.append(text)
             for task in parser.feed(text):
                 if task.id in added:
                     continue  # dispatched by a reply that was lost and retried
@@ -172,7 +183,7 @@ class Agent:
 
         try:
             try:
-                await self._complete("planner", request, on_text, restart)
+                await self._complete("planner", request, on_text, restart, reply)
                 on_text("")
                 for task in parser.close():
                     if task.id not in added:
@@ -193,12 +204,7 @@ class Agent:
         ]
         parts: list[str] = []
         request = Request(self._conversation, session=self.run_id)
-
-        def on_text(text: str) -> bool:
-            parts.append(text)
-            return False
-
-        await self._complete("joiner", request, on_text, parts.clear)
+        await self._complete("joiner", request, lambda text: False, lambda: None, parts)
         reply = "".join(parts)
         self._say(reply)
         return reply
@@ -215,17 +221,27 @@ class Agent:
         request: Request,
         on_text: Callable[[str], bool],
         restart: Callable[[], None],
+        reply: list[str],
     ) -> None:
         """Stream a reply into `on_text` (True when it needs no more), retrying lost replies.
 
-        After `on_text` is satisfied the rest of the reply is still read for up to
-        `drain` seconds, unused, so the server's usage report (sent last) is not lost.
+        `reply` collects the text `on_text` was given: the reply as the run used it. After
+        `on_text` is satisfied the rest of the reply is still read for up to `drain` seconds,
+        unused, so the server's usage report (sent last) is not lost.
         """
         self._calls += 1
         call = self._calls
+        kept = self.replies.get(call)
+        if kept is not None:
+            await self._replay(call, role, kept, on_text, reply)
+            return
         self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name))
         usage = ev.Usage()
         attempt = 0
+
+        def text() -> str:
+            return "".join(reply)
+
         while True:
             try:
                 stream = self.llm.stream(request)
@@ -236,6 +252,7 @@ class Agent:
                             usage = delta.usage
                         if delta.text:
                             self.emit(ev.LLMToken(self.clock(), call, delta.text))
+                            reply.append(delta.text)
                             if on_text(delta.text):
                                 satisfied = True
                                 break
@@ -247,7 +264,7 @@ class Agent:
                                         usage = delta.usage
                                     if delta.text:
                                         self.emit(ev.LLMToken(self.clock(), call, delta.text))
-                self.emit(ev.LLMFinished(self.clock(), call, usage))
+                self.emit(ev.LLMFinished(self.clock(), call, usage, None, text()))
                 return
             except LLMError as e:
                 if not e.retryable or attempt >= self.retry.attempts:
@@ -257,14 +274,32 @@ class Agent:
                 attempt += 1
                 self.emit(ev.LLMRetrying(self.clock(), call, attempt, str(e), delay))
                 await asyncio.sleep(delay)
+                reply.clear()
                 restart()
             except PlanError:
                 # The reply arrived; it is the plan that is wrong (reported as PlanInvalid).
-                self.emit(ev.LLMFinished(self.clock(), call, usage))
+                self.emit(ev.LLMFinished(self.clock(), call, usage, None, text()))
                 raise
             except BaseException as e:
                 self.emit(ev.LLMFinished(self.clock(), call, usage, f"{type(e).__name__}: {e}"))
                 raise
 
+    async def _replay(
+        self,
+        call: int,
+        role: str,
+        kept: ev.LLMFinished,
+        on_text: Callable[[str], bool],
+        reply: list[str],
+    ) -> None:
+        """Give back a reply an earlier session received, as if the model had just sent it."""
+        self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name, True))
+        reply.append(kept.text)
+        try:
+            on_text(kept.text)
+        finally:
+            self.emit(ev.LLMFinished(self.clock(), call, kept.usage, None, kept.text, True))
+        await asyncio.sleep(0)
 
-__all__ = ["Agent", "Outcome", "PlaitError", "RetryPolicy", "Task", "execute_plan"]
+
+__all__ = ["Agent", "Outcome", "PlaitError", "RetryPolicy", "Task", "execute_plan", "prepare_plan"]

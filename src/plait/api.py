@@ -11,42 +11,116 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import events as ev
-from .agent import Agent, Outcome, RetryPolicy, execute_plan
+from .agent import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
 from .llm import LLM, resolve_model
 from .result import Recorder, RunResult
+from .runlog import Restored, RunLog, stored_result
 from .scheduler import Scheduler
+from .stores import LEASE_SECONDS, RunInfo, RunNotFound, Store, StoreError, open_store
+from .stores.base import new_holder
 from .tools import Tool, Tools
 
 ToolsLike = Tools | Iterable[Tool | Callable[..., Any]] | Mapping[str, Any] | str
 DEFAULT_MODEL = "local"
 
 
+StoreLike = Store | str | None
+
+
+@dataclass(slots=True)
+class _Durable:
+    """The run's store side for one session: its log, and whether this session opened it."""
+
+    store: Store
+    log: RunLog
+    owned: bool
+
+    async def close(self, status: str, answer: str | None, error: str | None) -> None:
+        try:
+            await asyncio.shield(asyncio.to_thread(self.log.close, status, answer, error))
+        finally:
+            if self.owned:
+                self.store.close()
+
+
+async def _open(store: StoreLike, run_id: str, new: RunInfo | None) -> _Durable | None:
+    """Create (new) or claim (resume) the run in the store, and start its log."""
+    if store is None:
+        return None
+    owned = isinstance(store, str)
+    opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
+    holder = new_holder()
+    try:
+        if new is not None:
+            new.holder, new.lease_until = holder, time.time() + LEASE_SECONDS
+            await asyncio.to_thread(opened.create, new)
+            info, restored = new, Restored()
+        else:
+            info = await asyncio.to_thread(opened.claim, run_id, holder, LEASE_SECONDS)
+            restored = await asyncio.to_thread(lambda: Restored(opened.records(run_id)))
+    except BaseException:
+        if owned:
+            opened.close()
+        raise
+    log = RunLog(opened, info, holder, restored)
+    log.start()
+    return _Durable(opened, log, owned)
+
+
+@dataclass(slots=True)
+class _Run:
+    """What a session body works with."""
+
+    scheduler: Scheduler
+    emit: ev.Listener
+    clock: Callable[[], float]
+    run_id: str
+    outcome: Outcome
+    replies: dict[int, ev.LLMFinished]  # recorded replies, when resuming
+
+
+Body = Callable[[_Run], Awaitable[None]]
+
+
 async def _session(
-    body: Callable[[Scheduler, ev.Listener, Callable[[], float], str, Outcome], Awaitable[None]],
+    body: Body,
     tools: ToolsLike,
     on_event: ev.Listener | None,
     run_id: str | None,
     question: str | None,
+    store: StoreLike = None,
+    new: RunInfo | None = None,
 ) -> RunResult:
-    """Run `body` inside one scheduler scope and turn its events into a RunResult."""
+    """Run `body` inside one scheduler scope and turn its events into a RunResult.
+
+    With a store, the run is created there (`new`) or claimed to be resumed (`new` is None),
+    and every event is logged; the log is committed before this returns, whatever happens.
+    """
     registry = Tools.coerce(tools)
     run_id = run_id or uuid.uuid4().hex[:12]
+    if new is not None:
+        new.id = run_id
+    durable = await _open(store, run_id, new)
+    log = durable.log if durable is not None else None
     recorder = Recorder()
-    emit = ev.Emitter(recorder, on_event)
+    emit = ev.Emitter(recorder, log, on_event)
     start = time.perf_counter()
 
     def clock() -> float:
         return time.perf_counter() - start
 
     outcome = Outcome()
-    emit(ev.RunStarted(0.0, run_id, question))
+    resumed = durable is not None and new is None
     status = "failed"
     try:
-        async with Scheduler(registry, emit, clock) as scheduler:
-            await body(scheduler, emit, clock, run_id, outcome)
+        emit(ev.RunStarted(0.0, run_id, question, resumed))
+        async with Scheduler(registry, emit, clock, run_id=run_id, journal=log) as scheduler:
+            replies = log.restored.replies if log is not None else {}
+            await body(_Run(scheduler, emit, clock, run_id, outcome, replies))
         if outcome.answer is not None and recorder.answer is None:
             emit(ev.Answered(clock(), outcome.answer))
         failed = any(r.status in ("failed", "skipped") for r in recorder.tasks.values())
@@ -55,14 +129,22 @@ async def _session(
             if failed:
                 bad = next(r for r in recorder.tasks.values() if r.status == "failed")
                 outcome.error = f"task {bad.id} ({bad.tool}) failed: {bad.error}"
+            elif outcome.answer is None:
+                bad = next(r for r in recorder.tasks.values() if r.status != "done")
+                outcome.error = f"task {bad.id} ({bad.tool}) {bad.status}: {bad.error}"
         else:  # a question: the joiner saw any failure and still answered
             status = "done" if outcome.answer is not None else "failed"
     except asyncio.CancelledError:
         status, outcome.error = "cancelled", "cancelled"
-        emit(ev.RunFinished(clock(), recorder.result(status, outcome.error, clock())))
         raise
-    result = recorder.result(status, outcome.error, clock())
-    emit(ev.RunFinished(clock(), result))
+    except BaseException as e:
+        status, outcome.error = "failed", outcome.error or f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        result = recorder.result(status, outcome.error, clock())
+        emit(ev.RunFinished(clock(), result))
+        if durable is not None:
+            await durable.close(status, result.answer, outcome.error)
     return result
 
 
@@ -72,14 +154,22 @@ async def aexecute(
     tools: ToolsLike,
     on_event: ev.Listener | None = None,
     run_id: str | None = None,
+    store: StoreLike = None,
 ) -> RunResult:
     """Run a written plan (text or JSON form). Raises PlanError before anything runs if it
-    cannot be run; a task that fails makes the result's status "failed"."""
+    cannot be run; a task that fails makes the result's status "failed".
 
-    async def body(s: Scheduler, emit: ev.Listener, clock: Any, rid: str, out: Outcome) -> None:
-        await execute_plan(plan, s, out)
+    With `store` (a Store or a URL such as "sqlite:///runs.db") the run is recorded under
+    `run_id` and can be finished later with `aresume` if this process dies.
+    """
+    registry = Tools.coerce(tools)
+    tasks = prepare_plan(plan, registry)  # before the store: a bad plan makes no run
+    new = RunInfo("", "plan", plan, None, list(registry), created=time.time())
 
-    return await _session(body, tools, on_event, run_id, None)
+    async def body(r: _Run) -> None:
+        await execute_plan(tasks, r.scheduler, r.outcome)
+
+    return await _session(body, registry, on_event, run_id, None, store, new)
 
 
 async def arun(
@@ -93,19 +183,108 @@ async def arun(
     base_url: str | None = None,
     examples: str | None = None,
     retry: RetryPolicy | None = None,
+    store: StoreLike = None,
 ) -> RunResult:
-    """Answer a question: plan with the model, run the plan's tasks as they stream, join."""
+    """Answer a question: plan with the model, run the plan's tasks as they stream, join.
+
+    With `store`, the run is recorded under `run_id`, replies and results included, and
+    `aresume` finishes it without asking the model again for what it already answered.
+    """
     llm = resolve_model(model, base_url=base_url)
     registry = Tools.coerce(tools)
+    spec = model if isinstance(model, str) else llm.name
+    options = {"max_replans": max_replans, "base_url": base_url, "examples": examples}
+    new = RunInfo("", "question", question, spec, list(registry), options, created=time.time())
+    return await _session(
+        _answer(question, llm, registry, max_replans, examples, retry),
+        registry,
+        on_event,
+        run_id,
+        question,
+        store,
+        new,
+    )
+
+
+def _answer(
+    question: str,
+    llm: LLM,
+    registry: Tools,
+    max_replans: int,
+    examples: str | None,
+    retry: RetryPolicy | None,
+) -> Body:
     shots = examples if examples is not None else registry.examples
 
-    async def body(s: Scheduler, emit: ev.Listener, clock: Any, rid: str, out: Outcome) -> None:
+    async def body(r: _Run) -> None:
         agent = Agent(
-            llm, s, emit, clock, run_id=rid, max_replans=max_replans, examples=shots, retry=retry
+            llm,
+            r.scheduler,
+            r.emit,
+            r.clock,
+            run_id=r.run_id,
+            max_replans=max_replans,
+            examples=shots,
+            retry=retry,
+            replies=r.replies,
         )
-        await agent.answer(question, out)
+        await agent.answer(question, r.outcome)
 
-    return await _session(body, registry, on_event, run_id, question)
+    return body
+
+
+async def aresume(
+    run_id: str,
+    *,
+    tools: ToolsLike,
+    store: Store | str,
+    model: str | LLM | None = None,
+    base_url: str | None = None,
+    on_event: ev.Listener | None = None,
+    retry: RetryPolicy | None = None,
+) -> RunResult:
+    """Finish a run recorded in `store`: tasks it recorded settled are not run again, and
+    replies it recorded are not asked for again. A run that already finished is returned
+    as recorded. Raises RunNotFound, or RunHeld while another process is running it."""
+    opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
+    try:
+        info = await asyncio.to_thread(opened.get, run_id)
+        if info is None:
+            raise RunNotFound(f"no run {run_id} in {opened.url}")
+        if info.status == "done":
+            records = await asyncio.to_thread(lambda: list(opened.records(run_id)))
+            result = stored_result(info, records)
+            if on_event is not None:
+                on_event(ev.RunFinished(result.elapsed, result))
+            return result
+        registry = Tools.coerce(tools)
+        missing = sorted(set(info.tools) - set(registry))
+        if missing:
+            raise StoreError(f"run {run_id} used tools this --tools lacks: {', '.join(missing)}")
+        if info.kind == "plan":
+            tasks = prepare_plan(info.source, registry)
+
+            async def run_plan(r: _Run) -> None:
+                await execute_plan(tasks, r.scheduler, r.outcome)
+
+            return await _session(run_plan, registry, on_event, run_id, None, opened)
+        options = info.options
+        spec = model if model is not None else info.model
+        if spec is None:
+            raise StoreError(f"run {run_id} does not say which model it used: pass model=")
+        llm = resolve_model(spec, base_url=base_url or options.get("base_url"))
+        body = _answer(
+            info.source,
+            llm,
+            registry,
+            options.get("max_replans", 2),
+            options.get("examples"),
+            retry,
+        )
+        return await _session(body, registry, on_event, run_id, info.source, opened)
+    finally:
+        if isinstance(store, str):
+            opened.close()
 
 
 def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:
@@ -116,6 +295,11 @@ def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:
 def run(question: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:
     """Blocking `arun`."""
     return asyncio.run(arun(question, tools=tools, **kwargs))
+
+
+def resume(run_id: str, *, tools: ToolsLike, store: Store | str, **kwargs: Any) -> RunResult:
+    """Blocking `aresume`."""
+    return asyncio.run(aresume(run_id, tools=tools, store=store, **kwargs))
 
 
 async def astream(

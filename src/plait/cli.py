@@ -21,9 +21,28 @@ from . import api
 from . import events as ev
 from .errors import PlaitError, PlanError
 from .result import RunResult
+from .stores import default_store_url, open_store
 from .trace import TraceRecorder
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _store_option(f: Any) -> Any:
+    return click.option(
+        "--store",
+        "store_url",
+        default=None,
+        metavar="URL",
+        help="Run store: sqlite:///PATH.db, postgresql://…, memory:// "
+        "[default: $PLAIT_STORE, else runs.db in the user data directory].",
+    )(f)
+
+
+def _durable(f: Any) -> Any:
+    f = click.option(
+        "--run-id", default=None, metavar="ID", help="Name the run (default: a random id)."
+    )(f)
+    return _store_option(f)
 
 
 def _common(f: Any) -> Any:
@@ -54,12 +73,27 @@ def cli() -> None:
 @cli.command("exec")
 @click.argument("plan", metavar="PLAN")
 @_common
-def exec_cmd(plan: str, tools: str, as_json: bool, trace_path: str | None, debug: bool) -> int:
+@_durable
+def exec_cmd(
+    plan: str,
+    tools: str,
+    as_json: bool,
+    trace_path: str | None,
+    debug: bool,
+    store_url: str | None,
+    run_id: str | None,
+) -> int:
     """Run the plan in file PLAN (or - for stdin) without a planner."""
     text = _read_plan(plan)
+    store = store_url or default_store_url()
     try:
         return _drive(
-            lambda on_event: api.aexecute(text, tools=tools, on_event=on_event), as_json, trace_path
+            lambda on_event: api.aexecute(
+                text, tools=tools, on_event=on_event, store=store, run_id=run_id
+            ),
+            as_json,
+            trace_path,
+            store,
         )
     except PlanError as e:
         raise PlaitError(f"{plan}: {e}") from None
@@ -85,6 +119,7 @@ def exec_cmd(plan: str, tools: str, as_json: bool, trace_path: str | None, debug
     type=click.IntRange(min=0),
     help="How many times the joiner may ask for a new plan.",
 )
+@_durable
 def run_cmd(
     question: str,
     tools: str,
@@ -94,8 +129,11 @@ def run_cmd(
     model: str,
     base_url: str | None,
     max_replans: int,
+    store_url: str | None,
+    run_id: str | None,
 ) -> int:
     """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
+    store = store_url or default_store_url()
     return _drive(
         lambda on_event: api.arun(
             question,
@@ -104,10 +142,74 @@ def run_cmd(
             base_url=base_url,
             max_replans=max_replans,
             on_event=on_event,
+            store=store,
+            run_id=run_id,
         ),
         as_json,
         trace_path,
+        store,
     )
+
+
+@cli.command("resume")
+@click.argument("run_id", metavar="ID")
+@_common
+@_store_option
+@click.option(
+    "--model", default=None, metavar="SPEC", help="Override the model the run was started with."
+)
+@click.option("--base-url", default=None, help="Override the server URL for openai: models.")
+def resume_cmd(
+    run_id: str,
+    tools: str,
+    as_json: bool,
+    trace_path: str | None,
+    debug: bool,
+    store_url: str | None,
+    model: str | None,
+    base_url: str | None,
+) -> int:
+    """Finish run ID from its store: what it recorded settled is not done again."""
+    store = store_url or default_store_url()
+    return _drive(
+        lambda on_event: api.aresume(
+            run_id, tools=tools, store=store, model=model, base_url=base_url, on_event=on_event
+        ),
+        as_json,
+        trace_path,
+        store,
+    )
+
+
+@cli.command("runs")
+@_store_option
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run, a line each.")
+def runs_cmd(store_url: str | None, limit: int, as_json: bool) -> int:
+    """List recent runs: id, status, age, tasks done/total."""
+    from .report import print_runs
+
+    print_runs(open_store(store_url or default_store_url()), limit, as_json)
+    return EXIT_OK
+
+
+@cli.command("show")
+@click.argument("run_id", metavar="ID")
+@_store_option
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Export the run as a Chrome trace-event JSON file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's result object.")
+def show_cmd(run_id: str, store_url: str | None, trace_path: str | None, as_json: bool) -> int:
+    """Print run ID's tasks and timeline."""
+    from .report import show_run
+
+    show_run(open_store(store_url or default_store_url()), run_id, trace_path, as_json)
+    return EXIT_OK
 
 
 def _read_plan(path: str) -> str:
@@ -121,7 +223,7 @@ def _read_plan(path: str) -> str:
         raise PlaitError(f"cannot read plan file {path}: {e}") from None
 
 
-def _drive(start: Any, as_json: bool, trace_path: str | None) -> int:
+def _drive(start: Any, as_json: bool, trace_path: str | None, store: str | None = None) -> int:
     trace = TraceRecorder() if trace_path else None
     view = None if as_json else LiveView()
     final: list[RunResult] = []
@@ -145,13 +247,20 @@ def _drive(start: Any, as_json: bool, trace_path: str | None) -> int:
     except KeyboardInterrupt:
         if as_json and final:
             click.echo(final[-1].to_json())
-        click.echo("plait: interrupted", err=True)
+        hint = _resume_hint(final[-1].run_id, store) if final else ""
+        click.echo(f"plait: interrupted{hint}", err=True)
         return EXIT_INTERRUPTED
     if as_json:
         click.echo(result.to_json())
     else:
         _summary(result)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _resume_hint(run_id: str, store: str | None) -> str:
+    if store is None or store.startswith("memory:"):
+        return ""
+    return f"; finish it with: plait resume {run_id} --tools TOOLS --store {store}"
 
 
 def _summary(result: RunResult) -> None:

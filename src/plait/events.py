@@ -35,12 +35,14 @@ class RunStarted:
     t: float
     run_id: str
     question: str | None = None
+    resumed: bool = False  # the run continues from its store
 
 
 @dataclass(slots=True)
 class TaskAdded:
     t: float
     task: Task
+    restored: bool = False  # settled in an earlier session: its result comes from the store
 
 
 @dataclass(slots=True)
@@ -67,6 +69,7 @@ class TaskFinished:
     status: str
     result: Any = None
     error: str | None = None
+    restored: bool = False  # read from the store, not run again
 
 
 @dataclass(slots=True)
@@ -75,6 +78,7 @@ class LLMStarted:
     call: int
     role: str  # planner or joiner
     model: str
+    restored: bool = False  # the reply comes from the store, not the model
 
 
 @dataclass(slots=True)
@@ -97,10 +101,14 @@ class LLMRetrying:
 
 @dataclass(slots=True)
 class LLMFinished:
+    """`text` is the reply as the run used it (what resume replays instead of asking again)."""
+
     t: float
     call: int
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
+    text: str = ""
+    restored: bool = False
 
 
 @dataclass(slots=True)

@@ -11,23 +11,72 @@ outlives it. Sync tools run in a thread pool the scheduler owns; a thread cannot
 interrupted, so a sync tool that times out is reported failed at once and its thread is
 joined when the scope closes. Give long sync work a `timeout` that it honours itself, or
 make it async.
+
+A `Journal` (the run store's side, see runlog.py) makes the scheduler durable without the
+scheduler knowing about storage: a task the journal recorded as settled in an earlier session
+settles again from that record instead of running, and every result is offered to the
+journal before it counts, so one that cannot be stored fails at the tool boundary. A tool
+can read `current_task()` for an idempotency key: a task that was running when a process
+died runs again on resume (at-least-once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from . import events as ev
 from .errors import PlanError
-from .graph import CANCELLED, Graph, GraphError, Node
+from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
 from .plan import Task, dependencies, resolve
 from .tools import Tool, Tools
+
+INTERRUPTED = "interrupted"  # the error of tasks cancelled because their run stopped
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """Which call a tool is serving; `idempotency_key` is stable across resumes."""
+
+    run_id: str
+    task_id: int
+    attempt: int  # 1 for the first try in this process
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.task_id}"
+
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "plait_task", default=None
+)
+
+
+def current_task() -> TaskContext | None:
+    """The task the calling tool runs for, or None outside a tool call."""
+    return _current.get()
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    status: str  # done, failed or cancelled
+    result: Any = None
+    error: str | None = None
+
+
+class Journal(Protocol):
+    def recorded(self, task: Task) -> Settled | None:
+        """How `task` settled in an earlier session, if it did (same id and same call)."""
+
+    def check(self, task_id: int, result: Any) -> None:
+        """Raise (TypeError, ValueError) if `result` cannot be kept."""
 
 
 class Scheduler:
@@ -44,9 +93,13 @@ class Scheduler:
         clock: Callable[[], float],
         *,
         max_threads: int = 32,
+        run_id: str = "",
+        journal: Journal | None = None,
     ) -> None:
         self.tools = tools
         self.graph = Graph()
+        self.run_id = run_id
+        self._journal = journal
         self._emit = emit
         self._clock = clock
         self._max_threads = max_threads
@@ -60,6 +113,7 @@ class Scheduler:
         self._group: asyncio.TaskGroup | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._interrupting = False
 
     async def __aenter__(self) -> Scheduler:
         self._group = asyncio.TaskGroup()
@@ -71,7 +125,7 @@ class Scheduler:
     ) -> None:
         assert self._group is not None
         if et is not None:
-            self.cancel_all()
+            self._interrupt()
         try:
             if et is None or issubclass(et, asyncio.CancelledError):
                 await self._group.__aexit__(et, e, tb)
@@ -101,13 +155,36 @@ class Scheduler:
             node = self.graph.add(task)
         except GraphError as e:
             raise PlanError(str(e), line=task.line) from None
-        self._emit(ev.TaskAdded(self._clock(), task))
+        record = self._journal.recorded(task) if self._journal is not None else None
+        if record is not None and not _restorable(node, record):
+            record = None  # its inputs changed since: run it again
+        self._emit(ev.TaskAdded(self._clock(), task, record is not None))
         self._idle.clear()
-        if node.status == "ready":
+        if record is not None:
+            self._restore(node, record)
+        elif node.status == READY:
             self._dispatch(node)
-        elif node.status != "pending":
+        elif node.status != PENDING:
             self._settled([node])
         return node
+
+    def _restore(self, node: Node, record: Settled) -> None:
+        task_id = node.task.id
+        t = self._clock()
+        if record.status == CANCELLED:
+            self._settled(self.graph.cancel(task_id), restored=True)
+            return
+        self.graph.start(task_id)
+        if record.status == DONE:
+            ready = self.graph.finish(task_id, record.result)
+            self._emit(ev.TaskFinished(t, task_id, DONE, record.result, None, True))
+            for dep in ready:
+                self._dispatch(dep)
+            if self.graph.open == 0:
+                self._idle.set()
+        else:
+            self._emit(ev.TaskFinished(t, task_id, FAILED, None, record.error, True))
+            self._settled(self.graph.fail(task_id, record.error or "failed"))
 
     def cancel(self, task_id: int) -> list[int]:
         """Cancel a task and everything that depends on it; return the ids cancelled."""
@@ -126,6 +203,14 @@ class Scheduler:
         for task_id, node in list(self.graph.nodes.items()):
             if node.status not in ("done", "failed", "skipped", "cancelled"):
                 self.cancel(task_id)
+
+    def _interrupt(self) -> None:
+        """The run itself is stopping: cancel what is open, reported as INTERRUPTED.
+
+        Unlike an edit's `cancel`, this is no decision about the tasks: a resume runs them.
+        """
+        self._interrupting = True
+        self.cancel_all()
 
     async def wait(self) -> None:
         """Until every task added so far has settled."""
@@ -178,13 +263,22 @@ class Scheduler:
         attempt = 0
         while True:
             try:
-                return True, await self._call(tool, task)
+                _current.set(TaskContext(self.run_id, task.id, attempt + 1))
+                value = await self._call(tool, task)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 error = _describe(e, tool)
                 if attempt >= tool.retries:
                     return False, error
+            else:
+                if self._journal is None:
+                    return True, value
+                try:
+                    self._journal.check(task.id, value)
+                except (TypeError, ValueError) as e:
+                    return False, f"result cannot be stored: {e}"
+                return True, value
             attempt += 1
             self._emit(ev.TaskRetrying(self._clock(), task.id, attempt, error))
             await asyncio.sleep(tool.retry_backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
@@ -205,18 +299,27 @@ class Scheduler:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="plait-tool")
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, tool.invoke, kwargs)
+        context = contextvars.copy_context()  # so the tool sees current_task()
+        result = await loop.run_in_executor(self._pool, context.run, tool.invoke, kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result
 
-    def _settled(self, nodes: list[Node]) -> None:
+    def _settled(self, nodes: list[Node], restored: bool = False) -> None:
         """Report nodes that settled without running (skipped or cancelled)."""
         t = self._clock()
         for n in nodes:
-            self._emit(ev.TaskFinished(t, n.task.id, n.status, None, n.error))
+            error = INTERRUPTED if self._interrupting and n.status == CANCELLED else n.error
+            self._emit(ev.TaskFinished(t, n.task.id, n.status, None, error, restored))
         if self.graph.open == 0:
             self._idle.set()
+
+
+def _restorable(node: Node, record: Settled) -> bool:
+    """A record applies only where the task could have settled that way: inputs all done."""
+    if record.status == CANCELLED:
+        return node.status in (READY, PENDING)
+    return node.status == READY and record.status in (DONE, FAILED)
 
 
 def _describe(e: BaseException, tool: Tool) -> str:

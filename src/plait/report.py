@@ -1,0 +1,149 @@
+"""`plait runs` and `plait show`: what a store holds, as text for people or JSON for tools.
+
+Read-only: these never take a run's lease and never change the store. `show` rebuilds the
+run's events from its log (`runlog.replay_events`), so its task table, its timeline, its
+`--json` and its `--trace` are the same views a live run has.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from . import events as ev
+from .errors import PlaitError
+from .runlog import replay_events, stored_result
+from .stores import RunInfo, Store
+from .trace import TraceRecorder
+
+
+def print_runs(store: Store, limit: int, as_json: bool) -> None:
+    try:
+        infos = store.runs(limit)
+    finally:
+        store.close()
+    if as_json:
+        for i in infos:
+            click.echo(json.dumps(_summary(i)))
+        return
+    if not infos:
+        click.echo(f"no runs in {store.url}", err=True)
+        return
+    rows = [
+        (
+            i.id,
+            i.state,
+            _age(i.updated),
+            f"{i.tasks_done}/{i.tasks_total}",
+            i.kind,
+            _one_line(i.source, 50),
+        )
+        for i in infos
+    ]
+    header = ("ID", "STATUS", "AGE", "TASKS", "KIND", "QUESTION / PLAN")
+    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header) - 1)]
+    for r in [header, *rows]:
+        cells = [str(v).ljust(w) for v, w in zip(r, widths, strict=False)]
+        click.echo("  ".join([*cells, str(r[-1])]).rstrip())
+
+
+def show_run(store: Store, run_id: str, trace_path: str | None, as_json: bool) -> None:
+    try:
+        info = store.get(run_id)
+        if info is None:
+            raise PlaitError(f"no run {run_id} in {store.url}")
+        records = list(store.records(run_id))
+    finally:
+        store.close()
+    if trace_path:
+        trace = TraceRecorder()
+        for e in replay_events(info, records):
+            trace(e)
+        trace.write(trace_path)
+    result = stored_result(info, records)
+    if as_json:
+        click.echo(result.to_json())
+        return
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created))
+    click.echo(
+        f"run {info.id}: {info.state}, {info.kind}, created {created} ({_age(info.created)})"
+    )
+    if info.kind == "question":
+        click.echo(f"question: {info.source}")
+        click.echo(f"model: {info.model}")
+    click.echo(f"tools: {', '.join(info.tools)}")
+    click.echo(f"tasks: {info.tasks_done}/{info.tasks_total} done")
+    if result.answer is not None:
+        click.echo(f"answer: {result.answer}")
+    if info.error:
+        click.echo(f"error: {info.error}")
+    click.echo("\ntasks")
+    for t in result.tasks:
+        outcome = (
+            t.error if t.status != "done" else _one_line(json.dumps(t.result, default=str), 60)
+        )
+        tries = f" ×{t.attempts}" if t.attempts > 1 else ""
+        click.echo(f"  {t.id:>4}. {t.tool}{tries}  {t.status}  {outcome or ''}".rstrip())
+    click.echo("\ntimeline (seconds since created)")
+    for e in replay_events(info, records):
+        line = _timeline(e)
+        if line is not None:
+            click.echo(f"  {e.t:9.3f}  {line}")
+
+
+def _timeline(e: ev.Event) -> str | None:
+    match e:
+        case ev.RunStarted(resumed=resumed):
+            return "» resumed" if resumed else "» started"
+        case ev.TaskAdded(task=task):
+            return f"+ {task.id}. {task.tool}({_one_line(json.dumps(task.arguments()), 60)})"
+        case ev.TaskStarted(id=i):
+            return f"▶ {i}"
+        case ev.TaskRetrying(id=i, attempt=a, error=error):
+            return f"↻ {i} retry {a}: {error}"
+        case ev.TaskFinished(id=i, status=status, error=error):
+            return f"{'✓' if status == 'done' else '✗'} {i} {status}" + (
+                f": {error}" if error else ""
+            )
+        case ev.LLMFinished(call=c, usage=u, error=error):
+            tail = f"error: {error}" if error else f"{u.completion_tokens} tokens"
+            return f"● llm call {c} {tail}"
+        case ev.PlanInvalid(error=error):
+            return f"✗ invalid plan: {error}"
+        case ev.Replanning(round=r, reason=reason):
+            return f"⟳ replan {r}: {reason}"
+        case ev.Answered(answer=answer):
+            return f"= answer: {_one_line(answer, 70)}"
+    return None
+
+
+def _summary(i: RunInfo) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "status": i.state,
+        "kind": i.kind,
+        "created": i.created,
+        "updated": i.updated,
+        "tasks_done": i.tasks_done,
+        "tasks_total": i.tasks_total,
+        "question": i.source if i.kind == "question" else None,
+        "model": i.model,
+        "answer": i.answer,
+        "error": i.error,
+    }
+
+
+def _age(t: float) -> str:
+    s = max(0.0, time.time() - t)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit} ago"
+    return f"{int(s)}s ago"
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,169 @@
+"""The run store seam: what a store must do, in a few synchronous methods.
+
+A store keeps, per run, one `RunInfo` row (what was asked, who holds it, how far it got) and
+an append-only log of `Record`s, the run's events as JSON. It never stores a snapshot of a
+running graph: the resume rule (a task recorded finished never runs again) follows from the
+log alone. Methods are blocking; `runlog.RunLog` calls them from its writer thread, off the
+event loop. One file per implementation: memory.py, sqlite.py, postgres.py.
+
+Leases: a run is held by one process at a time. `claim` succeeds when the run is free, its
+lease has expired, or its holder is a dead process on this host (so a resume right after a
+crash need not wait out the lease). Holders renew while they run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import PlaitError
+
+LEASE_SECONDS = 15.0
+
+
+class StoreError(PlaitError):
+    """The store cannot do what was asked: a bad URL, a missing run, a run held elsewhere."""
+
+
+class RunNotFound(StoreError):
+    pass
+
+
+class RunExists(StoreError):
+    pass
+
+
+def _exists(run_id: str, url: str) -> str:
+    return f"run {run_id} already exists in {url} (finish it with `plait resume {run_id}`)"
+
+
+class RunHeld(StoreError):
+    pass
+
+
+@dataclass(slots=True)
+class RunInfo:
+    """One run's row. `kind` is "plan" (a written plan, `source` is its text) or "question"."""
+
+    id: str
+    kind: str
+    source: str
+    model: str | None = None
+    tools: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0  # unix time
+    updated: float = 0.0
+    status: str = "running"  # running, done, failed, cancelled
+    answer: str | None = None
+    error: str | None = None
+    holder: str | None = None
+    lease_until: float = 0.0
+    tasks_total: int = 0
+    tasks_done: int = 0
+
+    @property
+    def held(self) -> bool:
+        """Someone is running it now (its lease is live and its holder not known dead)."""
+        return self.holder is not None and self.lease_until > time.time() and not dead(self.holder)
+
+    @property
+    def state(self) -> str:
+        """status, with a run nobody holds any more shown as interrupted."""
+        if self.status == "running" and not self.held:
+            return "interrupted"
+        return self.status
+
+
+@dataclass(slots=True)
+class Record:
+    """One entry of a run's log: `data` is the event as JSON text, `t` seconds since created."""
+
+    seq: int
+    kind: str
+    t: float
+    data: str
+
+
+@dataclass(slots=True)
+class Progress:
+    """Written with each batch so `plait runs` need not read the log."""
+
+    tasks_total: int
+    tasks_done: int
+    status: str = "running"
+    answer: str | None = None
+    error: str | None = None
+    release: bool = False  # the run ended: give up the lease
+
+
+class Store(Protocol):
+    url: str
+
+    def create(self, info: RunInfo) -> None:
+        """Insert a new run held by `info.holder`; RunExists if the id is taken."""
+
+    def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
+        """Take the run's lease (see module doc); RunNotFound or RunHeld if not possible."""
+
+    def renew(self, run_id: str, holder: str, ttl: float) -> bool:
+        """Extend the lease; False if `holder` no longer holds it."""
+
+    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
+        """Add records and update the run's row in one transaction."""
+
+    def get(self, run_id: str) -> RunInfo | None: ...
+
+    def records(self, run_id: str) -> Iterator[Record]:
+        """The run's log in order."""
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        """The most recently updated runs first."""
+
+    def close(self) -> None: ...
+
+
+def new_holder() -> str:
+    """host:pid:nonce, so a claim can tell a dead local holder from a live remote one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def dead(holder: str) -> bool:
+    """True only when `holder` is a process on this host that no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    # A SIGKILLed child that its parent has not reaped yet still answers kill(pid, 0).
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def may_claim(info: RunInfo, holder: str) -> None:
+    """Raise RunHeld unless `holder` may take `info`'s lease now."""
+    if info.holder is None or info.holder == holder or not info.held:
+        return
+    left = info.lease_until - time.time()
+    raise RunHeld(
+        f"run {info.id} is held by {info.holder} (its lease ends in {left:.0f}s unless renewed)"
+    )

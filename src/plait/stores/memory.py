@@ -1,0 +1,83 @@
+"""memory:// — a run store in this process's memory, for tests and throwaway runs.
+
+`memory://NAME` names a store shared by everything in the process that opens the same URL;
+plain `memory://` is a fresh, private one.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+
+from .base import Progress, Record, RunExists, RunInfo, RunNotFound, _exists, may_claim
+
+_named: dict[str, MemoryStore] = {}
+
+
+class MemoryStore:
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunInfo] = {}
+        self._log: dict[str, list[Record]] = {}
+
+    @classmethod
+    def open(cls, url: str) -> MemoryStore:
+        name = url.removeprefix("memory://")
+        if not name:
+            return cls(url)
+        return _named.setdefault(name, cls(url))
+
+    def create(self, info: RunInfo) -> None:
+        with self._lock:
+            if info.id in self._runs:
+                raise RunExists(_exists(info.id, self.url))
+            self._runs[info.id] = copy.deepcopy(info)
+            self._log[info.id] = []
+
+    def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
+        with self._lock:
+            info = self._runs.get(run_id)
+            if info is None:
+                raise RunNotFound(f"no run {run_id} in {self.url}")
+            may_claim(info, holder)
+            info.holder, info.lease_until = holder, time.time() + ttl
+            return copy.deepcopy(info)
+
+    def renew(self, run_id: str, holder: str, ttl: float) -> bool:
+        with self._lock:
+            info = self._runs.get(run_id)
+            if info is None or info.holder != holder:
+                return False
+            info.lease_until = time.time() + ttl
+            return True
+
+    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
+        with self._lock:
+            info = self._runs[run_id]
+            self._log[run_id].extend(records)
+            info.tasks_total, info.tasks_done = progress.tasks_total, progress.tasks_done
+            info.status, info.answer, info.error = progress.status, progress.answer, progress.error
+            info.updated = time.time()
+            if progress.release and info.holder == holder:
+                info.holder, info.lease_until = None, 0.0
+
+    def get(self, run_id: str) -> RunInfo | None:
+        with self._lock:
+            info = self._runs.get(run_id)
+            return None if info is None else copy.deepcopy(info)
+
+    def records(self, run_id: str) -> Iterator[Record]:
+        with self._lock:
+            log = list(self._log.get(run_id, ()))
+        return iter(log)
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        with self._lock:
+            infos = sorted(self._runs.values(), key=lambda i: i.updated, reverse=True)
+            return [copy.deepcopy(i) for i in infos[:limit]]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,221 @@
+"""postgresql://… — a run store for teams, on PostgreSQL through psycopg 3 (`plait[postgres]`).
+
+The same two tables as sqlite.py. Claims lock the run's row (SELECT … FOR UPDATE), so two
+processes resuming one run cannot both win; migrations run under an advisory lock, so
+processes starting together do not race to create the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .base import Progress, Record, RunExists, RunInfo, RunNotFound, StoreError, _exists, may_claim
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - depends on the extra
+    psycopg = None  # type: ignore[assignment]
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE plait_runs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL, model TEXT,
+        tools JSONB NOT NULL, options JSONB NOT NULL, created DOUBLE PRECISION NOT NULL,
+        updated DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, answer TEXT, error TEXT,
+        holder TEXT, lease_until DOUBLE PRECISION NOT NULL,
+        tasks_total INTEGER NOT NULL, tasks_done INTEGER NOT NULL
+    );
+    CREATE INDEX plait_runs_updated ON plait_runs (updated);
+    CREATE TABLE plait_events (
+        run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+        t DOUBLE PRECISION NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run, seq)
+    );
+    """,
+]
+_LOCK_KEY = 0x706C6169  # "plai": the advisory lock that serializes migrations
+
+_COLUMNS = (
+    "id, kind, source, model, tools, options, created, updated, status, answer, error, "
+    "holder, lease_until, tasks_total, tasks_done"
+)
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        if psycopg is None:
+            raise StoreError("postgresql:// stores need psycopg: pip install 'plait[postgres]'")
+        self.url = url
+        try:
+            self._db = psycopg.connect(url, autocommit=False)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to {_redact(url)}: {_first_line(e)}") from None
+        self._lock = threading.Lock()
+        self._migrate()
+
+    @classmethod
+    def open(cls, url: str) -> PostgresStore:
+        return cls(url)
+
+    def _migrate(self) -> None:
+        with self._lock, self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            self._db.execute("CREATE TABLE IF NOT EXISTS plait_schema (version INTEGER NOT NULL)")
+            row = self._db.execute("SELECT max(version) FROM plait_schema").fetchone()
+            version = (row[0] if row else None) or 0
+            for i, step in enumerate(MIGRATIONS[version:], version + 1):
+                self._db.execute(step)  # type: ignore[arg-type]
+                self._db.execute("INSERT INTO plait_schema VALUES (%s)", (i,))
+        self._db.commit()
+
+    def _tx(self) -> Any:
+        return self._db.transaction()
+
+    def create(self, info: RunInfo) -> None:
+        with self._lock:
+            try:
+                with self._tx():
+                    self._db.execute(
+                        f"INSERT INTO plait_runs ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})",
+                        _row(info),
+                    )
+            except psycopg.errors.UniqueViolation:
+                raise RunExists(_exists(info.id, _redact(self.url))) from None
+            finally:
+                self._db.commit()
+
+    def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
+        with self._lock:
+            try:
+                with self._tx():
+                    row = self._db.execute(
+                        f"SELECT {_COLUMNS} FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,)
+                    ).fetchone()
+                    if row is None:
+                        raise RunNotFound(f"no run {run_id} in {_redact(self.url)}")
+                    info = _info(row)
+                    may_claim(info, holder)
+                    info.holder, info.lease_until = holder, time.time() + ttl
+                    self._db.execute(
+                        "UPDATE plait_runs SET holder = %s, lease_until = %s WHERE id = %s",
+                        (holder, info.lease_until, run_id),
+                    )
+            finally:
+                self._db.commit()
+        return info
+
+    def renew(self, run_id: str, holder: str, ttl: float) -> bool:
+        with self._lock:
+            try:
+                with self._tx():
+                    cur = self._db.execute(
+                        "UPDATE plait_runs SET lease_until = %s WHERE id = %s AND holder = %s",
+                        (time.time() + ttl, run_id, holder),
+                    )
+                    return cur.rowcount == 1
+            finally:
+                self._db.commit()
+
+    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
+        rows = [(run_id, r.seq, r.kind, r.t, r.data) for r in records]
+        with self._lock:
+            try:
+                with self._tx(), self._db.cursor() as cur:
+                    if rows:
+                        with cur.copy(
+                            "COPY plait_events (run, seq, kind, t, data) FROM STDIN"
+                        ) as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                    cur.execute(
+                        "UPDATE plait_runs SET tasks_total = %s, tasks_done = %s, status = %s, "
+                        "answer = %s, error = %s, updated = %s WHERE id = %s",
+                        (
+                            progress.tasks_total,
+                            progress.tasks_done,
+                            progress.status,
+                            progress.answer,
+                            progress.error,
+                            time.time(),
+                            run_id,
+                        ),
+                    )
+                    if progress.release:
+                        cur.execute(
+                            "UPDATE plait_runs SET holder = NULL, lease_until = 0 "
+                            "WHERE id = %s AND holder = %s",
+                            (run_id, holder),
+                        )
+            finally:
+                self._db.commit()
+
+    def get(self, run_id: str) -> RunInfo | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM plait_runs WHERE id = %s", (run_id,))
+        return _info(rows[0]) if rows else None
+
+    def records(self, run_id: str) -> Iterator[Record]:
+        rows = self._read(
+            "SELECT seq, kind, t, data FROM plait_events WHERE run = %s ORDER BY seq", (run_id,)
+        )
+        return (Record(*row) for row in rows)
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM plait_runs ORDER BY updated DESC LIMIT %s", (limit,)
+        )
+        return [_info(r) for r in rows]
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()  # type: ignore[arg-type]
+            finally:
+                self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _row(i: RunInfo) -> tuple[Any, ...]:
+    return (
+        i.id,
+        i.kind,
+        i.source,
+        i.model,
+        json.dumps(i.tools),
+        json.dumps(i.options),
+        i.created,
+        i.updated,
+        i.status,
+        i.answer,
+        i.error,
+        i.holder,
+        i.lease_until,
+        i.tasks_total,
+        i.tasks_done,
+    )
+
+
+def _info(row: Any) -> RunInfo:
+    values = list(row)
+    for i in (4, 5):  # JSONB comes back decoded
+        if isinstance(values[i], str):
+            values[i] = json.loads(values[i])
+    return RunInfo(*values)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, userpass = head.partition("//")
+    return f"{scheme}//{userpass.split(':', 1)[0]}:***@{tail}"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

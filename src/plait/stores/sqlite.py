@@ -1,0 +1,204 @@
+"""sqlite:///PATH — the embedded default store: one file, WAL, many processes.
+
+`sqlite:///runs.db` is relative to the working directory, `sqlite:////abs/runs.db` absolute
+(SQLAlchemy's convention). WAL lets readers (`plait runs`) and one writer at a time work side
+by side; writes take the lock up front (BEGIN IMMEDIATE) and wait up to `busy_timeout` for
+it, so several processes can write one file. synchronous=NORMAL: a killed process loses
+nothing committed; only a power cut can lose the last commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    Progress,
+    Record,
+    RunExists,
+    RunInfo,
+    RunNotFound,
+    StoreError,
+    _exists,
+    may_claim,
+)
+
+# Schema steps, in order; applied once each and counted in user_version.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL, model TEXT,
+        tools TEXT NOT NULL, options TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+        status TEXT NOT NULL, answer TEXT, error TEXT, holder TEXT, lease_until REAL NOT NULL,
+        tasks_total INTEGER NOT NULL, tasks_done INTEGER NOT NULL
+    );
+    CREATE INDEX runs_updated ON runs (updated);
+    CREATE TABLE events (
+        run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, t REAL NOT NULL,
+        data TEXT NOT NULL, PRIMARY KEY (run, seq)
+    ) WITHOUT ROWID;
+    """,
+]
+
+_COLUMNS = (
+    "id, kind, source, model, tools, options, created, updated, status, answer, error, "
+    "holder, lease_until, tasks_total, tasks_done"
+)
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, url: str | None = None) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open {self.url}: {e}") from None
+        self._lock = threading.Lock()
+        self._migrate()
+
+    @classmethod
+    def open(cls, url: str) -> SQLiteStore:
+        path = url.removeprefix("sqlite:///")
+        if not path or path == url:
+            raise StoreError(
+                f"bad sqlite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db"
+            )
+        return cls(path, url)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the file's write lock from its start."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.url}: {e}") from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for i, step in enumerate(MIGRATIONS[version:], version + 1):
+                for statement in step.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {i}")
+
+    def create(self, info: RunInfo) -> None:
+        try:
+            with self._write() as db:
+                db.execute(
+                    f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", _row(info)
+                )
+        except sqlite3.IntegrityError:
+            raise RunExists(_exists(info.id, self.url)) from None
+
+    def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
+        with self._write() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id} in {self.url}")
+            info = _info(row)
+            may_claim(info, holder)
+            info.holder, info.lease_until = holder, time.time() + ttl
+            db.execute(
+                "UPDATE runs SET holder = ?, lease_until = ? WHERE id = ?",
+                (holder, info.lease_until, run_id),
+            )
+        return info
+
+    def renew(self, run_id: str, holder: str, ttl: float) -> bool:
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE runs SET lease_until = ? WHERE id = ? AND holder = ?",
+                (time.time() + ttl, run_id, holder),
+            )
+            return cur.rowcount == 1
+
+    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
+        rows = [(run_id, r.seq, r.kind, r.t, r.data) for r in records]
+        with self._write() as db:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute(
+                "UPDATE runs SET tasks_total = ?, tasks_done = ?, status = ?, answer = ?, "
+                "error = ?, updated = ? WHERE id = ?",
+                (
+                    progress.tasks_total,
+                    progress.tasks_done,
+                    progress.status,
+                    progress.answer,
+                    progress.error,
+                    time.time(),
+                    run_id,
+                ),
+            )
+            if progress.release:
+                db.execute(
+                    "UPDATE runs SET holder = NULL, lease_until = 0 WHERE id = ? AND holder = ?",
+                    (run_id, holder),
+                )
+
+    def get(self, run_id: str) -> RunInfo | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _info(rows[0]) if rows else None
+
+    def records(self, run_id: str) -> Iterator[Record]:
+        rows = self._read(
+            "SELECT seq, kind, t, data FROM events WHERE run = ? ORDER BY seq", (run_id,)
+        )
+        return (Record(*row) for row in rows)
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
+        return [_info(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _row(i: RunInfo) -> tuple[Any, ...]:
+    return (
+        i.id,
+        i.kind,
+        i.source,
+        i.model,
+        json.dumps(i.tools),
+        json.dumps(i.options),
+        i.created,
+        i.updated,
+        i.status,
+        i.answer,
+        i.error,
+        i.holder,
+        i.lease_until,
+        i.tasks_total,
+        i.tasks_done,
+    )
+
+
+def _info(row: Any) -> RunInfo:
+    values = list(row)
+    values[4], values[5] = json.loads(values[4]), json.loads(values[5])
+    return RunInfo(*values)
