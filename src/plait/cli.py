@@ -9,6 +9,7 @@ the answer to stdout, so `plait run ... > answer.txt` does what it says.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 import traceback
@@ -366,9 +367,16 @@ def _esc(text: str) -> str:
     return escape(text)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # A deploy's SIGTERM stops the run like Ctrl-C: what is queued for the store is written.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if argv is None:  # the `plait` process itself, not a call from Python
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = cli.main(args=args, prog_name="plait", standalone_mode=False)
     except click.UsageError as e:

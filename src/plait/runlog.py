@@ -243,6 +243,7 @@ class RunLog:
 def replay_events(info: RunInfo, records: Iterable[Record]) -> Iterator[ev.Event]:
     """The events a run's log stands for, with `t` in seconds since the run was created."""
     question = info.source if info.kind == "question" else None
+    tools: dict[int, str] = {}
     for record in records:
         data = from_json(record.data)
         t = record.t
@@ -250,9 +251,11 @@ def replay_events(info: RunInfo, records: Iterable[Record]) -> Iterator[ev.Event
             case "session":
                 yield ev.RunStarted(t, info.id, question, data["resumed"])
             case "task":
-                yield ev.TaskAdded(t, _task(data))
+                task = _task(data)
+                tools[task.id] = task.tool
+                yield ev.TaskAdded(t, task)
             case "start":
-                yield ev.TaskStarted(t, data["id"], "")
+                yield ev.TaskStarted(t, data["id"], tools.get(data["id"], ""))
             case "retry":
                 yield ev.TaskRetrying(t, data["id"], data["attempt"], data["error"])
             case "settle":
