@@ -164,7 +164,8 @@ async def aexecute(
     """
     registry = Tools.coerce(tools)
     tasks = prepare_plan(plan, registry)  # before the store: a bad plan makes no run
-    new = RunInfo("", "plan", plan, None, list(registry), created=time.time())
+    now = time.time()
+    new = RunInfo("", "plan", plan, None, list(registry), created=now, updated=now)
 
     async def body(r: _Run) -> None:
         await execute_plan(tasks, r.scheduler, r.outcome)
@@ -194,7 +195,8 @@ async def arun(
     registry = Tools.coerce(tools)
     spec = model if isinstance(model, str) else llm.name
     options = {"max_replans": max_replans, "base_url": base_url, "examples": examples}
-    new = RunInfo("", "question", question, spec, list(registry), options, created=time.time())
+    now = time.time()
+    new = RunInfo("", "question", question, spec, list(registry), options, created=now, updated=now)
     return await _session(
         _answer(question, llm, registry, max_replans, examples, retry),
         registry,

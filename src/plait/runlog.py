@@ -33,6 +33,7 @@ from .plan import Task
 from .result import Recorder, RunResult
 from .scheduler import INTERRUPTED, Settled
 from .stores import LEASE_SECONDS, Progress, Record, RunInfo, Store, StoreError
+from .stores.base import Row
 
 
 def task_key(task: Task) -> bytes:
@@ -89,7 +90,7 @@ class RunLog:
         self.offset = time.time() - info.created  # session clock -> seconds since created
         self.failure: BaseException | None = None
         self._seq = self.restored.seq
-        self._queue: collections.deque[Record] = collections.deque()
+        self._queue: collections.deque[Row] = collections.deque()
         self._encoded: dict[int, bytes] = {}
         self._calls: dict[int, tuple[str, str, float]] = {}
         self._ids: set[int] = set()
@@ -172,7 +173,7 @@ class RunLog:
     def _put(self, kind: str, t: float, data: bytes | str) -> None:
         self._seq += 1
         text = data if isinstance(data, str) else data.decode()
-        self._queue.append(Record(self._seq, kind, round(self.offset + t, 6), text))
+        self._queue.append((self._seq, kind, round(self.offset + t, 6), text))
         if len(self._queue) >= self.batch:
             self._wake.set()
 

@@ -17,9 +17,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import PlaitError
 
@@ -36,6 +36,10 @@ class RunNotFound(StoreError):
 
 class RunExists(StoreError):
     pass
+
+
+def _not_held(run_id: str, holder: str | None, writer: str) -> str:
+    return f"run {run_id} is held by {holder or 'nobody'}, not by this writer ({writer})"
 
 
 def _exists(run_id: str, url: str) -> str:
@@ -79,14 +83,20 @@ class RunInfo:
         return self.status
 
 
-@dataclass(slots=True)
-class Record:
-    """One entry of a run's log: `data` is the event as JSON text, `t` seconds since created."""
+class Record(NamedTuple):
+    """One entry of a run's log: `data` is the event as JSON text, `t` seconds since created.
+
+    Writers may pass plain `(seq, kind, t, data)` tuples: the garbage collector stops
+    tracking tuples of plain values, which matters with a million queued records.
+    """
 
     seq: int
     kind: str
     t: float
     data: str
+
+
+Row = tuple[int, str, float, str]
 
 
 @dataclass(slots=True)
@@ -113,8 +123,8 @@ class Store(Protocol):
     def renew(self, run_id: str, holder: str, ttl: float) -> bool:
         """Extend the lease; False if `holder` no longer holds it."""
 
-    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
-        """Add records and update the run's row in one transaction."""
+    def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
+        """Add records (Records or plain tuples) and update the run's row in one transaction."""
 
     def get(self, run_id: str) -> RunInfo | None: ...
 

@@ -9,9 +9,21 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from .base import Progress, Record, RunExists, RunInfo, RunNotFound, _exists, may_claim
+from .base import (
+    Progress,
+    Record,
+    Row,
+    RunExists,
+    RunHeld,
+    RunInfo,
+    RunNotFound,
+    StoreError,
+    _exists,
+    _not_held,
+    may_claim,
+)
 
 _named: dict[str, MemoryStore] = {}
 
@@ -21,7 +33,7 @@ class MemoryStore:
         self.url = url
         self._lock = threading.Lock()
         self._runs: dict[str, RunInfo] = {}
-        self._log: dict[str, list[Record]] = {}
+        self._log: dict[str, list[Row]] = {}
 
     @classmethod
     def open(cls, url: str) -> MemoryStore:
@@ -54,10 +66,18 @@ class MemoryStore:
             info.lease_until = time.time() + ttl
             return True
 
-    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
+    def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
         with self._lock:
             info = self._runs[run_id]
-            self._log[run_id].extend(records)
+            if info.holder != holder:
+                raise RunHeld(_not_held(run_id, info.holder, holder))
+            log = self._log[run_id]
+            last = log[-1][0] if log else 0
+            for r in records:
+                if r[0] <= last:
+                    raise StoreError(f"run {run_id}: record {r[0]} is already written")
+                last = r[0]
+            log.extend((r[0], r[1], r[2], r[3]) for r in records)
             info.tasks_total, info.tasks_done = progress.tasks_total, progress.tasks_done
             info.status, info.answer, info.error = progress.status, progress.answer, progress.error
             info.updated = time.time()
@@ -72,7 +92,7 @@ class MemoryStore:
     def records(self, run_id: str) -> Iterator[Record]:
         with self._lock:
             log = list(self._log.get(run_id, ()))
-        return iter(log)
+        return (Record(*r) for r in log)
 
     def runs(self, limit: int = 50) -> list[RunInfo]:
         with self._lock:

@@ -10,10 +10,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import Progress, Record, RunExists, RunInfo, RunNotFound, StoreError, _exists, may_claim
+from .base import (
+    Progress,
+    Record,
+    Row,
+    RunExists,
+    RunHeld,
+    RunInfo,
+    RunNotFound,
+    StoreError,
+    _exists,
+    _not_held,
+    may_claim,
+)
 
 try:
     import psycopg
@@ -119,11 +131,15 @@ class PostgresStore:
             finally:
                 self._db.commit()
 
-    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
-        rows = [(run_id, r.seq, r.kind, r.t, r.data) for r in records]
+    def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
+        rows = [(run_id, *r) for r in records]
         with self._lock:
             try:
                 with self._tx(), self._db.cursor() as cur:
+                    cur.execute("SELECT holder FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,))
+                    row = cur.fetchone()
+                    if row is None or row[0] != holder:
+                        raise RunHeld(_not_held(run_id, row[0] if row else None, holder))
                     if rows:
                         with cur.copy(
                             "COPY plait_events (run, seq, kind, t, data) FROM STDIN"

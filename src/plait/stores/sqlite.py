@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,14 @@ from typing import Any
 from .base import (
     Progress,
     Record,
+    Row,
     RunExists,
+    RunHeld,
     RunInfo,
     RunNotFound,
     StoreError,
     _exists,
+    _not_held,
     may_claim,
 )
 
@@ -136,9 +139,12 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-    def append(self, run_id: str, holder: str, records: list[Record], progress: Progress) -> None:
-        rows = [(run_id, r.seq, r.kind, r.t, r.data) for r in records]
+    def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
+        rows = [(run_id, *r) for r in records]
         with self._write() as db:
+            row = db.execute("SELECT holder FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row[0] != holder:
+                raise RunHeld(_not_held(run_id, row[0] if row else None, holder))
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
             db.execute(
                 "UPDATE runs SET tasks_total = ?, tasks_done = ?, status = ?, answer = ?, "

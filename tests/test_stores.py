@@ -1,0 +1,626 @@
+"""Run stores (plait.stores): one conformance suite for memory://, sqlite:/// and postgresql://,
+an end-to-end run per store, and several processes writing one SQLite file at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import plait
+from plait.stores import (
+    Progress,
+    Record,
+    RunExists,
+    RunHeld,
+    RunInfo,
+    RunNotFound,
+    Store,
+    StoreError,
+    open_store,
+)
+
+HOST = socket.gethostname()
+
+
+def live_holder(tag: str) -> str:
+    """A holder in this very process: never taken for dead."""
+    return f"{HOST}:{os.getpid()}:{tag}"
+
+
+def dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def new_id(prefix: str = "run") -> str:
+    # The PostgreSQL server is shared by the whole session: every run id is fresh.
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def info(run_id: str, **fields) -> RunInfo:
+    base = {
+        "kind": "plan",
+        "source": "1. f()",
+        "tools": ["f"],
+        "created": time.time(),
+        "holder": live_holder("owner"),
+        "lease_until": time.time() + 60,
+    }
+    base.update(fields)
+    return RunInfo(run_id, **base)
+
+
+def rec(seq: int, kind: str = "start", data: dict | None = None) -> Record:
+    return Record(seq, kind, seq / 10, json.dumps(data if data is not None else {"id": seq}))
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return f"memory://{new_id('stores')}"  # named, so a second open sees the same store
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"  # tmp_path is absolute: sqlite:////…
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+def kind_of(store: Store) -> str:
+    return type(store).__name__
+
+
+# -- the row ---------------------------------------------------------------------------------
+
+
+def test_create_then_get_round_trips_every_field(store):
+    run_id = new_id()
+    original = RunInfo(
+        id=run_id,
+        kind="question",
+        source="How tall?\nTwo lines, ünïcode.",
+        model="replay:/tmp/replies.json",
+        tools=["search", "calculate", "extract_number"],
+        options={
+            "max_replans": 3,
+            "base_url": None,
+            "examples": '1. search("x")',
+            "nested": {"list": [1, 2.5, "three", None, True]},
+        },
+        created=1_700_000_000.125,
+        updated=1_700_000_001.5,
+        status="failed",
+        answer="an answer",
+        error="an error",
+        holder="elsewhere:4242:abc123",
+        lease_until=1_700_000_015.75,
+        tasks_total=7,
+        tasks_done=4,
+    )
+    store.create(original)
+    got = store.get(run_id)
+    assert got == original
+    assert got is not original
+    assert store.get(new_id("missing")) is None
+
+
+def test_create_with_defaults_round_trips(store):
+    run_id = new_id()
+    original = RunInfo(run_id, "plan", "1. f()")
+    store.create(original)
+    assert store.get(run_id) == original
+
+
+def test_the_stored_row_is_not_the_callers_object(store):
+    run_id = new_id()
+    mine = info(run_id, tools=["a"], options={"k": 1})
+    store.create(mine)
+    mine.tools.append("b")
+    mine.options["k"] = 2
+    mine.status = "done"
+    got = store.get(run_id)
+    assert got.tools == ["a"] and got.options == {"k": 1} and got.status == "running"
+
+
+def test_create_twice_is_run_exists(store):
+    run_id = new_id()
+    store.create(info(run_id, source="first"))
+    with pytest.raises(RunExists, match=re.escape(run_id)):
+        store.create(info(run_id, source="second"))
+    assert store.get(run_id).source == "first"
+    assert issubclass(RunExists, StoreError)
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_claim_of_a_missing_run_is_run_not_found(store):
+    run_id = new_id("missing")
+    with pytest.raises(RunNotFound, match=re.escape(run_id)):
+        store.claim(run_id, live_holder("me"), 15)
+    assert store.get(run_id) is None
+
+
+def test_claim_while_another_holder_is_live_is_run_held(store):
+    run_id = new_id()
+    first = live_holder("first")
+    store.create(info(run_id, holder=first, lease_until=time.time() + 60))
+    assert store.get(run_id).held
+    with pytest.raises(RunHeld, match=re.escape(first)):
+        store.claim(run_id, live_holder("second"), 15)
+    assert store.get(run_id).holder == first
+
+
+def test_a_holder_on_another_host_is_never_taken_for_dead(store):
+    run_id = new_id()
+    remote = "some-other-host.invalid:1:abc"
+    store.create(info(run_id, holder=remote, lease_until=time.time() + 60))
+    with pytest.raises(RunHeld, match=re.escape(remote)):
+        store.claim(run_id, live_holder("me"), 15)
+
+
+def test_the_holder_may_claim_again(store):
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me, lease_until=time.time() + 5))
+    before = time.time()
+    claimed = store.claim(run_id, me, 60)
+    assert claimed.holder == me and claimed.lease_until >= before + 60
+
+
+def test_claim_after_the_lease_expired_succeeds(store):
+    run_id = new_id()
+    store.create(info(run_id, holder="elsewhere:1:old", lease_until=time.time() - 1))
+    assert not store.get(run_id).held
+    assert store.get(run_id).state == "interrupted"
+    me = live_holder("me")
+    before = time.time()
+    claimed = store.claim(run_id, me, 15)
+    assert claimed.id == run_id and claimed.holder == me
+    assert claimed.lease_until >= before + 15
+    got = store.get(run_id)
+    assert got.holder == me and got.held and got.state == "running"
+    assert got.lease_until == pytest.approx(claimed.lease_until)
+
+
+def test_claim_from_a_dead_local_holder_succeeds_at_once(store):
+    run_id = new_id()
+    dead = f"{HOST}:{dead_pid()}:x"
+    store.create(info(run_id, holder=dead, lease_until=time.time() + 600))
+    assert not store.get(run_id).held  # the lease is live but its holder is gone
+    me = live_holder("me")
+    assert store.claim(run_id, me, 15).holder == me
+    assert store.get(run_id).holder == me
+
+
+def test_claim_of_a_free_run_succeeds(store):
+    run_id = new_id()
+    store.create(info(run_id, holder=None, lease_until=0.0))
+    me = live_holder("me")
+    assert store.claim(run_id, me, 15).holder == me
+
+
+def test_two_racing_claims_of_one_free_run_cannot_both_win(store_url, store):
+    run_id = new_id()
+    store.create(info(run_id, holder=None, lease_until=0.0))
+    others = [open_store(store_url) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def claim(i: int) -> None:
+        holder = live_holder(f"racer{i}")
+        barrier.wait()
+        try:
+            outcomes[holder] = others[i].claim(run_id, holder, 60).holder
+        except RunHeld as e:
+            outcomes[holder] = e
+
+    try:
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for s in others:
+            s.close()
+    winners = [h for h, o in outcomes.items() if o == h]
+    losers = [o for o in outcomes.values() if isinstance(o, RunHeld)]
+    assert len(winners) == 1 and len(losers) == 1
+    assert store.get(run_id).holder == winners[0]
+
+
+def test_renew_by_the_holder_extends_the_lease_and_by_another_is_refused(store):
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me, lease_until=time.time() + 5))
+    before = time.time()
+    assert store.renew(run_id, me, 120) is True
+    extended = store.get(run_id).lease_until
+    assert extended >= before + 120
+    assert store.renew(run_id, live_holder("other"), 600) is False
+    got = store.get(run_id)
+    assert got.holder == me and got.lease_until == pytest.approx(extended)
+    assert store.renew(new_id("missing"), me, 15) is False
+
+
+def test_renew_after_losing_the_lease_is_refused(store):
+    run_id = new_id()
+    old = "elsewhere:1:old"
+    store.create(info(run_id, holder=old, lease_until=time.time() - 1))
+    store.claim(run_id, live_holder("new"), 15)
+    assert store.renew(run_id, old, 15) is False
+    assert store.get(run_id).holder == live_holder("new")
+
+
+# -- the log ---------------------------------------------------------------------------------
+
+
+def test_append_keeps_records_in_order_and_updates_progress(store):
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me))
+    assert list(store.records(run_id)) == []
+    first = [rec(1, "session", {"resumed": False}), rec(2, "task", {"id": 1}), rec(3)]
+    store.append(run_id, me, first, Progress(tasks_total=2, tasks_done=0))
+    got = store.get(run_id)
+    assert (got.tasks_total, got.tasks_done, got.status) == (2, 0, "running")
+    assert got.holder == me  # no release yet
+    second = [rec(4, "settle", {"id": 1, "status": "done", "result": [1, "ü"]}), rec(5)]
+    store.append(run_id, me, second, Progress(2, 1))
+    assert list(store.records(run_id)) == first + second
+    assert [r.seq for r in store.records(run_id)] == [1, 2, 3, 4, 5]
+    assert json.loads(list(store.records(run_id))[3].data)["result"] == [1, "ü"]
+    assert store.get(run_id).tasks_done == 1
+    # an empty batch still carries progress
+    store.append(run_id, me, [], Progress(2, 2, "failed", None, "task 2 failed"))
+    got = store.get(run_id)
+    assert (got.tasks_done, got.status, got.error) == (2, "failed", "task 2 failed")
+    assert len(list(store.records(run_id))) == 5
+
+
+def test_append_with_release_ends_the_run_and_frees_the_lease(store):
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me))
+    store.append(run_id, me, [rec(1)], Progress(3, 3, "done", "42", None, release=True))
+    got = store.get(run_id)
+    assert (got.tasks_total, got.tasks_done, got.status, got.answer, got.error) == (
+        3,
+        3,
+        "done",
+        "42",
+        None,
+    )
+    assert got.holder is None and not got.held and got.state == "done"
+    # a free run can be claimed by anyone at once
+    assert store.claim(run_id, live_holder("next"), 15).holder == live_holder("next")
+
+
+def test_release_by_a_writer_that_is_not_the_holder_leaves_the_lease(store):
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me))
+    with pytest.raises(StoreError):
+        store.append(run_id, live_holder("stale"), [], Progress(1, 0, "cancelled", release=True))
+    assert store.get(run_id).holder == me
+
+
+def test_append_by_a_writer_that_lost_the_lease_is_refused(store):
+    run_id = new_id()
+    stale = "elsewhere:1:stale"
+    store.create(info(run_id, holder=stale, lease_until=time.time() - 1))
+    me = live_holder("me")
+    store.claim(run_id, me, 60)  # the stale writer's lease ran out; this process took over
+    store.append(run_id, me, [rec(1, "session", {"resumed": True})], Progress(2, 0))
+    with pytest.raises(StoreError):
+        store.append(run_id, stale, [rec(2, "settle", {"id": 1})], Progress(2, 2, "done", "x"))
+    assert [r.seq for r in store.records(run_id)] == [1]
+    got = store.get(run_id)
+    assert (got.status, got.answer, got.tasks_done, got.holder) == ("running", None, 0, me)
+
+
+def test_records_of_other_runs_are_kept_apart(store):
+    a, b = new_id("a"), new_id("b")
+    me = live_holder("me")
+    store.create(info(a, holder=me))
+    store.create(info(b, holder=me))
+    store.append(a, me, [rec(1), rec(2)], Progress(1, 0))
+    store.append(b, me, [rec(1, "session", {"resumed": False})], Progress(1, 0))
+    assert [r.seq for r in store.records(a)] == [1, 2]
+    assert [r.kind for r in store.records(b)] == ["session"]
+    assert list(store.records(new_id("missing"))) == []
+
+
+def _two_records(store: Store) -> tuple[str, str]:
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me))
+    store.append(run_id, me, [rec(1, "session", {"resumed": False}), rec(2)], Progress(1, 0))
+    return run_id, me
+
+
+def _unchanged(store: Store, run_id: str) -> None:
+    assert [(r.seq, r.kind) for r in store.records(run_id)] == [(1, "session"), (2, "start")]
+    got = store.get(run_id)
+    assert (got.tasks_total, got.tasks_done, got.status) == (1, 0, "running")
+
+
+def test_a_batch_that_starts_at_a_written_seq_is_refused_and_changes_nothing(store):
+    run_id, me = _two_records(store)
+    # a second writer whose numbering overlaps the log's
+    with pytest.raises(Exception):  # noqa: B017 - the SQL stores raise their driver's error
+        store.append(run_id, me, [rec(2, "settle", {"id": 9}), rec(3)], Progress(9, 9, "done"))
+    _unchanged(store, run_id)
+    # the store is still usable afterwards
+    store.append(run_id, me, [rec(3)], Progress(1, 1))
+    assert [r.seq for r in store.records(run_id)] == [1, 2, 3]
+
+
+def test_a_written_seq_later_in_a_batch_is_refused_and_changes_nothing(store):
+    run_id, me = _two_records(store)
+    with pytest.raises(Exception):  # noqa: B017
+        store.append(run_id, me, [rec(3), rec(2, "settle", {"id": 9})], Progress(9, 9, "done"))
+    _unchanged(store, run_id)
+    store.append(run_id, me, [rec(3)], Progress(1, 1))
+    assert [r.seq for r in store.records(run_id)] == [1, 2, 3]
+
+
+def test_a_seq_twice_in_one_batch_is_refused_and_changes_nothing(store):
+    run_id, me = _two_records(store)
+    with pytest.raises(Exception):  # noqa: B017
+        store.append(run_id, me, [rec(3), rec(3, "settle", {"id": 9})], Progress(9, 9, "done"))
+    _unchanged(store, run_id)
+
+
+def test_runs_lists_the_most_recently_updated_first_and_honours_limit(store):
+    a, b, c = new_id("a"), new_id("b"), new_id("c")
+    me = live_holder("me")
+    for run_id in (a, b, c):
+        store.create(info(run_id, holder=me, updated=0.0))
+    for run_id in (b, c, a):  # the order they are last written in
+        store.append(run_id, me, [rec(1)], Progress(1, 0))
+    # the shared PostgreSQL server may hold runs of other tests, all written before these
+    assert [r.id for r in store.runs(limit=3)] == [a, c, b]
+    assert [r.id for r in store.runs(limit=1)] == [a]
+    listed = store.runs(limit=2)
+    assert [r.id for r in listed] == [a, c]
+    assert all(isinstance(r, RunInfo) for r in listed)
+    assert listed[0].tools == ["f"]
+    store.append(b, me, [], Progress(1, 1))
+    assert [r.id for r in store.runs(limit=3)] == [b, a, c]
+    assert len(store.runs()) >= 3
+
+
+def test_runs_of_an_empty_store(tmp_path):
+    for url in ("memory://", f"sqlite:///{tmp_path / 'empty.db'}"):
+        store = open_store(url)
+        try:
+            assert store.runs() == []
+        finally:
+            store.close()
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def test_reopening_the_url_sees_the_same_runs_and_keeps_them(store_url, store):
+    run_id = new_id()
+    me = live_holder("me")
+    store.create(info(run_id, holder=me, tools=["x", "y"]))
+    store.append(run_id, me, [rec(1), rec(2)], Progress(2, 1))
+    again = open_store(store_url)
+    try:
+        assert again.get(run_id) == store.get(run_id)
+        assert list(again.records(run_id)) == list(store.records(run_id))
+        other = new_id()
+        again.create(info(other))
+        assert store.get(other) is not None
+    finally:
+        again.close()
+    third = open_store(store_url)  # after the second one closed
+    try:
+        assert [r.seq for r in third.records(run_id)] == [1, 2]
+        assert third.get(run_id).tasks_done == 1
+    finally:
+        third.close()
+
+
+def test_reopening_sqlite_does_not_run_migrations_again(tmp_path):
+    from plait.stores import sqlite as sqlite_store
+
+    path = tmp_path / "runs.db"
+    url = f"sqlite:///{path}"
+    run_id = new_id()
+    for _ in range(3):
+        s = open_store(url)
+        if s.get(run_id) is None:
+            s.create(info(run_id))
+        s.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_store.MIGRATIONS)
+        assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+def test_reopening_postgres_does_not_run_migrations_again(postgres_url):
+    import psycopg
+
+    from plait.stores import postgres as pg_store
+
+    run_id = new_id()
+    stores = [open_store(postgres_url) for _ in range(3)]
+    try:
+        stores[0].create(info(run_id))
+        assert all(s.get(run_id) is not None for s in stores)
+    finally:
+        for s in stores:
+            s.close()
+    with psycopg.connect(postgres_url) as db:
+        versions = [v for (v,) in db.execute("SELECT version FROM plait_schema ORDER BY version")]
+    assert versions == list(range(1, len(pg_store.MIGRATIONS) + 1))
+
+
+def test_a_relative_sqlite_url_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///rel/runs.db")
+    try:
+        store.create(info(new_id()))
+    finally:
+        store.close()
+    assert (tmp_path / "rel" / "runs.db").is_file()
+
+
+def test_plain_memory_urls_are_private_and_named_ones_shared():
+    a, b = open_store("memory://"), open_store("memory://")
+    run_id = new_id()
+    a.create(info(run_id))
+    assert b.get(run_id) is None
+    name = f"memory://{new_id('shared')}"
+    open_store(name).create(info(run_id))
+    assert open_store(name).get(run_id) is not None
+
+
+@pytest.mark.parametrize(
+    "url", ["nope://x", "runs.db", "sqlite://runs.db", "sqlite:///", "memory:/x"]
+)
+def test_a_bad_url_is_a_store_error(url):
+    with pytest.raises(StoreError):
+        open_store(url)
+
+
+# -- a whole run, end to end -----------------------------------------------------------------
+
+
+@plait.tool
+def double(n: int) -> int:
+    return 2 * n
+
+
+@plait.tool
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+PLAN = "1. double(3)\n2. double(4)\n3. add($1, $2)"
+
+
+def test_execute_records_the_run_in_the_store(store_url, store):
+    run_id = new_id("e2e")
+    result = plait.execute(PLAN, tools=[double, add], store=store_url, run_id=run_id)
+    assert result.status == "done" and result.answer == "14"
+    got = store.get(run_id)
+    assert got.kind == "plan" and got.source == PLAN
+    assert got.tools == ["double", "add"]
+    assert got.state == "done" and got.status == "done" and got.answer == "14"
+    assert got.tasks_total == got.tasks_done == 3
+    assert got.holder is None and got.error is None
+    assert got.updated >= got.created > 0
+    records = list(store.records(run_id))
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
+    kinds = [r.kind for r in records]
+    assert kinds[0] == "session" and kinds[-1] == "answer"
+    assert sorted(kinds) == sorted(["session", "answer"] + ["task", "start", "settle"] * 3)
+    data = [json.loads(r.data) for r in records]
+    assert data[0] == {"resumed": False}
+    assert data[-1] == {"answer": "14"}
+    for task_id, value in [(1, 6), (2, 8), (3, 14)]:
+        at = {
+            kind: next(
+                i
+                for i, (k, d) in enumerate(zip(kinds, data, strict=True))
+                if k == kind and d["id"] == task_id
+            )
+            for kind in ("task", "start", "settle")
+        }
+        assert at["task"] < at["start"] < at["settle"]
+        assert data[at["settle"]] == {"id": task_id, "status": "done", "result": value}
+    assert data[kinds.index("task")]["tool"] == "double"
+    assert all(r.t >= 0 for r in records)
+
+
+# -- SQLite: several processes, one file ---------------------------------------------------
+
+TOOLS = """
+import asyncio
+
+import plait
+
+
+@plait.tool
+async def step(n: int, prev: int = 0) -> int:
+    await asyncio.sleep(0.001)
+    return prev + n
+"""
+STEPS = 200
+
+
+def test_several_processes_write_one_sqlite_file_at_once(tmp_path):
+    tools = tmp_path / "steptools.py"
+    tools.write_text(TOOLS)
+    plan = tmp_path / "chain.plan"
+    plan.write_text(
+        "1. step(1)\n" + "".join(f"{k}. step({k}, ${k - 1})\n" for k in range(2, STEPS + 1))
+    )
+    db = tmp_path / "shared" / "runs.db"  # not there yet: the processes race to create it
+    url = f"sqlite:///{db}"
+    assert url.startswith("sqlite:////")
+    run_ids = [new_id(f"p{i}") for i in range(4)]
+    cli = [sys.executable, "-m", "plait.cli", "exec", str(plan), "--tools", str(tools)]
+    procs = [
+        subprocess.Popen(
+            [*cli, "--store", url, "--run-id", run_id, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for run_id in run_ids
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    expected = str(STEPS * (STEPS + 1) // 2)
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+        result = json.loads(out)
+        assert result["status"] == "done" and result["answer"] == expected
+    store = open_store(url)
+    try:
+        listed = {r.id: r for r in store.runs(limit=10)}
+        assert set(listed) == set(run_ids)
+        for run_id in run_ids:
+            got = listed[run_id]
+            assert got.state == "done" and got.answer == expected
+            assert got.tasks_total == got.tasks_done == STEPS
+            records = list(store.records(run_id))
+            assert [r.seq for r in records] == list(range(1, len(records) + 1))
+            kinds = [r.kind for r in records]
+            assert kinds.count("settle") == kinds.count("task") == kinds.count("start") == STEPS
+            assert kinds.count("session") == kinds.count("answer") == 1
+    finally:
+        store.close()
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
