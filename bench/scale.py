@@ -4,10 +4,11 @@ The DAG (seeded): task i calls `noop(i)`, or `noop(i, [$a, $b])` with 0-2 refere
 random earlier tasks, so it is a realistic web of dependencies, not a flat fan-out.
 
 1. Whole process, 50,000 tasks: `plait exec plan.txt --tools tools.py --json > /dev/null`
-   as a subprocess, against a subprocess running a bare-asyncio script over the same DAG
-   (one asyncio task per node that awaits its inputs' tasks, then the same trivial
-   coroutine). Both include interpreter start and reading their input; plait's time also
-   includes parsing and validating the plan and building the --json result. Median of
+   as a subprocess, with its default SQLite run store and with `--store memory://`,
+   against a subprocess running a bare-asyncio script over the same DAG (one asyncio task
+   per node that awaits its inputs' tasks, then the same trivial coroutine). Both include
+   interpreter start and reading their input; plait's time also includes parsing and
+   validating the plan and building the --json result. Median of
    --repeat runs; the ratio is plait ÷ bare asyncio (target ≤ 6×).
 2. In one process (no interpreter start): `plait.aexecute` at 1k, 10k, 50k and 100k tasks,
    in µs per task, beside bare asyncio in the same process. Flat µs/task means the
@@ -123,20 +124,27 @@ def whole_process(n: int, repeat: int) -> None:
         (d / "bare.py").write_text(BARE_PY)
         tools = str(d / "tools.py")
         ours_cmd = [plait_exe, "exec", str(d / "plan.txt"), "--tools", tools, "--json"]
+        # The default: every event recorded in a SQLite run store (a fresh file each time).
+        db = d / "runs.db"
+        stored_cmd = [*ours_cmd, "--store", f"sqlite:///{db}"]
+        memory_cmd = [*ours_cmd, "--store", "memory://"]
         bare_cmd = [sys.executable, str(d / "bare.py"), str(d / "dag.json")]
         empty_cmd = [sys.executable, "-c", "pass"]
-        timed(ours_cmd)  # warm the page cache and .pyc files
-        ours, base, empty = [], [], []
+        timed(memory_cmd)  # warm the page cache and .pyc files
+        stored, memory, base, empty = [], [], [], []
         for _ in range(repeat):
-            ours.append(timed(ours_cmd))
+            for f in d.glob("runs.db*"):
+                f.unlink()
+            stored.append(timed(stored_cmd))
+            memory.append(timed(memory_cmd))
             base.append(timed(bare_cmd))
             empty.append(timed(empty_cmd))
-    o, b, e = (statistics.median(x) for x in (ours, base, empty))
+    s, m, b, e = (statistics.median(x) for x in (stored, memory, base, empty))
     print(f"whole process, {n:,} tasks, median of {repeat} (target ≤ 6×)")
-    print(f"  plait exec --json      {o:7.3f} s")
-    print(f"  bare asyncio script    {b:7.3f} s")
-    print(f"  ratio                  {o / b:7.2f} ×")
-    print(f"  (empty interpreter     {e:7.3f} s)")
+    print(f"  plait exec --json, SQLite store (default)  {s:7.3f} s   {s / b:5.2f} ×")
+    print(f"  plait exec --json --store memory://        {m:7.3f} s   {m / b:5.2f} ×")
+    print(f"  bare asyncio script                        {b:7.3f} s")
+    print(f"  (empty interpreter                         {e:7.3f} s)")
 
 
 async def in_process(sizes: list[int], repeat: int) -> None:

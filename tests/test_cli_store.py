@@ -179,8 +179,9 @@ def test_resume_without_a_tool_the_run_used_exits_2(capsys, tmp_path, example_to
         == 0
     )
     # A finished run is only read back; an unfinished one needs its tools.
-    info = open_store(store)
-    info.append("R", "nobody", [], _unfinished())
+    opened = open_store(store)
+    opened.claim("R", "test", 15.0)
+    opened.append("R", "test", [], _unfinished())
     code, _, err = plait_main(capsys, "resume", "R", "--tools", example_tools, "--store", store)
     assert code == 2
     assert "nap" in assert_one_line(err)
@@ -189,7 +190,7 @@ def test_resume_without_a_tool_the_run_used_exits_2(capsys, tmp_path, example_to
 def _unfinished():
     from plait.stores import Progress
 
-    return Progress(1, 0, "failed")
+    return Progress(1, 0, "failed", release=True)
 
 
 def test_interrupted_exec_resumes_and_a_second_resumer_is_told_it_is_held(tmp_path):

@@ -173,8 +173,8 @@ class RunLog:
     def _put(self, kind: str, t: float, data: bytes | str) -> None:
         self._seq += 1
         text = data if isinstance(data, str) else data.decode()
-        self._queue.append((self._seq, kind, round(self.offset + t, 6), text))
-        if len(self._queue) >= self.batch:
+        self._queue.append((self._seq, kind, self.offset + t, text))
+        if len(self._queue) >= self.batch and not self._wake.is_set():
             self._wake.set()
 
     def _run_started(self, e: ev.RunStarted) -> None:
