@@ -1,8 +1,13 @@
-"""`replay:FILE?ttft=S&tps=N`: replies from a JSON list of strings, with real LLM timing.
+"""`replay:FILE?ttft=S&tps=N`: replies from a JSON file, with real LLM timing.
 
 The MockTransport of LLMs. Replies are returned in call order, each streamed in ~4-character
 tokens at N tokens/s after S seconds, so tests and benchmarks reproduce a real model's timing
 deterministically. Running out of replies is an error, not a silent empty answer.
+
+The file holds a list of replies, or, for many runs at once (a batch), an object mapping a
+key to its own list: a call takes the next reply of the longest key found in its last user
+message, else in any earlier user message (the question is in the first), so concurrent runs
+each get their own. A call that matches no key is an error.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -24,9 +29,21 @@ class ReplayLLM:
     supports_json_schema = False
 
     def __init__(
-        self, replies: Sequence[str], *, ttft: float = 0.0, tps: float = 0.0, name: str = "replay"
+        self,
+        replies: Sequence[str] | Mapping[str, Sequence[str]],
+        *,
+        ttft: float = 0.0,
+        tps: float = 0.0,
+        name: str = "replay",
     ) -> None:
-        self.replies = list(replies)
+        self.replies: list[str] | dict[str, list[str]]
+        if isinstance(replies, Mapping):
+            self.replies = {k: list(v) for k, v in replies.items()}
+            # Longest first, so "Paris, France" wins over "Paris".
+            self._keys = sorted(self.replies, key=len, reverse=True)
+            self._next: dict[str, int] = dict.fromkeys(self.replies, 0)
+        else:
+            self.replies = list(replies)
         self.ttft = ttft
         self.tps = tps
         self.name = name
@@ -51,16 +68,34 @@ class ReplayLLM:
             raise PlaitError(f"replay model: file not found: {path}") from None
         except (OSError, ValueError) as e:
             raise PlaitError(f"replay model: cannot read {path}: {e}") from None
-        if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
-            raise PlaitError(f"replay model: {path} must hold a JSON list of strings")
+        if not _replies(replies):
+            raise PlaitError(
+                f"replay model: {path} must hold a JSON list of strings, or an object "
+                "mapping keys to lists of strings"
+            )
         return cls(replies, ttft=ttft, tps=tps, name=f"replay:{Path(path).name}")
 
-    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+    def _take(self, request: Request) -> str:
         index = len(self.calls)
         self.calls.append(request)
-        if index >= len(self.replies):
-            raise LLMError(f"replay model: no reply left for call {index + 1}")
-        reply = self.replies[index]
+        if isinstance(self.replies, list):
+            if index >= len(self.replies):
+                raise LLMError(f"replay model: no reply left for call {index + 1}")
+            return self.replies[index]
+        users = [m["content"] for m in request.messages if m.get("role") == "user"]
+        for text in reversed(users):
+            key = next((k for k in self._keys if k in text), None)
+            if key is not None:
+                n = self._next[key]
+                if n >= len(self.replies[key]):
+                    raise LLMError(f"replay model: no reply left for {key!r} (call {n + 1})")
+                self._next[key] = n + 1
+                return self.replies[key][n]
+        last = " ".join((users[-1] if users else "").split())[:80]
+        raise LLMError(f"replay model: no key of the replay file matches the prompt {last!r}")
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+        reply = self._take(request)
         for stop in request.stop:  # a real server stops at a stop sequence, and so do we
             cut = reply.find(stop)
             if cut >= 0:
@@ -78,3 +113,12 @@ class ReplayLLM:
             yield Delta(token)
         prompt = sum(len(m["content"]) for m in request.messages) // CHARS_PER_TOKEN
         yield Delta("", Usage(prompt, len(tokens)))
+
+
+def _replies(value: object) -> bool:
+    def strings(v: object) -> bool:
+        return isinstance(v, list) and all(isinstance(r, str) for r in v)
+
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k and strings(v) for k, v in value.items())
+    return strings(value)
