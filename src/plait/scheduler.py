@@ -36,6 +36,7 @@ from . import events as ev
 from .errors import PlanError
 from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
 from .plan import Task, dependencies, resolve
+from .shared import SharedCalls, call_key
 from .tools import Tool, Tools
 
 INTERRUPTED = "interrupted"  # the error of tasks cancelled because their run stopped
@@ -95,11 +96,14 @@ class Scheduler:
         max_threads: int = 32,
         run_id: str = "",
         journal: Journal | None = None,
+        shared: SharedCalls | None = None,
     ) -> None:
         self.tools = tools
         self.graph = Graph()
         self.run_id = run_id
         self._journal = journal
+        # Pure tools' equal calls run once; a batch passes one SharedCalls to all its runs.
+        self.shared = shared if shared is not None else SharedCalls()
         self._emit = emit
         self._clock = clock
         self._max_threads = max_threads
@@ -288,6 +292,13 @@ class Scheduler:
         if task.deps:
             kwargs = resolve(kwargs, self.graph.results)
         kwargs = tool.validate(kwargs)
+        if tool.pure and self.shared is not None:
+            key = call_key(tool.name, kwargs)
+            if key is not None:
+                return await self.shared.call(key, lambda: self._timed(tool, kwargs))
+        return await self._timed(tool, kwargs)
+
+    async def _timed(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
         if tool.timeout is None:
             return await self._invoke(tool, kwargs)
         async with asyncio.timeout(tool.timeout):

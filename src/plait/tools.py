@@ -37,6 +37,7 @@ class Tool:
         timeout: float | None = None,
         retries: int = 0,
         retry_backoff: float = 0.1,
+        pure: bool = False,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ToolError(f"tool {fn.__name__}: max_concurrency must be at least 1")
@@ -49,6 +50,9 @@ class Tool:
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
+        # Pure: the result depends on the arguments only and calling has no effect, so equal
+        # calls may share one execution (see shared.py).
+        self.pure = pure
         self.is_async = inspect.iscoroutinefunction(fn)
         try:  # string annotations (`from __future__ import annotations`) name types in fn's module
             self._signature = inspect.signature(fn, eval_str=True)
@@ -108,6 +112,7 @@ class Tool:
             timeout=self.timeout,
             retries=self.retries,
             retry_backoff=self.retry_backoff,
+            pure=self.pure,
         )
 
     def invoke(self, arguments: dict[str, Any]) -> Any:
@@ -236,9 +241,14 @@ def tool(
     timeout: float | None = None,
     retries: int = 0,
     retry_backoff: float = 0.1,
+    pure: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Make a function a tool: `@tool` or `@tool(max_concurrency=4, timeout=10, retries=2)`."""
+    """Make a function a tool: `@tool` or `@tool(max_concurrency=4, timeout=10, retries=2)`.
+
+    `pure=True` declares that equal arguments always give an equal result and that calling
+    has no side effect: equal calls in a run (or a batch) then run once.
+    """
     if fn is not None:
         return Tool(fn, **options)
     return lambda f: Tool(f, **options)
