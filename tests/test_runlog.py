@@ -207,7 +207,10 @@ async def test_a_result_that_cannot_be_stored_fails_its_task_only(store_url, sto
     bad = result.task(1)
     assert bad.status == "failed" and "result cannot be stored" in bad.error
     assert "object" in bad.error
-    assert result.task(2).status == "done" and result.task(2).result == {1, 2, 3}
+    # With a store, later tasks and the result see a result's JSON form in every session,
+    # so a resumed run sees exactly what an uninterrupted one did.
+    assert result.task(2).status == "done" and sorted(result.task(2).result) == [1, 2, 3]
+    assert isinstance(result.task(2).result, list)
     assert result.task(3).status == "done" and result.task(3).result == 2
     assert result.task(4).status == "skipped"
     settled = {
@@ -683,3 +686,121 @@ async def test_a_store_passed_as_an_object_is_left_open_for_the_caller(store):
     assert again.answer == "1"
     assert store.get(run_id).state == "done"  # still usable: nobody closed it
     assert [r.id for r in store.runs()] == [run_id]
+
+
+# -- replay is faithful to what the first session ran ------------------------------------------
+
+
+class ScriptLLM:
+    """Replies in order, a character at a time; "HANG" never ends (a crash comes first);
+    an LLMError instance after a reply cuts that reply's stream with it."""
+
+    supports_json_schema = False
+    name = "script"
+
+    def __init__(self, *replies: object) -> None:
+        self.replies = list(replies)
+        self.asked = 0
+
+    async def stream(self, request):
+        self.asked += 1
+        reply = self.replies.pop(0)
+        cut = (
+            self.replies.pop(0) if self.replies and isinstance(self.replies[0], Exception) else None
+        )
+        for ch in str(reply).replace("HANG", ""):
+            await asyncio.sleep(0)
+            yield Delta(ch)
+        if cut is not None:
+            raise cut
+        if "HANG" in str(reply):
+            await asyncio.Event().wait()
+        yield Delta("", plait.Usage(1, 1))
+
+
+@plait.tool
+def val(x: str) -> str:
+    return x
+
+
+@plait.tool
+def up(x: str) -> str:
+    return x.upper()
+
+
+async def interrupt(coro, until: Callable[[], bool]) -> None:
+    task = asyncio.create_task(coro)
+    async with asyncio.timeout(10):
+        while not until():
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_task_whose_input_ran_again_is_not_restored(store_url):
+    # The planner's reply is cut by the crash; asked again, it changes task 1's call. Task 2
+    # has the same text, but its recorded result came from the old $1: it must run again.
+    settled: list[int] = []
+
+    def on_event(e):
+        if isinstance(e, ev.TaskFinished):
+            settled.append(e.id)
+
+    first = ScriptLLM("1. val('a')\n2. up($1)\nHANG")
+    coro = plait.arun(
+        "q", tools=[val, up], model=first, store=store_url, run_id="st", on_event=on_event
+    )
+    await interrupt(coro, lambda: len(settled) == 2)
+    again = ScriptLLM("1. val('b')\n2. up($1)\njoin()\n", "Action: Finish(done)")
+    result = await plait.aresume("st", tools=[val, up], store=store_url, model=again)
+    assert [(t.id, t.result) for t in result.tasks] == [(1, "b"), (2, "B")]
+
+
+async def test_replay_keeps_the_tasks_before_a_bad_line(store_url):
+    ran: list[int] = []
+
+    @plait.tool
+    def mark(x: str) -> str:
+        ran.append(plait.current_task().task_id)
+        return x + "!"
+
+    first = ScriptLLM("1. mark('a')\n2. mark('b')\n3. mark($9)\n", "3. mark($1)\njoin()\n", "HANG")
+    coro = plait.arun("q", tools=[mark], model=first, store=store_url, run_id="pe")
+    await interrupt(coro, lambda: sorted(ran) == [1, 2, 3])
+    ran.clear()
+    result = await plait.aresume(
+        "pe", tools=[mark], store=store_url, model=ScriptLLM("Action: Finish(ok)")
+    )
+    assert (result.status, result.answer) == ("done", "ok")
+    assert [(t.id, t.status, t.result) for t in result.tasks] == [
+        (1, "done", "a!"), (2, "done", "b!"), (3, "done", "a!!")
+    ]  # fmt: skip
+    assert ran == []  # all three were settled; the invalid plan was replayed, not re-asked
+
+
+async def test_replay_uses_the_tasks_dispatched_before_a_lost_reply_was_retried(store_url):
+    keys: list[tuple[str, str]] = []
+
+    @plait.tool
+    def key(x: str) -> str:
+        keys.append((plait.current_task().idempotency_key, x))
+        return x
+
+    lossy = ScriptLLM(
+        "1. key('a')\n",
+        plait.LLMError("stream cut", retryable=True),
+        "1. key('b')\n2. up($1)\njoin()\n",
+        "HANG",
+    )
+    coro = plait.arun(
+        "q", tools=[key, up], model=lossy, store=store_url, run_id="rt",
+        retry=plait.RetryPolicy(base=0.001),
+    )  # fmt: skip
+    await interrupt(coro, lambda: lossy.asked == 3)
+    assert keys == [("rt:1", "a")]  # the retried reply's task 1 was not dispatched again
+    result = await plait.aresume(
+        "rt", tools=[key, up], store=store_url, model=ScriptLLM("Action: Finish(done)")
+    )
+    assert [(t.id, t.result) for t in result.tasks] == [(1, "a"), (2, "A")]
+    assert keys == [("rt:1", "a")]  # task 1 restored as it ran, not run again as key('b')

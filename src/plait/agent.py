@@ -93,9 +93,15 @@ class Agent:
         examples: str | None = None,
         retry: RetryPolicy | None = None,
         replies: dict[int, ev.LLMFinished] | None = None,
+        defined: dict[int, Task] | None = None,
     ) -> None:
         self.llm = llm
         self.replies = replies or {}
+        # Tasks as an earlier session dispatched them. A reply lost mid-stream and asked
+        # again may define an id differently from the tasks it had already dispatched; the
+        # kept reply is the second one, so on replay the dispatched definitions win.
+        self.defined = defined or {}
+        self._replaying = False
         self.scheduler = scheduler
         self.emit = emit
         self.clock = clock
@@ -175,6 +181,8 @@ class Agent:
             for task in parser.feed(text):
                 if task.id in added:
                     continue  # dispatched by a reply that was lost and retried
+                if self._replaying:
+                    task = self.defined.get(task.id, task)
                 if task.id < next_id:
                     raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
                 self.scheduler.add(task)
@@ -187,6 +195,8 @@ class Agent:
                 on_text("")
                 for task in parser.close():
                     if task.id not in added:
+                        if self._replaying:
+                            task = self.defined.get(task.id, task)
                         self.scheduler.add(task)
                         added.add(task.id)
             finally:
@@ -232,6 +242,7 @@ class Agent:
         self._calls += 1
         call = self._calls
         kept = self.replies.get(call)
+        self._replaying = kept is not None  # until the next call: the plan's close() too
         if kept is not None:
             await self._replay(call, role, kept, on_text, reply)
             return
@@ -296,7 +307,11 @@ class Agent:
         self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name, True))
         reply.append(kept.text)
         try:
-            on_text(kept.text)
+            # Line by line, as it streamed: a bad line later on must not take the tasks
+            # before it along (the first session dispatched them before reaching it).
+            for line in kept.text.splitlines(keepends=True):
+                if on_text(line):
+                    break
         finally:
             self.emit(ev.LLMFinished(self.clock(), call, kept.usage, None, kept.text, True))
         await asyncio.sleep(0)

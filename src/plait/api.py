@@ -17,6 +17,7 @@ from typing import Any
 from . import events as ev
 from .agent import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
 from .llm import LLM, resolve_model
+from .plan import Task
 from .result import Recorder, RunResult
 from .runlog import Restored, RunLog, stored_result
 from .scheduler import Scheduler
@@ -81,6 +82,7 @@ class _Run:
     run_id: str
     outcome: Outcome
     replies: dict[int, ev.LLMFinished]  # recorded replies, when resuming
+    defined: dict[int, Task]  # recorded task definitions, when resuming
 
 
 Body = Callable[[_Run], Awaitable[None]]
@@ -119,8 +121,9 @@ async def _session(
     try:
         emit(ev.RunStarted(0.0, run_id, question, resumed))
         async with Scheduler(registry, emit, clock, run_id=run_id, journal=log) as scheduler:
-            replies = log.restored.replies if log is not None else {}
-            await body(_Run(scheduler, emit, clock, run_id, outcome, replies))
+            restored = log.restored if log is not None else Restored()
+            run = _Run(scheduler, emit, clock, run_id, outcome, restored.replies, restored.defined)
+            await body(run)
         if outcome.answer is not None and recorder.answer is None:
             emit(ev.Answered(clock(), outcome.answer))
         failed = any(r.status in ("failed", "skipped") for r in recorder.tasks.values())
@@ -229,6 +232,7 @@ def _answer(
             examples=shots,
             retry=retry,
             replies=r.replies,
+            defined=r.defined,
         )
         await agent.answer(question, r.outcome)
 

@@ -35,10 +35,12 @@ from .scheduler import INTERRUPTED, Settled
 from .stores import LEASE_SECONDS, Progress, Record, RunInfo, Store, StoreError
 from .stores.base import Row
 
+_PLAIN = {str, int, bool, type(None)}  # types whose JSON form decodes to an equal value
+
 
 def task_key(task: Task) -> bytes:
     """What must be equal for a recorded result to stand for a task: its call."""
-    return to_json([task.tool, list(task.args), task.kwargs])
+    return to_json([task.tool, list(task.args), task.kwargs], bytes_mode="base64")
 
 
 class Restored:
@@ -46,6 +48,7 @@ class Restored:
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
         self.tasks: dict[int, tuple[bytes, Settled | None]] = {}
+        self.defined: dict[int, Task] = {}  # each task as last dispatched
         self.replies: dict[int, ev.LLMFinished] = {}
         self.seq = 0
         self.sessions = 0
@@ -54,7 +57,9 @@ class Restored:
             data = from_json(record.data)
             match record.kind:
                 case "task":
-                    self.tasks[data["id"]] = (task_key(_task(data)), None)
+                    task = _task(data)
+                    self.tasks[task.id] = (task_key(task), None)
+                    self.defined[task.id] = task
                 case "settle":
                     if data["id"] in self.tasks and data["status"] != "skipped":
                         settled = Settled(data["status"], data.get("result"), data.get("error"))
@@ -120,11 +125,17 @@ class RunLog:
             return None
         return entry[1]
 
-    def check(self, task_id: int, result: Any) -> None:
+    def check(self, task_id: int, result: Any) -> Any:
+        """Encode the result now, at the tool boundary, and hand on its JSON form: a tuple
+        becomes a list here exactly as it will after a resume, so both runs see the same."""
         try:
-            self._encoded[task_id] = to_json(result)
+            encoded = to_json(result, bytes_mode="base64")
         except Exception as e:  # pydantic_core's serialization errors are not TypeErrors
             raise TypeError(f"{type(result).__name__} is not JSON-serializable ({e})") from None
+        self._encoded[task_id] = encoded
+        if type(result) in _PLAIN:
+            return result  # its JSON form is itself: skip decoding
+        return from_json(encoded)
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -184,7 +195,7 @@ class RunLog:
         task = e.task
         self._ids.add(task.id)
         if not e.restored:
-            self._put("task", e.t, to_json(_task_data(task)))
+            self._put("task", e.t, to_json(_task_data(task), bytes_mode="base64"))
 
     def _task_started(self, e: ev.TaskStarted) -> None:
         self._put("start", e.t, f'{{"id":{e.id}}}')

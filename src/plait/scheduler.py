@@ -76,8 +76,9 @@ class Journal(Protocol):
     def recorded(self, task: Task) -> Settled | None:
         """How `task` settled in an earlier session, if it did (same id and same call)."""
 
-    def check(self, task_id: int, result: Any) -> None:
-        """Raise (TypeError, ValueError) if `result` cannot be kept."""
+    def check(self, task_id: int, result: Any) -> Any:
+        """The result as kept (what later tasks see, in this session and after a resume);
+        raise TypeError or ValueError if it cannot be kept."""
 
 
 class Scheduler:
@@ -118,6 +119,7 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._interrupting = False
+        self._restored: set[int] = set()  # tasks settled from the journal this session
 
     async def __aenter__(self) -> Scheduler:
         self._group = asyncio.TaskGroup()
@@ -160,8 +162,8 @@ class Scheduler:
         except GraphError as e:
             raise PlanError(str(e), line=task.line) from None
         record = self._journal.recorded(task) if self._journal is not None else None
-        if record is not None and not _restorable(node, record):
-            record = None  # its inputs changed since: run it again
+        if record is not None and not self._restorable(node, record):
+            record = None  # its inputs may have changed since: run it again
         self._emit(ev.TaskAdded(self._clock(), task, record is not None))
         self._idle.clear()
         if record is not None:
@@ -172,8 +174,20 @@ class Scheduler:
             self._settled([node])
         return node
 
+    def _restorable(self, node: Node, record: Settled) -> bool:
+        """A record stands only where the task could have settled that way in this session:
+        every input done, and restored too (an input that ran again may differ now)."""
+        if record.status == CANCELLED:
+            return node.status in (READY, PENDING)
+        return (
+            node.status == READY
+            and record.status in (DONE, FAILED)
+            and node.task.deps <= self._restored
+        )
+
     def _restore(self, node: Node, record: Settled) -> None:
         task_id = node.task.id
+        self._restored.add(task_id)
         t = self._clock()
         if record.status == CANCELLED:
             self._settled(self.graph.cancel(task_id), restored=True)
@@ -279,10 +293,9 @@ class Scheduler:
                 if self._journal is None:
                     return True, value
                 try:
-                    self._journal.check(task.id, value)
+                    return True, self._journal.check(task.id, value)
                 except (TypeError, ValueError) as e:
                     return False, f"result cannot be stored: {e}"
-                return True, value
             attempt += 1
             self._emit(ev.TaskRetrying(self._clock(), task.id, attempt, error))
             await asyncio.sleep(tool.retry_backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
@@ -324,13 +337,6 @@ class Scheduler:
             self._emit(ev.TaskFinished(t, n.task.id, n.status, None, error, restored))
         if self.graph.open == 0:
             self._idle.set()
-
-
-def _restorable(node: Node, record: Settled) -> bool:
-    """A record applies only where the task could have settled that way: inputs all done."""
-    if record.status == CANCELLED:
-        return node.status in (READY, PENDING)
-    return node.status == READY and record.status in (DONE, FAILED)
 
 
 def _describe(e: BaseException, tool: Tool) -> str:
