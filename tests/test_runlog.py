@@ -670,7 +670,7 @@ def test_a_log_that_lost_its_lease_fails_on_close(store):
     log = RunLog(store, store.get(run_id), me, ttl=0.03, interval=0.005)
     log.start()
     _poll(lambda: log.failure is not None)
-    with pytest.raises(StoreError, match="lease"):
+    with pytest.raises(StoreError, match="is held by elsewhere.invalid:1:other"):
         log.close("done", "ok", None)
     assert store.get(run_id).holder == other
 
@@ -804,3 +804,77 @@ async def test_replay_uses_the_tasks_dispatched_before_a_lost_reply_was_retried(
     )
     assert [(t.id, t.result) for t in result.tasks] == [(1, "a"), (2, "A")]
     assert keys == [("rt:1", "a")]  # task 1 restored as it ran, not run again as key('b')
+
+
+# -- a store that fails ------------------------------------------------------------------------
+
+
+class FlakyStore:
+    """A memory store whose appends fail `fails` times first (a store that blipped)."""
+
+    def __init__(self, fails: int) -> None:
+        self.inner = open_store("memory://")
+        self.url = "flaky://"
+        self.fails = fails
+
+    def append(self, *args):
+        if self.fails > 0:
+            self.fails -= 1
+            raise StoreError("flaky://: disk I/O error")
+        return self.inner.append(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def test_a_store_that_blips_loses_nothing():
+    flaky = FlakyStore(fails=2)
+    result = await plait.aexecute(
+        "1. val('a')\n2. up($1)\n", tools=[val, up], store=flaky, run_id="blip"
+    )
+    assert result.status == "done"
+    info = flaky.inner.get("blip")
+    assert (info.state, info.tasks_done, info.holder) == ("done", 2, None)
+    kinds = [r.kind for r in flaky.inner.records("blip")]
+    assert kinds.count("settle") == 2 and kinds[-1] == "answer"
+
+
+async def test_a_run_that_loses_its_lease_stops_and_says_so():
+    store = open_store("memory://")
+    ran: list[int] = []
+    gate = asyncio.Event()
+
+    @plait.tool
+    async def step(n: int) -> int:
+        ran.append(n)
+        if n == 1:
+            await gate.wait()
+        return n
+
+    async def steal() -> None:
+        async with asyncio.timeout(10):
+            while ran != [1]:
+                await asyncio.sleep(0.01)
+        store._runs["stolen"].lease_until = 0.0  # its lease ran out (say, a long GC pause)
+        store.claim("stolen", "elsewhere:1:other", 60.0)
+
+    thief = asyncio.create_task(steal())
+    with pytest.raises(StoreError, match="held by elsewhere:1:other"):
+        await plait.aexecute(
+            "1. step(1)\n2. step($1)\n", tools=[step], store=store, run_id="stolen"
+        )
+    await thief
+    assert ran == [1]  # it stopped: task 2 never ran unrecorded
+    assert store.get("stolen").holder == "elsewhere:1:other"
+
+
+async def test_a_listener_that_raises_at_the_end_still_lets_the_run_go(store_url, store):
+    def on_event(e):
+        if isinstance(e, ev.RunFinished):
+            raise RuntimeError("listener broke")
+
+    with pytest.raises(RuntimeError, match="listener broke"):
+        await plait.aexecute("1. val('a')\n", tools=[val], store=store_url, run_id="lr",
+                             on_event=on_event)  # fmt: skip
+    info = store.get("lr")
+    assert (info.state, info.holder) == ("done", None)

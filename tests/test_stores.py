@@ -624,3 +624,19 @@ def test_several_processes_write_one_sqlite_file_at_once(tmp_path):
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         con.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_password_never_shows(postgres_url):
+    url = postgres_url.replace("plait@", "plait:s3cret@")  # trust auth takes any password
+    store = open_store(url)
+    try:
+        assert "s3cret" not in store.url and store.url.startswith("postgresql://plait:***@")
+        with pytest.raises(RunNotFound) as info:
+            store.claim("no-such-run", "me", 1.0)
+        assert "s3cret" not in str(info.value)
+    finally:
+        store.close()
+    with pytest.raises(StoreError) as info:
+        open_store(url.rsplit("/", 1)[0] + "/no_such_db")
+    assert "s3cret" not in str(info.value) and "no_such_db" in str(info.value)

@@ -41,11 +41,21 @@ class _Durable:
     owned: bool
 
     async def close(self, status: str, answer: str | None, error: str | None) -> None:
+        """Commit the log and let the run go; a second Ctrl-C does not cut this short."""
+        done = asyncio.ensure_future(asyncio.to_thread(self.log.close, status, answer, error))
+        cancelled = False
+        while not done.done():
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                cancelled = True  # keep waiting: the store must not close under the writer
         try:
-            await asyncio.shield(asyncio.to_thread(self.log.close, status, answer, error))
+            done.result()
         finally:
             if self.owned:
-                self.store.close()
+                await asyncio.to_thread(self.store.close)
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 async def _open(store: StoreLike, run_id: str, new: RunInfo | None) -> _Durable | None:
@@ -65,9 +75,17 @@ async def _open(store: StoreLike, run_id: str, new: RunInfo | None) -> _Durable 
             restored = await asyncio.to_thread(lambda: Restored(opened.records(run_id)))
     except BaseException:
         if owned:
-            opened.close()
+            await asyncio.to_thread(opened.close)
         raise
-    log = RunLog(opened, info, holder, restored)
+    session = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def stop(error: BaseException) -> None:
+        # From the writer thread: the run cannot be recorded any more, so it stops.
+        if session is not None:
+            loop.call_soon_threadsafe(session.cancel)
+
+    log = RunLog(opened, info, holder, restored, on_fatal=stop)
     log.start()
     return _Durable(opened, log, owned)
 
@@ -139,15 +157,23 @@ async def _session(
             status = "done" if outcome.answer is not None else "failed"
     except asyncio.CancelledError:
         status, outcome.error = "cancelled", "cancelled"
-        raise
+        if log is not None and log.failure is not None:
+            # Stopped by the store's failure, not by the caller: close() raises it instead.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        else:
+            raise
     except BaseException as e:
         status, outcome.error = "failed", outcome.error or f"{type(e).__name__}: {e}"
         raise
     finally:
         result = recorder.result(status, outcome.error, clock())
-        emit(ev.RunFinished(clock(), result))
-        if durable is not None:
-            await durable.close(status, result.answer, outcome.error)
+        try:
+            emit(ev.RunFinished(clock(), result))
+        finally:
+            if durable is not None:
+                await durable.close(status, result.answer, outcome.error)
     return result
 
 
@@ -290,7 +316,7 @@ async def aresume(
         return await _session(body, registry, on_event, run_id, info.source, opened)
     finally:
         if isinstance(store, str):
-            opened.close()
+            await asyncio.to_thread(opened.close)
 
 
 def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydantic_core import from_json, to_json
@@ -32,7 +32,7 @@ from . import events as ev
 from .plan import Task
 from .result import Recorder, RunResult
 from .scheduler import INTERRUPTED, Settled
-from .stores import LEASE_SECONDS, Progress, Record, RunInfo, Store, StoreError
+from .stores import LEASE_SECONDS, Progress, Record, RunHeld, RunInfo, Store, StoreError
 from .stores.base import Row
 
 _PLAIN = {str, int, bool, type(None)}  # types whose JSON form decodes to an equal value
@@ -84,6 +84,7 @@ class RunLog:
         interval: float = 0.05,
         batch: int = 4096,
         ttl: float = LEASE_SECONDS,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.store = store
         self.info = info
@@ -92,6 +93,8 @@ class RunLog:
         self.interval = interval
         self.batch = batch
         self.ttl = ttl
+        self.patience = ttl / 2  # how long a failing store is retried before the run stops
+        self.on_fatal = on_fatal  # called from the writer thread
         self.offset = time.time() - info.created  # session clock -> seconds since created
         self.failure: BaseException | None = None
         self._seq = self.restored.seq
@@ -151,28 +154,49 @@ class RunLog:
             raise StoreError(f"run store {self.store.url}: {self.failure}") from None
 
     def _write_loop(self) -> None:
-        renew_at = time.monotonic() + self.ttl / 3
+        """Commit what is queued, every `interval` or when a batch is full; renew the lease.
+
+        A failed commit is retried, the same records first, with backoff, for up to
+        `patience` seconds (less than the lease); a lost lease or a store that stays down
+        is fatal: `on_fatal` is told, so the run stops instead of working unrecorded.
+        """
+        pending: list[Row] = []
+        renewed = time.monotonic()
+        failing_since: float | None = None
+        delay = self.interval
         while True:
-            self._wake.wait(self.interval)
+            self._wake.wait(delay)
             self._wake.clear()
             final = self._final
-            records = [self._queue.popleft() for _ in range(len(self._queue))]
+            pending += [self._queue.popleft() for _ in range(len(self._queue))]
             if self.failure is not None:
                 if final is not None:
                     return
+                pending.clear()
                 continue
             try:
-                if records or final is not None:
+                if pending or final is not None or time.monotonic() - renewed >= self.ttl / 3:
                     progress = final or Progress(len(self._ids), len(self._done))
-                    self.store.append(self.info.id, self.holder, records, progress)
+                    progress.lease_until = time.time() + self.ttl
+                    self.store.append(self.info.id, self.holder, pending, progress)
+                    renewed = time.monotonic()
+                    pending = []
+                failing_since, delay = None, self.interval
                 if final is not None:
                     return
-                if time.monotonic() >= renew_at:
-                    renew_at = time.monotonic() + self.ttl / 3
-                    if not self.store.renew(self.info.id, self.holder, self.ttl):
-                        raise StoreError("another process took this run's lease")
-            except BaseException as e:
-                self.failure = e
+            except RunHeld as e:
+                self._fail(e)
+            except Exception as e:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= self.patience:
+                    self._fail(e)
+                delay = min(delay * 2, 1.0)
+
+    def _fail(self, e: BaseException) -> None:
+        self.failure = e
+        if self.on_fatal is not None:
+            self.on_fatal(e)
 
     # events -> records -----------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class Progress:
     answer: str | None = None
     error: str | None = None
     release: bool = False  # the run ended: give up the lease
+    lease_until: float | None = None  # else keep it: a commit renews the lease it writes under
 
 
 class Store(Protocol):

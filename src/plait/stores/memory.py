@@ -81,6 +81,8 @@ class MemoryStore:
             info.tasks_total, info.tasks_done = progress.tasks_total, progress.tasks_done
             info.status, info.answer, info.error = progress.status, progress.answer, progress.error
             info.updated = time.time()
+            if progress.lease_until is not None:
+                info.lease_until = progress.lease_until
             if progress.release and info.holder == holder:
                 info.holder, info.lease_until = None, 0.0
 

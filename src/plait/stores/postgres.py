@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .base import (
@@ -60,13 +61,18 @@ class PostgresStore:
     def __init__(self, url: str) -> None:
         if psycopg is None:
             raise StoreError("postgresql:// stores need psycopg: pip install 'plait[postgres]'")
-        self.url = url
+        self.url = _redact(url)  # shown in messages; the password stays in the connection
         try:
             self._db = psycopg.connect(url, autocommit=False)
         except psycopg.Error as e:
-            raise StoreError(f"cannot connect to {_redact(url)}: {_first_line(e)}") from None
+            raise StoreError(f"cannot connect to {self.url}: {_first_line(e)}") from None
         self._lock = threading.Lock()
-        self._migrate()
+        try:
+            with _errors(self.url):
+                self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -87,7 +93,7 @@ class PostgresStore:
         return self._db.transaction()
 
     def create(self, info: RunInfo) -> None:
-        with self._lock:
+        with _errors(self.url), self._lock:
             try:
                 with self._tx():
                     self._db.execute(
@@ -95,19 +101,19 @@ class PostgresStore:
                         _row(info),
                     )
             except psycopg.errors.UniqueViolation:
-                raise RunExists(_exists(info.id, _redact(self.url))) from None
+                raise RunExists(_exists(info.id, self.url)) from None
             finally:
                 self._db.commit()
 
     def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
-        with self._lock:
+        with _errors(self.url), self._lock:
             try:
                 with self._tx():
                     row = self._db.execute(
                         f"SELECT {_COLUMNS} FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,)
                     ).fetchone()
                     if row is None:
-                        raise RunNotFound(f"no run {run_id} in {_redact(self.url)}")
+                        raise RunNotFound(f"no run {run_id} in {self.url}")
                     info = _info(row)
                     may_claim(info, holder)
                     info.holder, info.lease_until = holder, time.time() + ttl
@@ -120,7 +126,7 @@ class PostgresStore:
         return info
 
     def renew(self, run_id: str, holder: str, ttl: float) -> bool:
-        with self._lock:
+        with _errors(self.url), self._lock:
             try:
                 with self._tx():
                     cur = self._db.execute(
@@ -133,7 +139,7 @@ class PostgresStore:
 
     def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
         rows = [(run_id, *r) for r in records]
-        with self._lock:
+        with _errors(self.url), self._lock:
             try:
                 with self._tx(), self._db.cursor() as cur:
                     cur.execute("SELECT holder FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,))
@@ -159,6 +165,11 @@ class PostgresStore:
                             run_id,
                         ),
                     )
+                    if progress.lease_until is not None and not progress.release:
+                        cur.execute(
+                            "UPDATE plait_runs SET lease_until = %s WHERE id = %s",
+                            (progress.lease_until, run_id),
+                        )
                     if progress.release:
                         cur.execute(
                             "UPDATE plait_runs SET holder = NULL, lease_until = 0 "
@@ -185,7 +196,7 @@ class PostgresStore:
         return [_info(r) for r in rows]
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        with self._lock:
+        with _errors(self.url), self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()  # type: ignore[arg-type]
             finally:
@@ -222,6 +233,15 @@ def _info(row: Any) -> RunInfo:
         if isinstance(values[i], str):
             values[i] = json.loads(values[i])
     return RunInfo(*values)
+
+
+@contextmanager
+def _errors(where: str) -> Iterator[None]:
+    """psycopg's errors as StoreError, one line, naming the store (never its password)."""
+    try:
+        yield
+    except psycopg.Error as e:
+        raise StoreError(f"{where}: {_first_line(e)}") from None
 
 
 def _redact(url: str) -> str:

@@ -49,6 +49,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+BUSY_SECONDS = 5.0  # how long a write waits for the file's lock: well inside a lease
+
 _COLUMNS = (
     "id, kind, source, model, tools, options, created, updated, status, answer, error, "
     "holder, lease_until, tasks_total, tasks_done"
@@ -62,14 +64,18 @@ class SQLiteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open {self.url}: {e}") from None
         self._lock = threading.Lock()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     @classmethod
     def open(cls, url: str) -> SQLiteStore:
@@ -90,14 +96,20 @@ class SQLiteStore:
                 raise StoreError(f"{self.url}: {e}") from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error) and not isinstance(e, sqlite3.IntegrityError):
+                    raise StoreError(f"{self.url}: {e}") from None
                 raise
-            self._db.execute("COMMIT")
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.url}: {e}") from None
 
     def _migrate(self) -> None:
         with self._write() as db:
@@ -159,6 +171,10 @@ class SQLiteStore:
                     run_id,
                 ),
             )
+            if progress.lease_until is not None and not progress.release:
+                db.execute(
+                    "UPDATE runs SET lease_until = ? WHERE id = ?", (progress.lease_until, run_id)
+                )
             if progress.release:
                 db.execute(
                     "UPDATE runs SET holder = NULL, lease_until = 0 WHERE id = ? AND holder = ?",
