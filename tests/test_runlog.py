@@ -670,7 +670,7 @@ def test_a_log_that_lost_its_lease_fails_on_close(store):
     log = RunLog(store, store.get(run_id), me, ttl=0.03, interval=0.005)
     log.start()
     _poll(lambda: log.failure is not None)
-    with pytest.raises(StoreError, match="is held by elsewhere.invalid:1:other"):
+    with pytest.raises(StoreError, match=r"is held by elsewhere\.invalid:1:other"):
         log.close("done", "ok", None)
     assert store.get(run_id).holder == other
 

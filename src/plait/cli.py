@@ -183,6 +183,66 @@ def resume_cmd(
     )
 
 
+@cli.command("batch")
+@click.argument("input_path", metavar="INPUT.jsonl")
+@click.option(
+    "--tools",
+    required=True,
+    metavar="TOOLS",
+    help="A .py file or importable module; its @plait.tool functions are used.",
+)
+@click.option("--model", default=api.DEFAULT_MODEL, show_default=True, metavar="SPEC")
+@click.option("--base-url", default=None, help="Server URL for openai: models.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where results go, a JSON line per item as it finishes; an existing file is "
+    "continued (items already in it are skipped).",
+)
+@click.option(
+    "--concurrency", default=8, show_default=True, type=click.IntRange(min=1), metavar="N"
+)
+@click.option("--max-replans", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    metavar="URL",
+    help="Record every item's run, so an interrupted batch resumes items it had begun.",
+)
+@click.option("--run-id", default=None, metavar="ID", help="Name the batch (its runs: ID:ITEM).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def batch_cmd(
+    input_path: str,
+    tools: str,
+    model: str,
+    base_url: str | None,
+    out_path: str,
+    concurrency: int,
+    max_replans: int,
+    store_url: str | None,
+    run_id: str | None,
+    debug: bool,
+) -> int:
+    """Answer every question in INPUT.jsonl (or - for stdin): {"id": ..., "question": ...}
+    a line; other fields are kept. Shared work is done once across the batch."""
+    from .batchcli import run_batch
+
+    return run_batch(
+        input_path,
+        tools=tools,
+        model=model,
+        base_url=base_url,
+        out_path=out_path,
+        concurrency=concurrency,
+        max_replans=max_replans,
+        store=store_url,
+        run_id=run_id,
+    )
+
+
 @cli.command("runs")
 @_store_option
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
@@ -330,6 +390,8 @@ class LiveView:
         match e:
             case ev.TaskStarted(t=t, id=i, tool=tool):
                 self.running[i] = (tool, t)
+            case ev.TaskFinished(id=i, status=status, restored=True):
+                p(f"[dim]↺ {i}. {status}, from the store[/]")
             case ev.TaskFinished(t=t, id=i, status=status, result=result, error=error):
                 tool, t0 = self.running.pop(i, ("", t))
                 if status == "done":
@@ -343,6 +405,8 @@ class LiveView:
                     p(f"{mark} {i}. {tool or 'task'} {status}: {_esc(error or '')}")
             case ev.TaskRetrying(id=i, attempt=a, error=error):
                 p(f"[yellow]↻[/] {i}. retry {a}: {_esc(error)}")
+            case ev.LLMStarted(restored=True) | ev.LLMFinished(restored=True):
+                pass  # a reply replayed from the store: nothing was asked
             case ev.LLMStarted(t=t, call=c, role=role):
                 self.llm[c] = [role, t, 0]
             case ev.LLMToken(call=c):
