@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -21,6 +22,7 @@ from .plan import Task
 from .result import Recorder, RunResult
 from .runlog import Restored, RunLog, stored_result
 from .scheduler import Scheduler
+from .shared import SharedCalls
 from .stores import LEASE_SECONDS, RunInfo, RunNotFound, Store, StoreError, open_store
 from .stores.base import new_holder
 from .tools import Tool, Tools
@@ -30,6 +32,20 @@ DEFAULT_MODEL = "local"
 
 
 StoreLike = Store | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """What the runs of one batch share: pure calls done once, and per-tool limits."""
+
+    calls: SharedCalls
+    limits: dict[str, asyncio.Semaphore]
+
+
+# Set by a batch around each of its runs; a run started outside a batch shares nothing.
+sharing: contextvars.ContextVar[Sharing | None] = contextvars.ContextVar(
+    "plait_sharing", default=None
+)
 
 
 @dataclass(slots=True)
@@ -138,7 +154,16 @@ async def _session(
     status = "failed"
     try:
         emit(ev.RunStarted(0.0, run_id, question, resumed))
-        async with Scheduler(registry, emit, clock, run_id=run_id, journal=log) as scheduler:
+        shared = sharing.get()
+        async with Scheduler(
+            registry,
+            emit,
+            clock,
+            run_id=run_id,
+            journal=log,
+            shared=shared.calls if shared is not None else None,
+            limits=shared.limits if shared is not None else None,
+        ) as scheduler:
             restored = log.restored if log is not None else Restored()
             run = _Run(scheduler, emit, clock, run_id, outcome, restored.replies, restored.defined)
             await body(run)

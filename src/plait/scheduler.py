@@ -98,6 +98,7 @@ class Scheduler:
         run_id: str = "",
         journal: Journal | None = None,
         shared: SharedCalls | None = None,
+        limits: dict[str, asyncio.Semaphore] | None = None,
     ) -> None:
         self.tools = tools
         self.graph = Graph()
@@ -109,11 +110,8 @@ class Scheduler:
         self._clock = clock
         self._max_threads = max_threads
         self._pool: ThreadPoolExecutor | None = None
-        self._limits: dict[str, asyncio.Semaphore] = {
-            t.name: asyncio.Semaphore(t.max_concurrency)
-            for t in tools.values()
-            if t.max_concurrency
-        }
+        # Per-tool limits; a batch passes one dict to all its runs, so they hold across runs.
+        self._limits = limits if limits is not None else tool_limits(tools)
         self._running: dict[int, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._idle = asyncio.Event()
@@ -337,6 +335,13 @@ class Scheduler:
             self._emit(ev.TaskFinished(t, n.task.id, n.status, None, error, restored))
         if self.graph.open == 0:
             self._idle.set()
+
+
+def tool_limits(tools: Tools) -> dict[str, asyncio.Semaphore]:
+    """A semaphore per tool that declares `max_concurrency`."""
+    return {
+        t.name: asyncio.Semaphore(t.max_concurrency) for t in tools.values() if t.max_concurrency
+    }
 
 
 def _describe(e: BaseException, tool: Tool) -> str:

@@ -1,0 +1,280 @@
+"""Batches: many questions as one run, shared work done once (Halo's idea).
+
+`abatch(items, ...)` answers each item's question with the same agent loop as `arun`, at
+most `concurrency` at a time, and yields each item's `BatchResult` as soon as it finishes.
+What the runs share:
+
+- one model client, wrapped in `SharedLLM`: identical requests at temperature 0 go out once;
+- one `SharedCalls`: a pure tool called with equal arguments anywhere in the batch runs once;
+- one set of per-tool limits, so `max_concurrency` holds across the whole batch.
+
+Items are read lazily and at most `concurrency` runs (and as many finished results waiting
+to be read) exist at once, so memory stays bounded however long the input is. A query that
+fails is reported and the batch goes on. With a store, each item is its own run,
+`RUN_ID:ITEM_ID`: a batch started again with the same run id resumes the items it had begun
+and reads back those it had finished; `skip` names items to leave out (the CLI passes the
+ids already in its output file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import api
+from . import events as ev
+from .agent import RetryPolicy
+from .events import Usage
+from .llm import LLM, resolve_model
+from .llm.shared import SharedLLM
+from .result import RunResult
+from .scheduler import tool_limits
+from .shared import SharedCalls
+from .stores import Store, open_store
+from .tools import Tools
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """One item's outcome: what the output file's line holds."""
+
+    id: Any
+    status: str  # done or failed
+    answer: str | None = None
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    fields: dict[str, Any] = field(default_factory=dict)  # the item's other fields, kept
+    run: RunResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.fields,
+            "id": self.id,
+            "status": self.status,
+            "answer": self.answer,
+            "error": self.error,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+            },
+        }
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counts as the batch goes; `summary()` is the line the CLI prints at the end."""
+
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    tool_calls_requested: int = 0
+    tool_calls_made: int = 0
+    llm_calls_requested: int = 0
+    llm_calls_made: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "tool_calls": {"made": self.tool_calls_made, "requested": self.tool_calls_requested},
+            "llm_calls": {"made": self.llm_calls_made, "requested": self.llm_calls_requested},
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "wall": round(self.wall, 3),
+        }
+
+
+class BadItem(ValueError):
+    pass
+
+
+def item_parts(item: Any, where: str) -> tuple[Any, str, dict[str, Any]]:
+    """(id, question, other fields) of an input item; BadItem naming what is wrong.
+
+    A reader may pass a BadItem itself as an item (a line that is not JSON, say): it is
+    reported like any other bad item, in its place."""
+    if isinstance(item, BadItem):
+        raise item
+    if not isinstance(item, dict):
+        raise BadItem(f"{where}: an item must be a JSON object, not {type(item).__name__}")
+    if "id" not in item:
+        raise BadItem(f"{where}: no 'id'")
+    question = item.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise BadItem(f"{where}: 'question' must be a non-empty string")
+    fields = {k: v for k, v in item.items() if k not in ("id", "question")}
+    return item["id"], question, fields
+
+
+async def abatch(
+    items: Iterable[Any] | AsyncIterable[Any],
+    *,
+    tools: api.ToolsLike,
+    model: str | LLM = api.DEFAULT_MODEL,
+    concurrency: int = 8,
+    store: Store | str | None = None,
+    run_id: str | None = None,
+    skip: Iterable[Any] = (),
+    max_replans: int = 2,
+    base_url: str | None = None,
+    examples: str | None = None,
+    retry: RetryPolicy | None = None,
+    stats: BatchStats | None = None,
+) -> AsyncIterator[BatchResult]:
+    """Answer every item's question; yield each result as it completes (not in input order).
+
+    An item is a dict with `id` and `question`; its other fields come back in `fields`. An
+    item that is not one is yielded as failed, with the reason, and the batch goes on.
+    Breaking out of the loop cancels the runs in flight (with a store, they resume later).
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    registry = Tools.coerce(tools)
+    llm = SharedLLM(resolve_model(model, base_url=base_url))
+    shared = api.Sharing(SharedCalls(), tool_limits(registry))
+    batch_id = run_id or uuid.uuid4().hex[:12]
+    stats = stats if stats is not None else BatchStats()
+    skipped = {str(i) for i in skip}
+    opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
+    results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
+
+    async def one(index: int, item: Any) -> None:
+        try:
+            item_id, question, fields = item_parts(item, f"item {index}")
+        except BadItem as e:
+            bad_id = item.get("id") if isinstance(item, dict) else None
+            stats.failed += 1
+            await results.put(BatchResult(bad_id, "failed", error=str(e)))
+            return
+        stats.running += 1
+        try:
+            run = await _answer(question, item_id)
+            out = BatchResult(item_id, run.status, run.answer, run.error, run.usage, fields, run)
+        except Exception as e:  # a query that cannot even start never stops the batch
+            out = BatchResult(item_id, "failed", None, _one_line(e), Usage(), fields)
+        finally:
+            stats.running -= 1
+        if out.status == "done":
+            stats.done += 1
+        else:
+            out.status = "failed"
+            stats.failed += 1
+        stats.usage = stats.usage + out.usage
+        await results.put(out)
+
+    async def _answer(question: str, item_id: Any) -> RunResult:
+        counted = _counter(stats)
+        token = api.sharing.set(shared)
+        try:
+            if opened is None:
+                return await api.arun(
+                    question,
+                    tools=registry,
+                    model=llm,
+                    max_replans=max_replans,
+                    examples=examples,
+                    retry=retry,
+                    on_event=counted,
+                )
+            query_run = f"{batch_id}:{item_id}"
+            if await asyncio.to_thread(opened.get, query_run) is not None:
+                return await api.aresume(
+                    query_run, tools=registry, store=opened, model=llm, on_event=counted
+                )
+            return await api.arun(
+                question,
+                tools=registry,
+                model=llm,
+                max_replans=max_replans,
+                examples=examples,
+                retry=retry,
+                on_event=counted,
+                store=opened,
+                run_id=query_run,
+            )
+        finally:
+            api.sharing.reset(token)
+
+    async def drive() -> None:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def slot(index: int, item: Any) -> None:
+            try:
+                await one(index, item)
+            finally:
+                slots.release()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                index = 0
+                async for item in _aiter(items):
+                    index += 1
+                    if isinstance(item, dict) and str(item.get("id")) in skipped:
+                        continue
+                    await slots.acquire()
+                    group.create_task(slot(index, item))
+        finally:
+            stats.tool_calls_made = stats.tool_calls_requested - (
+                shared.calls.requested - shared.calls.executed
+            )
+            stats.llm_calls_requested, stats.llm_calls_made = llm.requested, llm.made
+        await results.put(None)
+
+    driver = asyncio.create_task(drive())
+    try:
+        while True:
+            getter = asyncio.ensure_future(results.get())
+            await asyncio.wait({getter, driver}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                driver.result()  # the driver failed: raise its error
+                continue
+            result = getter.result()
+            if result is None:
+                break
+            stats.tool_calls_made = stats.tool_calls_requested - (
+                shared.calls.requested - shared.calls.executed
+            )
+            stats.llm_calls_requested, stats.llm_calls_made = llm.requested, llm.made
+            yield result
+        await driver
+    finally:
+        if not driver.done():
+            driver.cancel()
+            with contextlib.suppress(BaseException):
+                await driver
+        if isinstance(store, str) and opened is not None:
+            await asyncio.to_thread(opened.close)
+
+
+def _counter(stats: BatchStats) -> ev.Listener:
+    def count(e: ev.Event) -> None:
+        if isinstance(e, ev.TaskStarted):
+            stats.tool_calls_requested += 1
+
+    return count
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,0 +1,180 @@
+"""`plait batch`: the shell around `batch.abatch` — input lines in, output lines out, progress.
+
+The output file is the batch's record for the user: a line per item, written and flushed as
+each item finishes, so a batch killed at any point loses no finished item, and started again
+on the same file it skips the items already there (a last line cut by the kill is dropped and
+its item done again). Exit 0 when every item is done, 1 when some failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from .batch import BadItem, BatchStats, abatch
+from .errors import PlaitError
+from .tools import load_tools
+
+
+def run_batch(
+    input_path: str,
+    *,
+    tools: str,
+    model: str,
+    base_url: str | None,
+    out_path: str,
+    concurrency: int,
+    max_replans: int,
+    store: str | None,
+    run_id: str | None,
+) -> int:
+    registry = load_tools(tools)
+    out = Path(out_path)
+    written = _written_ids(out)
+    if input_path != "-" and not Path(input_path).is_file():
+        raise PlaitError(f"input file not found: {input_path}")
+    total = None if input_path == "-" else _count_lines(Path(input_path))
+    stats = BatchStats()
+    if written:
+        click.echo(f"plait batch: {out} has {len(written)} items already; skipping them", err=True)
+    progress = Progress(stats, total, len(written))
+
+    async def main() -> None:
+        with out.open("a", encoding="utf-8") as sink:
+            async for result in abatch(
+                _items(input_path),
+                tools=registry,
+                model=model,
+                base_url=base_url,
+                concurrency=concurrency,
+                store=store,
+                run_id=run_id,
+                skip=written,
+                max_replans=max_replans,
+                stats=stats,
+            ):
+                sink.write(json.dumps(result.to_dict(), ensure_ascii=False, default=str) + "\n")
+                sink.flush()
+                progress.update()
+
+    try:
+        try:
+            asyncio.run(main())
+        finally:
+            progress.stop()
+    except KeyboardInterrupt:
+        click.echo(f"plait batch: interrupted; run it again on {out} to finish", err=True)
+        return 130
+    click.echo(json.dumps(stats.to_dict()))
+    click.echo(f"plait batch: {_summary(stats)}", err=True)
+    return 1 if stats.failed else 0
+
+
+def _items(path: str) -> Iterator[Any]:
+    """Each line parsed, lazily (a million lines are never all in memory); a bad line is a
+    BadItem in its place, so it is reported with its number and the batch goes on."""
+    stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        for n, line in enumerate(stream, 1):
+            try:
+                yield json.loads(line)
+            except ValueError as e:
+                yield BadItem(f"{path} line {n}: not JSON ({e})")
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _written_ids(out: Path) -> set[str]:
+    """Ids already in the output file; a last line cut short by a kill is cut off the file."""
+    if not out.exists():
+        return set()
+    ids: set[str] = set()
+    good = 0  # bytes of whole, valid lines
+    with out.open("rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    for n, raw in enumerate(lines, 1):
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if record is None or not raw.endswith(b"\n"):
+            if n < len(lines):  # not what a kill leaves: never cut a user's data
+                raise PlaitError(f"{out} line {n} is not a result line; fix or move the file")
+            break
+        if isinstance(record, dict) and record.get("id") is not None:
+            ids.add(str(record["id"]))
+        good += len(raw)
+    if good < out.stat().st_size:
+        with out.open("r+b") as f:
+            f.truncate(good)
+    return ids
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _summary(s: BatchStats) -> str:
+    tokens = s.usage.prompt_tokens + s.usage.completion_tokens
+    return (
+        f"{s.done} done, {s.failed} failed; tool calls {s.tool_calls_made:,} made of "
+        f"{s.tool_calls_requested:,} requested; LLM calls {s.llm_calls_made:,} made of "
+        f"{s.llm_calls_requested:,} requested; {tokens:,} tokens; {s.wall:.2f}s"
+    )
+
+
+class Progress:
+    """A rich progress bar on a terminal; a plain line every 10 s otherwise (logs, CI)."""
+
+    def __init__(self, stats: BatchStats, total: int | None, already: int) -> None:
+        self.stats = stats
+        self.total = total
+        self.already = already
+        self.tty = sys.stderr.isatty()
+        self._last = time.monotonic()
+        self._bar: Any = None
+        if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]batch"),
+                BarColumn(),
+                TextColumn("{task.completed:,}/{task.total:,}" if total else "{task.completed:,}"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[line]}"),
+                transient=False,
+            )
+            self._task = self._bar.add_task(
+                "batch", total=total, completed=already, line=self._line()
+            )
+            self._bar.start()
+
+    def _line(self) -> str:
+        s = self.stats
+        rate = (s.done + s.failed) / max(s.wall, 1e-9)
+        tokens = s.usage.prompt_tokens + s.usage.completion_tokens
+        return (
+            f"{s.done:,} done, {s.failed:,} failed, {s.running} running, {rate:.1f}/s, "
+            f"{tokens:,} tokens"
+        )
+
+    def update(self) -> None:
+        if self._bar is not None:
+            done = self.already + self.stats.done + self.stats.failed
+            self._bar.update(self._task, completed=done, line=self._line())
+        elif time.monotonic() - self._last >= 10:
+            self._last = time.monotonic()
+            click.echo(f"plait batch: {self._line()}", err=True)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
