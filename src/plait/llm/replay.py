@@ -23,6 +23,7 @@ from ..errors import PlaitError
 from .base import Delta, LLMError, Request, Usage
 
 CHARS_PER_TOKEN = 4
+_PROBE = 6  # characters of a key that index it
 
 
 class ReplayLLM:
@@ -39,9 +40,16 @@ class ReplayLLM:
         self.replies: list[str] | dict[str, list[str]]
         if isinstance(replies, Mapping):
             self.replies = {k: list(v) for k, v in replies.items()}
-            # Longest first, so "Paris, France" wins over "Paris".
-            self._keys = sorted(self.replies, key=len, reverse=True)
             self._next: dict[str, int] = dict.fromkeys(self.replies, 0)
+            # Keys by their first few characters, so finding the keys in a prompt costs one
+            # lookup per position of the prompt, not one scan per key (a batch has 100k).
+            self._index: dict[str, list[str]] = {}
+            self._short: list[str] = []
+            for key in self.replies:
+                if len(key) < _PROBE:
+                    self._short.append(key)
+                else:
+                    self._index.setdefault(key[:_PROBE], []).append(key)
         else:
             self.replies = list(replies)
         self.ttft = ttft
@@ -84,7 +92,7 @@ class ReplayLLM:
             return self.replies[index]
         users = [m["content"] for m in request.messages if m.get("role") == "user"]
         for text in reversed(users):
-            key = next((k for k in self._keys if k in text), None)
+            key = self._find(text)
             if key is not None:
                 n = self._next[key]
                 if n >= len(self.replies[key]):
@@ -93,6 +101,16 @@ class ReplayLLM:
                 return self.replies[key][n]
         last = " ".join((users[-1] if users else "").split())[:80]
         raise LLMError(f"replay model: no key of the replay file matches the prompt {last!r}")
+
+    def _find(self, text: str) -> str | None:
+        """The longest key that occurs in `text` ("Paris, France" wins over "Paris")."""
+        found = [k for k in self._short if k in text]
+        index = self._index
+        for i in range(len(text) - _PROBE + 1):
+            keys = index.get(text[i : i + _PROBE])
+            if keys:
+                found += [k for k in keys if text.startswith(k, i)]
+        return max(found, key=len, default=None)
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         reply = self._take(request)
