@@ -11,9 +11,10 @@ result = plait.execute('1. search("Eiffel Tower")\\n2. join()', tools=[search])
 
 from __future__ import annotations
 
-from . import events
+from . import batch, events
 from .agent import RetryPolicy
 from .api import aexecute, aresume, arun, astream, execute, resume, run
+from .batch import BatchResult, BatchStats, abatch
 from .errors import PlaitError, PlanError, ToolError
 from .events import Event, Usage
 from .llm import LLM, LLMError, resolve_model
@@ -27,6 +28,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLM",
+    "BatchResult",
+    "BatchStats",
     "Event",
     "LLMCall",
     "LLMError",
@@ -48,10 +51,12 @@ __all__ = [
     "ToolError",
     "Tools",
     "Usage",
+    "abatch",
     "aexecute",
     "aresume",
     "arun",
     "astream",
+    "batch",
     "current_task",
     "events",
     "execute",
