@@ -31,6 +31,7 @@ from . import events as ev
 from .agent import RetryPolicy
 from .events import Usage
 from .llm import LLM, resolve_model
+from .llm.prefix import PrefixOrdered
 from .llm.shared import SharedLLM
 from .result import RunResult
 from .scheduler import tool_limits
@@ -131,17 +132,26 @@ async def abatch(
     examples: str | None = None,
     retry: RetryPolicy | None = None,
     stats: BatchStats | None = None,
+    llm_slots: int | None = None,
+    order: str = "prefix",
 ) -> AsyncIterator[BatchResult]:
     """Answer every item's question; yield each result as it completes (not in input order).
 
     An item is a dict with `id` and `question`; its other fields come back in `fields`. An
     item that is not one is yielded as failed, with the reason, and the batch goes on.
     Breaking out of the loop cancels the runs in flight (with a store, they resume later).
+
+    `llm_slots` bounds the model calls in flight (a server's slots: 1 for llama-cpp-python's
+    server); queued calls then go out in `order`: "prefix" (the call sharing the longest
+    prompt prefix with what the slot ran last) or "arrival".
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     registry = Tools.coerce(tools)
-    llm = SharedLLM(resolve_model(model, base_url=base_url))
+    inner: LLM = resolve_model(model, base_url=base_url)
+    if llm_slots is not None:
+        inner = PrefixOrdered(inner, slots=llm_slots, order=order)
+    llm = SharedLLM(inner)
     shared = api.Sharing(SharedCalls(), tool_limits(registry))
     batch_id = run_id or uuid.uuid4().hex[:12]
     stats = stats if stats is not None else BatchStats()

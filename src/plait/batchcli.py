@@ -34,6 +34,8 @@ def run_batch(
     max_replans: int,
     store: str | None,
     run_id: str | None,
+    llm_slots: int | None = None,
+    order: str = "prefix",
 ) -> int:
     registry = load_tools(tools)
     out = Path(out_path)
@@ -59,6 +61,8 @@ def run_batch(
                 skip=written,
                 max_replans=max_replans,
                 stats=stats,
+                llm_slots=llm_slots,
+                order=order,
             ):
                 sink.write(json.dumps(result.to_dict(), ensure_ascii=False, default=str) + "\n")
                 sink.flush()

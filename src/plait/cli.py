@@ -213,6 +213,20 @@ def resume_cmd(
     help="Record every item's run, so an interrupted batch resumes items it had begun.",
 )
 @click.option("--run-id", default=None, metavar="ID", help="Name the batch (its runs: ID:ITEM).")
+@click.option(
+    "--llm-slots",
+    default=None,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="At most N model calls in flight (the server's slots), queued in --order.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["prefix", "arrival"]),
+    default="prefix",
+    show_default=True,
+    help="Which queued model call goes next: longest shared prompt prefix, or first come.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def batch_cmd(
     input_path: str,
@@ -224,6 +238,8 @@ def batch_cmd(
     max_replans: int,
     store_url: str | None,
     run_id: str | None,
+    llm_slots: int | None,
+    order: str,
     debug: bool,
 ) -> int:
     """Answer every question in INPUT.jsonl (or - for stdin): {"id": ..., "question": ...}
@@ -240,6 +256,8 @@ def batch_cmd(
         max_replans=max_replans,
         store=store_url,
         run_id=run_id,
+        llm_slots=llm_slots,
+        order=order,
     )
 
 
