@@ -218,3 +218,31 @@ def test_a_killed_batch_finishes_when_run_again(tmp_path, with_store):
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert sorted(ids) == sorted(f"q{i}" for i in range(30))  # each once, none lost
     assert f"has {len(before)} items already" in second.stderr
+
+
+async def test_a_batch_run_again_reads_its_pure_calls_from_the_store(tmp_path):
+    items, replies = comparisons(10)
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(replies))
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    calls: Counter[str] = Counter()
+    first = [
+        r
+        async for r in abatch(
+            items, tools=tools(calls), model=f"replay:{path}", store=store, run_id="b"
+        )
+    ]
+    assert all(r.status == "done" for r in first)
+    assert sum(v for k, v in calls.items() if k[0] == "height") == len(ENTITIES)
+    calls.clear()
+    # The same batch id, new items (so new runs): the pure calls are already in the store.
+    again = [{**i, "id": f"again-{i['id']}"} for i in items]
+    second = [
+        r
+        async for r in abatch(
+            again, tools=tools(calls), model=f"replay:{path}", store=store, run_id="b"
+        )
+    ]
+    assert all(r.status == "done" for r in second)
+    assert [k for k in calls if k[0] == "height"] == []
+    assert sum(v for k, v in calls.items() if k[0] == "note") == 10  # impure: run again

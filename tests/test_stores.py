@@ -640,3 +640,231 @@ def test_a_postgres_password_never_shows(postgres_url):
     with pytest.raises(StoreError) as info:
         open_store(url.rsplit("/", 1)[0] + "/no_such_db")
     assert "s3cret" not in str(info.value) and "no_such_db" in str(info.value)
+
+
+# -- merged calls ----------------------------------------------------------------------------
+
+
+def call(tool: str, **arguments) -> str:
+    """A key shaped like shared.call_key's: the tool, ":", canonical JSON of the arguments."""
+    return tool + ":" + json.dumps(arguments, sort_keys=True, separators=(",", ":"))
+
+
+def test_calls_round_trip(store):
+    scope = new_id("scope")
+    a, b = call("search", query="x"), call("calculate", expression="1 + 2")
+    store.put_calls(scope, [(a, '"found x"'), (b, "3")])
+    assert store.get_calls(scope, [a, b]) == {a: '"found x"', b: "3"}
+    assert store.get_calls(scope, [b]) == {b: "3"}
+
+
+def test_calls_absent_keys_are_absent(store):
+    scope = new_id("scope")
+    a, missing = call("search", query="x"), call("search", query="y")
+    assert store.get_calls(scope, [a]) == {}  # a scope with nothing yet
+    store.put_calls(scope, [(a, "1")])
+    assert store.get_calls(scope, [missing]) == {}
+    assert store.get_calls(scope, [missing, a, missing]) == {a: "1"}
+    assert store.get_calls(new_id("scope"), [a]) == {}
+
+
+def test_calls_empty_inputs_are_no_ops(store):
+    scope = new_id("scope")
+    store.put_calls(scope, [])
+    assert store.get_calls(scope, []) == {}
+    store.put_calls(scope, [(call("f", n=1), "1")])
+    assert store.get_calls(scope, []) == {}
+
+
+def test_calls_first_value_wins(store):
+    scope = new_id("scope")
+    a, b = call("f", n=1), call("f", n=2)
+    store.put_calls(scope, [(a, '"first"')])
+    store.put_calls(scope, [(a, '"second"'), (b, '"b"')])  # the new key is still stored
+    assert store.get_calls(scope, [a, b]) == {a: '"first"', b: '"b"'}
+    c = call("f", n=3)
+    store.put_calls(scope, [(c, "1"), (c, "2")])  # twice in one put: the first again
+    assert store.get_calls(scope, [c]) == {c: "1"}
+
+
+def test_calls_scopes_are_separate(store):
+    one, two = new_id("scope"), new_id("scope")
+    a = call("search", query="x")
+    store.put_calls(one, [(a, '"one"')])
+    store.put_calls(two, [(a, '"two"')])
+    assert store.get_calls(one, [a]) == {a: '"one"'}
+    assert store.get_calls(two, [a]) == {a: '"two"'}
+    b = call("search", query="only in two")
+    store.put_calls(two, [(b, "null")])
+    assert store.get_calls(one, [a, b]) == {a: '"one"'}
+
+
+def test_calls_many_keys_in_one_put_and_one_get(store):
+    scope = new_id("scope")
+    items = [(call("double", n=i), str(2 * i)) for i in range(2_000)]
+    store.put_calls(scope, items)
+    keys = [k for k, _ in items] + [call("double", n=-1)]  # and one missing
+    got = store.get_calls(scope, keys)
+    assert got == dict(items)
+    # a get that straddles chunks unevenly, with repeats
+    some = keys[499:1502] + keys[:3]
+    assert store.get_calls(scope, some) == {k: v for k, v in items if k in set(some)}
+
+
+def test_calls_a_long_unicode_key(store):
+    scope = new_id("scope")
+    long_key = call("extract", text=("ünïcødé ☃ 漢字 🚀 " * 400)[:5_000])
+    assert len(long_key) > 5_000
+    near = long_key[:-2] + 'x"}'  # same length, differs at the end
+    store.put_calls(scope, [(long_key, '"long"')])
+    assert store.get_calls(scope, [long_key, near]) == {long_key: '"long"'}
+    store.put_calls(scope, [(near, '"near"')])
+    assert store.get_calls(scope, [long_key, near]) == {long_key: '"long"', near: '"near"'}
+
+
+def test_calls_values_are_returned_exactly_as_given(store):
+    scope = new_id("scope")
+    values = [
+        '{"b": 1,  "a": [1, 2.50, {"z": null}]}',  # spacing and key order kept, not normalized
+        '"ünïcode ☃ 🚀 \\u0000 \\n"',
+        "[]",
+        "12345678901234567890",
+        json.dumps({"nested": {"deep": [[["x"]], {"y": "ÿ" * 3_000}]}}, ensure_ascii=False),
+    ]
+    items = [(call("tool", i=i), v) for i, v in enumerate(values)]
+    store.put_calls(scope, items)
+    got = store.get_calls(scope, [k for k, _ in items])
+    assert got == dict(items)
+    assert all(type(v) is str for v in got.values())
+
+
+def test_calls_are_shared_by_every_opener_of_the_url(store_url, store):
+    scope = new_id("scope")
+    a = call("search", query="x")
+    store.put_calls(scope, [(a, "1")])
+    again = open_store(store_url)
+    try:
+        assert again.get_calls(scope, [a]) == {a: "1"}
+        again.put_calls(scope, [(a, "2")])
+        assert store.get_calls(scope, [a]) == {a: "1"}
+    finally:
+        again.close()
+
+
+def test_an_old_sqlite_database_is_migrated_on_open_and_keeps_its_runs(tmp_path, monkeypatch):
+    from plait.stores import sqlite as sqlite_store
+
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    current = sqlite_store.MIGRATIONS
+    run_id, me = new_id("old"), live_holder("me")
+    # a database written by a plait that knew only the first schema step
+    with monkeypatch.context() as m:
+        m.setattr(sqlite_store, "MIGRATIONS", current[:1])
+        old = open_store(url)
+        try:
+            old.create(info(run_id, holder=me))
+            old.append(run_id, me, [rec(1), rec(2)], Progress(2, 1))
+        finally:
+            old.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "calls" not in tables and {"runs", "events"} <= tables
+    finally:
+        db.close()
+    assert len(current) > 1
+    store = open_store(url)
+    try:
+        assert store.get(run_id).tasks_done == 1
+        assert [r.seq for r in store.records(run_id)] == [1, 2]
+        key = call("f", n=1)
+        store.put_calls(run_id, [(key, "2")])
+        assert store.get_calls(run_id, [key]) == {key: "2"}
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(current)
+        assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    finally:
+        db.close()
+
+
+def test_a_v1_sqlite_file_built_by_hand_is_migrated(tmp_path):
+    from plait.stores import sqlite as sqlite_store
+
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(sqlite_store.MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO runs VALUES ('v1-run', 'plan', '1. f()', NULL, '[\"f\"]', '{}', "
+            "1.0, 2.0, 'done', '42', NULL, NULL, 0, 1, 1)"
+        )
+        db.commit()
+    finally:
+        db.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        got = store.get("v1-run")
+        assert (got.status, got.answer, got.tools) == ("done", "42", ["f"])
+        store.put_calls("v1-run", [("f:{}", "1")])
+        assert store.get_calls("v1-run", ["f:{}"]) == {"f:{}": "1"}
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_store.MIGRATIONS)
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+def test_an_old_postgres_database_is_migrated_on_open_and_keeps_its_runs(postgres_url, monkeypatch):
+    import psycopg
+
+    from plait.stores import postgres as pg_store
+
+    name = f"plait_old_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    current = pg_store.MIGRATIONS
+    run_id, me = new_id("old"), live_holder("me")
+    with monkeypatch.context() as m:
+        m.setattr(pg_store, "MIGRATIONS", current[:1])
+        old = open_store(url)
+        try:
+            old.create(info(run_id, holder=me))
+            old.append(run_id, me, [rec(1)], Progress(1, 0))
+        finally:
+            old.close()
+    store = open_store(url)
+    try:
+        assert [r.seq for r in store.records(run_id)] == [1]
+        assert store.get(run_id).holder == me
+        key = call("f", text="é" * 5_000)
+        store.put_calls(run_id, [(key, "1")])
+        assert store.get_calls(run_id, [key]) == {key: "1"}
+    finally:
+        store.close()
+    with psycopg.connect(url) as db:
+        versions = [v for (v,) in db.execute("SELECT version FROM plait_schema ORDER BY version")]
+    assert versions == list(range(1, len(current) + 1))
+
+
+def test_sqlite_get_calls_stays_under_a_small_parameter_limit(tmp_path):
+    from plait.stores.base import CALLS_CHUNK
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, CALLS_CHUNK + 1)
+        scope = new_id("scope")
+        items = [(call("f", n=i), str(i)) for i in range(10_000)]
+        store.put_calls(scope, items)
+        assert store.get_calls(scope, [k for k, _ in items]) == dict(items)
+    finally:
+        store.close()

@@ -26,6 +26,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import from_json, to_json
+
 from . import api
 from . import events as ev
 from .agent import RetryPolicy
@@ -36,7 +38,7 @@ from .llm.shared import SharedLLM
 from .result import RunResult
 from .scheduler import tool_limits
 from .shared import SharedCalls
-from .stores import Store, open_store
+from .stores import Store, StoreError, open_store
 from .tools import Tools
 
 
@@ -152,11 +154,12 @@ async def abatch(
     if llm_slots is not None:
         inner = PrefixOrdered(inner, slots=llm_slots, order=order)
     llm = SharedLLM(inner)
-    shared = api.Sharing(SharedCalls(), tool_limits(registry))
     batch_id = run_id or uuid.uuid4().hex[:12]
     stats = stats if stats is not None else BatchStats()
     skipped = {str(i) for i in skip}
     opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
+    calls = SharedCalls(cache=StoredCalls(opened, batch_id) if opened is not None else None)
+    shared = api.Sharing(calls, tool_limits(registry))
     results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
 
     async def one(index: int, item: Any) -> None:
@@ -266,6 +269,31 @@ async def abatch(
                 await driver
         if isinstance(store, str) and opened is not None:
             await asyncio.to_thread(opened.close)
+
+
+class StoredCalls:
+    """SharedCalls' results kept in the run store under the batch's id, so a batch started
+    again does not call a pure tool again for arguments it already had an answer for.
+
+    Only a help: a result that is not JSON, or a store that fails, just is not kept."""
+
+    def __init__(self, store: Store, scope: str) -> None:
+        self.store = store
+        self.scope = scope
+
+    async def get(self, key: str) -> tuple[bool, Any]:
+        try:
+            found = await asyncio.to_thread(self.store.get_calls, self.scope, [key])
+        except StoreError:
+            return False, None
+        return (True, from_json(found[key])) if key in found else (False, None)
+
+    async def put(self, key: str, value: Any) -> None:
+        try:
+            text = to_json(value).decode()
+            await asyncio.to_thread(self.store.put_calls, self.scope, [(key, text)])
+        except (StoreError, ValueError, TypeError):
+            pass
 
 
 def _counter(stats: BatchStats) -> ev.Listener:

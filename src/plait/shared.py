@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic_core import to_json
 
@@ -33,11 +33,21 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-class SharedCalls:
-    """Results of pure calls, by key: in flight, or done (the last `size` kept)."""
+class CallCache(Protocol):
+    """Where results outlive the process (a batch's run store); see `StoredCalls`."""
 
-    def __init__(self, size: int = 100_000) -> None:
+    async def get(self, key: str) -> tuple[bool, Any]: ...
+
+    async def put(self, key: str, value: Any) -> None: ...
+
+
+class SharedCalls:
+    """Results of pure calls, by key: in flight, or done (the last `size` kept in memory;
+    with a `cache`, all of them there too, so a resumed batch does not call again)."""
+
+    def __init__(self, size: int = 100_000, cache: CallCache | None = None) -> None:
         self.size = size
+        self.cache = cache
         self.requested = 0  # calls asked for
         self.executed = 0  # calls that ran
         self._done: OrderedDict[str, Any] = OrderedDict()
@@ -58,9 +68,13 @@ class SharedCalls:
                 continue  # its owner was cancelled: one of the waiters runs it now
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._flying[key] = future
-        self.executed += 1
         try:
-            value = await run()
+            found, value = (False, None) if self.cache is None else await self.cache.get(key)
+            if not found:
+                self.executed += 1
+                value = await run()
+                if self.cache is not None:
+                    await self.cache.put(key, value)
         except BaseException as e:
             future.set_exception(_Abandoned() if isinstance(e, asyncio.CancelledError) else e)
             future.exception()  # retrieved: no "never retrieved" warning if nobody waits

@@ -6,6 +6,11 @@ running graph: the resume rule (a task recorded finished never runs again) follo
 log alone. Methods are blocking; `runlog.RunLog` calls them from its writer thread, off the
 event loop. One file per implementation: memory.py, sqlite.py, postgres.py.
 
+Calls: a store also keeps the results of a run's merged pure calls (shared.py), by call key
+under a scope (the batch's run id), so a resumed batch does not make them again. A key is
+stored once: its first value stays. Keys can be long (canonical JSON of arguments), so the
+SQL stores index a digest of the key (`call_digest`) and keep and compare the key itself.
+
 Leases: a run is held by one process at a time. `claim` succeeds when the run is free, its
 lease has expired, or its holder is a dead process on this host (so a resume right after a
 crash need not wait out the lease). Holders renew while they run.
@@ -13,6 +18,7 @@ crash need not wait out the lease). Holders renew while they run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -24,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 from ..errors import PlaitError
 
 LEASE_SECONDS = 15.0
+CALLS_CHUNK = 500  # keys per query when reading calls: no statement with 10,000 parameters
 
 
 class StoreError(PlaitError):
@@ -135,7 +142,25 @@ class Store(Protocol):
     def runs(self, limit: int = 50) -> list[RunInfo]:
         """The most recently updated runs first."""
 
+    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
+        """The stored results (JSON text) of those of `keys` that `scope` has; others absent."""
+
+    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None:
+        """Store (key, result JSON text) pairs under `scope`, in one transaction; a key already
+        stored keeps its first value (INSERT ... ON CONFLICT DO NOTHING)."""
+
     def close(self) -> None: ...
+
+
+def call_digest(key: str) -> str:
+    """The SQL stores' index on a call key: sha256 hex, short whatever the key's length."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def chunks(keys: Sequence[str], size: int = CALLS_CHUNK) -> Iterator[Sequence[str]]:
+    """`keys` in slices of at most `size`, for queries with a bounded number of parameters."""
+    for start in range(0, len(keys), size):
+        yield keys[start : start + size]
 
 
 def new_holder() -> str:

@@ -34,6 +34,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._runs: dict[str, RunInfo] = {}
         self._log: dict[str, list[Row]] = {}
+        self._calls: dict[str, dict[str, str]] = {}  # scope -> key -> result JSON
 
     @classmethod
     def open(cls, url: str) -> MemoryStore:
@@ -100,6 +101,22 @@ class MemoryStore:
         with self._lock:
             infos = sorted(self._runs.values(), key=lambda i: i.updated, reverse=True)
             return [copy.deepcopy(i) for i in infos[:limit]]
+
+    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
+        with self._lock:
+            stored = self._calls.get(scope)
+            if not stored:
+                return {}
+            return {k: stored[k] for k in keys if k in stored}
+
+    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None:
+        pairs = [(key, value) for key, value in items]  # all or nothing, like a transaction
+        if not pairs:
+            return
+        with self._lock:
+            stored = self._calls.setdefault(scope, {})
+            for key, value in pairs:
+                stored.setdefault(key, value)
 
     def close(self) -> None:
         pass

@@ -1,6 +1,6 @@
 """postgresql://… — a run store for teams, on PostgreSQL through psycopg 3 (`plait[postgres]`).
 
-The same two tables as sqlite.py. Claims lock the run's row (SELECT … FOR UPDATE), so two
+The same tables as sqlite.py. Claims lock the run's row (SELECT … FOR UPDATE), so two
 processes resuming one run cannot both win; migrations run under an advisory lock, so
 processes starting together do not race to create the tables.
 """
@@ -25,6 +25,8 @@ from .base import (
     StoreError,
     _exists,
     _not_held,
+    call_digest,
+    chunks,
     may_claim,
 )
 
@@ -46,6 +48,14 @@ MIGRATIONS: list[str] = [
     CREATE TABLE plait_events (
         run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
         t DOUBLE PRECISION NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run, seq)
+    );
+    """,
+    # 2: merged pure calls' results, by scope (a batch's run id) and the key's sha256 hex: a
+    # btree entry is limited to ~2.7 KB and keys can be longer. The key is kept and compared.
+    """
+    CREATE TABLE plait_calls (
+        scope TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (scope, digest)
     );
     """,
 ]
@@ -194,6 +204,35 @@ class PostgresStore:
             f"SELECT {_COLUMNS} FROM plait_runs ORDER BY updated DESC LIMIT %s", (limit,)
         )
         return [_info(r) for r in rows]
+
+    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
+        by_digest = {call_digest(k): k for k in keys}
+        digests = list(by_digest)
+        found: dict[str, str] = {}
+        for part in chunks(digests):
+            rows = self._read(
+                "SELECT digest, key, value FROM plait_calls WHERE scope = %s AND digest = ANY(%s)",
+                (scope, list(part)),
+            )
+            for digest, key, value in rows:
+                if by_digest.get(digest) == key:  # a digest collision is a miss, never a mixup
+                    found[key] = value
+        return found
+
+    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None:
+        rows = [(scope, call_digest(key), key, value) for key, value in items]
+        if not rows:
+            return
+        with _errors(self.url), self._lock:
+            try:
+                with self._tx(), self._db.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO plait_calls (scope, digest, key, value) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        rows,
+                    )
+            finally:
+                self._db.commit()
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with _errors(self.url), self._lock:

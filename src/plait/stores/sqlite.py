@@ -29,6 +29,8 @@ from .base import (
     StoreError,
     _exists,
     _not_held,
+    call_digest,
+    chunks,
     may_claim,
 )
 
@@ -46,6 +48,14 @@ MIGRATIONS: list[str] = [
         run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, t REAL NOT NULL,
         data TEXT NOT NULL, PRIMARY KEY (run, seq)
     ) WITHOUT ROWID;
+    """,
+    # 2: merged pure calls' results, by scope (a batch's run id) and the key's sha256 hex.
+    # A rowid table: values can be large. The key is kept and compared on read.
+    """
+    CREATE TABLE calls (
+        scope TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (scope, digest)
+    );
     """,
 ]
 
@@ -194,6 +204,32 @@ class SQLiteStore:
     def runs(self, limit: int = 50) -> list[RunInfo]:
         rows = self._read(f"SELECT {_COLUMNS} FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
         return [_info(r) for r in rows]
+
+    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
+        by_digest = {call_digest(k): k for k in keys}
+        digests = list(by_digest)
+        found: dict[str, str] = {}
+        for part in chunks(digests):
+            rows = self._read(
+                f"SELECT digest, key, value FROM calls WHERE scope = ? "
+                f"AND digest IN ({', '.join('?' * len(part))})",
+                (scope, *part),
+            )
+            for digest, key, value in rows:
+                if by_digest.get(digest) == key:  # a digest collision is a miss, never a mixup
+                    found[key] = value
+        return found
+
+    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None:
+        rows = [(scope, call_digest(key), key, value) for key, value in items]
+        if not rows:
+            return
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO calls (scope, digest, key, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                rows,
+            )
 
     def close(self) -> None:
         with self._lock:
