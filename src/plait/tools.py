@@ -8,6 +8,7 @@ literals can never fit is rejected before anything runs.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import inspect
@@ -96,6 +97,7 @@ class Tool:
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
         # Built now, not on first use: a run should not pay pydantic's schema build.
         self._adapters = {n: _type_adapter(ann) for n, ann in annotations.items()}
+        self._schema: dict[str, Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -131,12 +133,14 @@ class Tool:
     # planner-facing --------------------------------------------------------------------
 
     def schema(self) -> dict[str, Any]:
-        """JSON Schema of the arguments object."""
-        schema = self._model.model_json_schema(by_alias=True)
-        schema.pop("title", None)
-        for prop in schema.get("properties", {}).values():
-            prop.pop("title", None)
-        return schema
+        """JSON Schema of the arguments object (a copy: callers may change it)."""
+        if self._schema is None:  # built once: every planner prompt of a batch shows it
+            schema = self._model.model_json_schema(by_alias=True)
+            schema.pop("title", None)
+            for prop in schema.get("properties", {}).values():
+                prop.pop("title", None)
+            self._schema = schema
+        return copy.deepcopy(self._schema)
 
     def signature(self) -> str:
         """`name(param: type, ...)` as the planner prompt shows it, with `/` and `*` markers."""

@@ -55,7 +55,10 @@ class ReplayLLM:
         self.ttft = ttft
         self.tps = tps
         self.name = name
+        # Requests, kept for tests in the list form only: a keyed file serves batches of
+        # 100k runs, and keeping each request would keep each run's whole prompt.
         self.calls: list[Request] = []
+        self.count = 0
 
     @classmethod
     def from_spec(cls, spec: str) -> ReplayLLM:
@@ -84,9 +87,10 @@ class ReplayLLM:
         return cls(replies, ttft=ttft, tps=tps, name=f"replay:{Path(path).name}")
 
     def _take(self, request: Request) -> str:
-        index = len(self.calls)
-        self.calls.append(request)
+        self.count += 1
         if isinstance(self.replies, list):
+            index = len(self.calls)
+            self.calls.append(request)  # tests read what each call asked
             if index >= len(self.replies):
                 raise LLMError(f"replay model: no reply left for call {index + 1}")
             return self.replies[index]
