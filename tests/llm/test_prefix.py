@@ -101,4 +101,29 @@ async def test_slots_bound_calls_in_flight_and_a_cancelled_waiter_frees_nothing_
     done = await asyncio.gather(*tasks[:4])
     assert done == ["c0", "c1", "c2", "c3"]
     assert inner.most == 2 and tasks[4].cancelled()
+    await asyncio.sleep(llm.linger * 2)  # freed slots are held that long for a follow-up
     assert sorted(llm._free) == [0, 1]
+
+
+async def test_a_freed_slot_waits_briefly_for_the_call_that_extends_its_prompt():
+    inner = Gated()
+    llm = PrefixOrdered(inner, slots=1, linger=5.0)  # long: the test decides when it comes
+    planner = call("q1")
+    first = asyncio.create_task(drain(llm, planner))
+    await settle()
+    queued = asyncio.create_task(drain(llm, call("q2")))  # another run's call, waiting
+    await settle()
+    await finish(inner, "q1")
+    assert await first == "q1"
+    # q1's run comes back (its tools took a moment) with a prompt extending q1's.
+    joiner = Request([*planner.messages, {"role": "assistant", "content": "plan"},
+                      {"role": "user", "content": "q1 results"}])  # fmt: skip
+    follow = asyncio.create_task(drain(llm, joiner))
+    await settle()
+    llm.linger = 0.01  # no need to hold the slot long after this
+    await finish(inner, "q1 results")
+    await finish(inner, "q2")
+    await asyncio.wait_for(asyncio.gather(follow, queued), 5)
+    assert inner.started == ["q1", "q1 results", "q2"]
+    arrival = PrefixOrdered(Gated(), order="arrival")
+    assert arrival.linger == 0  # the baseline holds nothing

@@ -8,6 +8,12 @@ another run's joiner, then another planner… each evicts the last one's prefix.
 the longest prefix with what that slot ran last goes next (BatchLLM's and Halo's
 prefix-aware scheduling); ties go in arrival order. `order="arrival"` is the same gate in
 plain FIFO order: the baseline the bench compares against.
+
+A run's next call (its joiner, after its tools) extends the prompt its last call just ran,
+but it arrives a moment after that call ends, when the slot would already have gone to
+another run. So in prefix order a freed slot is held for `linger` seconds for a call that
+extends what it just ran (Continuum pins a program's cache across its tool calls the same
+way); if none comes, the slot goes to the queue.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ class _Waiter:
 
 
 class PrefixOrdered:
-    def __init__(self, llm: LLM, *, slots: int = 1, order: str = "prefix") -> None:
+    def __init__(
+        self, llm: LLM, *, slots: int = 1, order: str = "prefix", linger: float = 0.05
+    ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         if order not in ("prefix", "arrival"):
@@ -57,6 +65,8 @@ class PrefixOrdered:
         self._last = [""] * slots  # the prompt each slot ran last
         self._waiting: list[_Waiter] = []
         self._arrivals = itertools.count()
+        self.linger = linger if order == "prefix" else 0.0
+        self._held: dict[int, asyncio.TimerHandle] = {}  # freed slots kept for a follow-up
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         text = prompt_text(request)
@@ -68,6 +78,10 @@ class PrefixOrdered:
             self._release(slot, text)
 
     async def _acquire(self, text: str) -> int:
+        for slot in list(self._held):
+            if text.startswith(self._last[slot]):  # the follow-up the slot was held for
+                self._held.pop(slot).cancel()
+                return slot
         if self._free and not self._waiting:
             return self._pick_slot(text)
         loop = asyncio.get_running_loop()
@@ -91,7 +105,19 @@ class PrefixOrdered:
     def _release(self, slot: int, text: str) -> None:
         if text:
             self._last[slot] = text
+            if self.linger > 0:
+                loop = asyncio.get_running_loop()
+                self._held[slot] = loop.call_later(self.linger, self._unhold, slot)
+                return
         self._free.append(slot)
+        self._dispatch()
+
+    def _unhold(self, slot: int) -> None:
+        if self._held.pop(slot, None) is not None:
+            self._free.append(slot)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
         while self._free and self._waiting:
             if self.order == "arrival":
                 waiter = min(self._waiting)
