@@ -19,6 +19,7 @@ crash need not wait out the lease). Holders renew while they run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -161,6 +162,43 @@ def chunks(keys: Sequence[str], size: int = CALLS_CHUNK) -> Iterator[Sequence[st
     """`keys` in slices of at most `size`, for queries with a bounded number of parameters."""
     for start in range(0, len(keys), size):
         yield keys[start : start + size]
+
+
+# The runs table's columns, in RunInfo's field order; `info_row` and `row_info` convert.
+RUN_COLUMNS = (
+    "id, kind, source, model, tools, options, created, updated, status, answer, error, "
+    "holder, lease_until, tasks_total, tasks_done"
+)
+
+
+def info_row(i: RunInfo) -> tuple[Any, ...]:
+    """A RunInfo as the SQL stores' row: tools and options as JSON text."""
+    return (
+        i.id,
+        i.kind,
+        i.source,
+        i.model,
+        json.dumps(i.tools),
+        json.dumps(i.options),
+        i.created,
+        i.updated,
+        i.status,
+        i.answer,
+        i.error,
+        i.holder,
+        i.lease_until,
+        i.tasks_total,
+        i.tasks_done,
+    )
+
+
+def row_info(row: Any) -> RunInfo:
+    """A SQL stores' row as a RunInfo (JSON columns may come back decoded, as JSONB does)."""
+    values = list(row)
+    for i in (4, 5):
+        if isinstance(values[i], str):
+            values[i] = json.loads(values[i])
+    return RunInfo(*values)
 
 
 def new_holder() -> str:

@@ -7,7 +7,6 @@ processes starting together do not race to create the tables.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import (
+    RUN_COLUMNS,
     Progress,
     Record,
     Row,
@@ -27,7 +27,9 @@ from .base import (
     _not_held,
     call_digest,
     chunks,
+    info_row,
     may_claim,
+    row_info,
 )
 
 try:
@@ -60,11 +62,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 _LOCK_KEY = 0x706C6169  # "plai": the advisory lock that serializes migrations
-
-_COLUMNS = (
-    "id, kind, source, model, tools, options, created, updated, status, answer, error, "
-    "holder, lease_until, tasks_total, tasks_done"
-)
 
 
 class PostgresStore:
@@ -107,8 +104,8 @@ class PostgresStore:
             try:
                 with self._tx():
                     self._db.execute(
-                        f"INSERT INTO plait_runs ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})",
-                        _row(info),
+                        f"INSERT INTO plait_runs ({RUN_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})",
+                        info_row(info),
                     )
             except psycopg.errors.UniqueViolation:
                 raise RunExists(_exists(info.id, self.url)) from None
@@ -120,11 +117,11 @@ class PostgresStore:
             try:
                 with self._tx():
                     row = self._db.execute(
-                        f"SELECT {_COLUMNS} FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,)
+                        f"SELECT {RUN_COLUMNS} FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,)
                     ).fetchone()
                     if row is None:
                         raise RunNotFound(f"no run {run_id} in {self.url}")
-                    info = _info(row)
+                    info = row_info(row)
                     may_claim(info, holder)
                     info.holder, info.lease_until = holder, time.time() + ttl
                     self._db.execute(
@@ -190,8 +187,8 @@ class PostgresStore:
                 self._db.commit()
 
     def get(self, run_id: str) -> RunInfo | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM plait_runs WHERE id = %s", (run_id,))
-        return _info(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM plait_runs WHERE id = %s", (run_id,))
+        return row_info(rows[0]) if rows else None
 
     def records(self, run_id: str) -> Iterator[Record]:
         rows = self._read(
@@ -201,9 +198,9 @@ class PostgresStore:
 
     def runs(self, limit: int = 50) -> list[RunInfo]:
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM plait_runs ORDER BY updated DESC LIMIT %s", (limit,)
+            f"SELECT {RUN_COLUMNS} FROM plait_runs ORDER BY updated DESC LIMIT %s", (limit,)
         )
-        return [_info(r) for r in rows]
+        return [row_info(r) for r in rows]
 
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         by_digest = {call_digest(k): k for k in keys}
@@ -244,34 +241,6 @@ class PostgresStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _row(i: RunInfo) -> tuple[Any, ...]:
-    return (
-        i.id,
-        i.kind,
-        i.source,
-        i.model,
-        json.dumps(i.tools),
-        json.dumps(i.options),
-        i.created,
-        i.updated,
-        i.status,
-        i.answer,
-        i.error,
-        i.holder,
-        i.lease_until,
-        i.tasks_total,
-        i.tasks_done,
-    )
-
-
-def _info(row: Any) -> RunInfo:
-    values = list(row)
-    for i in (4, 5):  # JSONB comes back decoded
-        if isinstance(values[i], str):
-            values[i] = json.loads(values[i])
-    return RunInfo(*values)
 
 
 @contextmanager

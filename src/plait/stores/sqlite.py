@@ -9,7 +9,6 @@ nothing committed; only a power cut can lose the last commits.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    RUN_COLUMNS,
     Progress,
     Record,
     Row,
@@ -31,7 +31,9 @@ from .base import (
     _not_held,
     call_digest,
     chunks,
+    info_row,
     may_claim,
+    row_info,
 )
 
 # Schema steps, in order; applied once each and counted in user_version.
@@ -60,11 +62,6 @@ MIGRATIONS: list[str] = [
 ]
 
 BUSY_SECONDS = 5.0  # how long a write waits for the file's lock: well inside a lease
-
-_COLUMNS = (
-    "id, kind, source, model, tools, options, created, updated, status, answer, error, "
-    "holder, lease_until, tasks_total, tasks_done"
-)
 
 
 class SQLiteStore:
@@ -134,17 +131,18 @@ class SQLiteStore:
         try:
             with self._write() as db:
                 db.execute(
-                    f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", _row(info)
+                    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                    info_row(info),
                 )
         except sqlite3.IntegrityError:
             raise RunExists(_exists(info.id, self.url)) from None
 
     def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
         with self._write() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run {run_id} in {self.url}")
-            info = _info(row)
+            info = row_info(row)
             may_claim(info, holder)
             info.holder, info.lease_until = holder, time.time() + ttl
             db.execute(
@@ -192,8 +190,8 @@ class SQLiteStore:
                 )
 
     def get(self, run_id: str) -> RunInfo | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-        return _info(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return row_info(rows[0]) if rows else None
 
     def records(self, run_id: str) -> Iterator[Record]:
         rows = self._read(
@@ -202,8 +200,8 @@ class SQLiteStore:
         return (Record(*row) for row in rows)
 
     def runs(self, limit: int = 50) -> list[RunInfo]:
-        rows = self._read(f"SELECT {_COLUMNS} FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
-        return [_info(r) for r in rows]
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
+        return [row_info(r) for r in rows]
 
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         by_digest = {call_digest(k): k for k in keys}
@@ -234,29 +232,3 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _row(i: RunInfo) -> tuple[Any, ...]:
-    return (
-        i.id,
-        i.kind,
-        i.source,
-        i.model,
-        json.dumps(i.tools),
-        json.dumps(i.options),
-        i.created,
-        i.updated,
-        i.status,
-        i.answer,
-        i.error,
-        i.holder,
-        i.lease_until,
-        i.tasks_total,
-        i.tasks_done,
-    )
-
-
-def _info(row: Any) -> RunInfo:
-    values = list(row)
-    values[4], values[5] = json.loads(values[4]), json.loads(values[5])
-    return RunInfo(*values)
