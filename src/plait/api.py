@@ -17,6 +17,7 @@ from typing import Any
 
 from . import events as ev
 from .agent import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
+from .backends import Backend, open_backend
 from .llm import LLM, resolve_model
 from .plan import Task
 from .result import Recorder, RunResult
@@ -32,14 +33,36 @@ DEFAULT_MODEL = "local"
 
 
 StoreLike = Store | str | None
+# "local" (the default: the event loop and a thread pool), "ray", or an open Backend.
+BackendLike = Backend | str | None
 
 
 @dataclass(frozen=True, slots=True)
 class Sharing:
-    """What the runs of one batch share: pure calls done once, and per-tool limits."""
+    """What the runs of one batch share: pure calls done once, per-tool limits, and where
+    tools run."""
 
     calls: SharedCalls
     limits: dict[str, asyncio.Semaphore]
+    backend: Backend | None = None
+
+
+@contextlib.asynccontextmanager
+async def using_backend(backend: BackendLike) -> AsyncIterator[Backend | None]:
+    """The backend to run on, opened here (and closed after) when given by name.
+
+    None means the scheduler's own local one, which it closes with its scope."""
+    if backend is None or backend == "local":
+        yield None
+        return
+    if not isinstance(backend, str):
+        yield backend
+        return
+    opened = open_backend(backend)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
 
 
 # Set by a batch around each of its runs; a run started outside a batch shares nothing.
@@ -130,12 +153,30 @@ async def _session(
     question: str | None,
     store: StoreLike = None,
     new: RunInfo | None = None,
+    backend: BackendLike = None,
 ) -> RunResult:
     """Run `body` inside one scheduler scope and turn its events into a RunResult.
 
     With a store, the run is created there (`new`) or claimed to be resumed (`new` is None),
     and every event is logged; the log is committed before this returns, whatever happens.
     """
+    shared = sharing.get()
+    if backend is None and shared is not None:
+        backend = shared.backend
+    async with using_backend(backend) as opened:
+        return await _session_on(body, tools, on_event, run_id, question, store, new, opened)
+
+
+async def _session_on(
+    body: Body,
+    tools: ToolsLike,
+    on_event: ev.Listener | None,
+    run_id: str | None,
+    question: str | None,
+    store: StoreLike,
+    new: RunInfo | None,
+    backend: Backend | None,
+) -> RunResult:
     registry = Tools.coerce(tools)
     run_id = run_id or uuid.uuid4().hex[:12]
     if new is not None:
@@ -163,6 +204,7 @@ async def _session(
             journal=log,
             shared=shared.calls if shared is not None else None,
             limits=shared.limits if shared is not None else None,
+            backend=backend,
         ) as scheduler:
             restored = log.restored if log is not None else Restored()
             run = _Run(scheduler, emit, clock, run_id, outcome, restored.replies, restored.defined)
@@ -209,12 +251,14 @@ async def aexecute(
     on_event: ev.Listener | None = None,
     run_id: str | None = None,
     store: StoreLike = None,
+    backend: BackendLike = None,
 ) -> RunResult:
     """Run a written plan (text or JSON form). Raises PlanError before anything runs if it
     cannot be run; a task that fails makes the result's status "failed".
 
     With `store` (a Store or a URL such as "sqlite:///runs.db") the run is recorded under
-    `run_id` and can be finished later with `aresume` if this process dies.
+    `run_id` and can be finished later with `aresume` if this process dies. `backend`
+    says where tools run: "local" (the default) or "ray" (a Ray cluster; see backends/ray.py).
     """
     registry = Tools.coerce(tools)
     tasks = prepare_plan(plan, registry)  # before the store: a bad plan makes no run
@@ -224,7 +268,7 @@ async def aexecute(
     async def body(r: _Run) -> None:
         await execute_plan(tasks, r.scheduler, r.outcome)
 
-    return await _session(body, registry, on_event, run_id, None, store, new)
+    return await _session(body, registry, on_event, run_id, None, store, new, backend)
 
 
 async def arun(
@@ -239,6 +283,7 @@ async def arun(
     examples: str | None = None,
     retry: RetryPolicy | None = None,
     store: StoreLike = None,
+    backend: BackendLike = None,
 ) -> RunResult:
     """Answer a question: plan with the model, run the plan's tasks as they stream, join.
 
@@ -259,6 +304,7 @@ async def arun(
         question,
         store,
         new,
+        backend,
     )
 
 
@@ -299,6 +345,7 @@ async def aresume(
     base_url: str | None = None,
     on_event: ev.Listener | None = None,
     retry: RetryPolicy | None = None,
+    backend: BackendLike = None,
 ) -> RunResult:
     """Finish a run recorded in `store`: tasks it recorded settled are not run again, and
     replies it recorded are not asked for again. A run that already finished is returned
@@ -324,7 +371,7 @@ async def aresume(
             async def run_plan(r: _Run) -> None:
                 await execute_plan(tasks, r.scheduler, r.outcome)
 
-            return await _session(run_plan, registry, on_event, run_id, None, opened)
+            return await _session(run_plan, registry, on_event, run_id, None, opened, None, backend)
         options = info.options
         spec = model if model is not None else info.model
         if spec is None:
@@ -338,7 +385,7 @@ async def aresume(
             options.get("examples"),
             retry,
         )
-        return await _session(body, registry, on_event, run_id, info.source, opened)
+        return await _session(body, registry, on_event, run_id, info.source, opened, None, backend)
     finally:
         if isinstance(store, str):
             await asyncio.to_thread(opened.close)

@@ -136,6 +136,7 @@ async def abatch(
     stats: BatchStats | None = None,
     llm_slots: int | None = None,
     order: str = "prefix",
+    backend: api.BackendLike = None,
 ) -> AsyncIterator[BatchResult]:
     """Answer every item's question; yield each result as it completes (not in input order).
 
@@ -145,7 +146,8 @@ async def abatch(
 
     `llm_slots` bounds the model calls in flight (a server's slots: 1 for llama-cpp-python's
     server); queued calls then go out in `order`: "prefix" (the call sharing the longest
-    prompt prefix with what the slot ran last) or "arrival".
+    prompt prefix with what the slot ran last) or "arrival". `backend` ("local" or "ray")
+    is opened once for the whole batch.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -159,7 +161,14 @@ async def abatch(
     skipped = {str(i) for i in skip}
     opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
     calls = SharedCalls(cache=StoredCalls(opened, batch_id) if opened is not None else None)
-    shared = api.Sharing(calls, tool_limits(registry))
+    backends = contextlib.AsyncExitStack()
+    try:
+        run_on = await backends.enter_async_context(api.using_backend(backend))
+    except BaseException:
+        if isinstance(store, str) and opened is not None:
+            await asyncio.to_thread(opened.close)
+        raise
+    shared = api.Sharing(calls, tool_limits(registry), run_on)
     results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
 
     async def one(index: int, item: Any) -> None:
@@ -267,6 +276,7 @@ async def abatch(
             driver.cancel()
             with contextlib.suppress(BaseException):
                 await driver
+        await backends.aclose()
         if isinstance(store, str) and opened is not None:
             await asyncio.to_thread(opened.close)
 

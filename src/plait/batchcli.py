@@ -36,6 +36,7 @@ def run_batch(
     run_id: str | None,
     llm_slots: int | None = None,
     order: str = "prefix",
+    backend: str = "local",
 ) -> int:
     registry = load_tools(tools)
     out = Path(out_path)
@@ -63,6 +64,7 @@ def run_batch(
                 stats=stats,
                 llm_slots=llm_slots,
                 order=order,
+                backend=backend,
             ):
                 sink.write(json.dumps(result.to_dict(), ensure_ascii=False, default=str) + "\n")
                 sink.flush()

@@ -40,6 +40,17 @@ def _store_option(f: Any) -> Any:
     )(f)
 
 
+def _backend_option(f: Any) -> Any:
+    return click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Where tools run: this process (threads), or a Ray cluster: $RAY_ADDRESS, "
+        "else a new local one (needs plait[ray]).",
+    )(f)
+
+
 def _durable(f: Any) -> Any:
     f = click.option(
         "--run-id", default=None, metavar="ID", help="Name the run (default: a random id)."
@@ -63,7 +74,7 @@ def _common(f: Any) -> Any:
         metavar="TOOLS",
         help="A .py file or importable module; its @plait.tool functions are used.",
     )(f)
-    return f
+    return _backend_option(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +95,7 @@ def exec_cmd(
     debug: bool,
     store_url: str | None,
     run_id: str | None,
+    backend: str,
 ) -> int:
     """Run the plan in file PLAN (or - for stdin) without a planner."""
     text = _read_plan(plan)
@@ -91,7 +103,12 @@ def exec_cmd(
     try:
         return _drive(
             lambda on_event: api.aexecute(
-                text, tools=tools, on_event=on_event, store=store, run_id=run_id
+                text,
+                tools=tools,
+                on_event=on_event,
+                store=store,
+                run_id=run_id,
+                backend=backend,
             ),
             as_json,
             trace_path,
@@ -133,6 +150,7 @@ def run_cmd(
     max_replans: int,
     store_url: str | None,
     run_id: str | None,
+    backend: str,
 ) -> int:
     """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
     store = store_url or default_store_url()
@@ -146,6 +164,7 @@ def run_cmd(
             on_event=on_event,
             store=store,
             run_id=run_id,
+            backend=backend,
         ),
         as_json,
         trace_path,
@@ -170,12 +189,19 @@ def resume_cmd(
     store_url: str | None,
     model: str | None,
     base_url: str | None,
+    backend: str,
 ) -> int:
     """Finish run ID from its store: what it recorded settled is not done again."""
     store = store_url or default_store_url()
     return _drive(
         lambda on_event: api.aresume(
-            run_id, tools=tools, store=store, model=model, base_url=base_url, on_event=on_event
+            run_id,
+            tools=tools,
+            store=store,
+            model=model,
+            base_url=base_url,
+            on_event=on_event,
+            backend=backend,
         ),
         as_json,
         trace_path,
@@ -227,6 +253,7 @@ def resume_cmd(
     show_default=True,
     help="Which queued model call goes next: longest shared prompt prefix, or first come.",
 )
+@_backend_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def batch_cmd(
     input_path: str,
@@ -240,6 +267,7 @@ def batch_cmd(
     run_id: str | None,
     llm_slots: int | None,
     order: str,
+    backend: str,
     debug: bool,
 ) -> int:
     """Answer every question in INPUT.jsonl (or - for stdin): {"id": ..., "question": ...}
@@ -258,6 +286,7 @@ def batch_cmd(
         run_id=run_id,
         llm_slots=llm_slots,
         order=order,
+        backend=backend,
     )
 
 

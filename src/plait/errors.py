@@ -28,3 +28,11 @@ class ToolError(PlaitError):
 
 class TaskFailed(Exception):
     """Raised inside the scheduler when a tool call failed for good (after retries)."""
+
+
+class WorkerLost(Exception):
+    """A call's work was lost with the process or node running it, not failed by the tool.
+
+    Backends raise it at their seam; the scheduler runs the call again elsewhere, within a
+    budget of its own that does not spend the tool's `retries`.
+    """

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic_core import to_json, to_jsonable_python
 
+from .backends.base import json_fallback
+
 from . import events as ev
 from .events import Usage
 
@@ -28,7 +30,7 @@ class TaskRecord:
     attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable_python(self._raw(), fallback=repr)  # type: ignore[no-any-return]
+        return to_jsonable_python(self._raw(), fallback=json_fallback)  # type: ignore[no-any-return]
 
     def _raw(self) -> dict[str, Any]:
         return {
@@ -88,10 +90,10 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` object: plain JSON values (a result that is not is shown as its repr)."""
-        return to_jsonable_python(self._raw(), fallback=repr)  # type: ignore[no-any-return]
+        return to_jsonable_python(self._raw(), fallback=json_fallback)  # type: ignore[no-any-return]
 
     def to_json(self, indent: int | None = None) -> str:
-        return to_json(self._raw(), fallback=repr, indent=indent).decode()
+        return to_json(self._raw(), fallback=json_fallback, indent=indent).decode()
 
     def _raw(self) -> dict[str, Any]:
         return {

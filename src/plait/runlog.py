@@ -29,6 +29,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from . import events as ev
+from .backends.base import REMOTE, Remote
 from .plan import Task
 from .result import Recorder, RunResult
 from .scheduler import INTERRUPTED, Settled
@@ -36,6 +37,10 @@ from .stores import LEASE_SECONDS, Progress, Record, RunHeld, RunInfo, Store, St
 from .stores.base import Row
 
 _PLAIN = {str, int, bool, type(None)}  # types whose JSON form decodes to an equal value
+
+
+def _is_remote(result: Any) -> bool:
+    return isinstance(result, dict) and len(result) == 1 and REMOTE in result
 
 
 def task_key(task: Task) -> bytes:
@@ -61,6 +66,8 @@ class Restored:
                     self.tasks[task.id] = (task_key(task), None)
                     self.defined[task.id] = task
                 case "settle":
+                    if _is_remote(data.get("result")):
+                        continue  # its value lived in a cluster that may be gone: run again
                     if data["id"] in self.tasks and data["status"] != "skipped":
                         settled = Settled(data["status"], data.get("result"), data.get("error"))
                         self.tasks[data["id"]] = (self.tasks[data["id"]][0], settled)
@@ -130,7 +137,13 @@ class RunLog:
 
     def check(self, task_id: int, result: Any) -> Any:
         """Encode the result now, at the tool boundary, and hand on its JSON form: a tuple
-        becomes a list here exactly as it will after a resume, so both runs see the same."""
+        becomes a list here exactly as it will after a resume, so both runs see the same.
+
+        A Remote (kept on the cluster) is recorded by its summary only and handed on as
+        itself; a resume cannot restore it, so it runs again (see Restored)."""
+        if isinstance(result, Remote):
+            self._encoded[task_id] = to_json({REMOTE: result.summary()})
+            return result
         try:
             encoded = to_json(result, bytes_mode="base64")
         except Exception as e:  # pydantic_core's serialization errors are not TypeErrors

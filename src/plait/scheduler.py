@@ -7,10 +7,14 @@ planner's tasks start while it is still writing.
 
 Every task runs as a child of one `asyncio.TaskGroup`; leaving `async with Scheduler(...)`
 waits for or cancels all of them and for the threads of sync tools, so nothing a run started
-outlives it. Sync tools run in a thread pool the scheduler owns; a thread cannot be
+outlives it. Where a call runs is the backend's business (backends/): by default async tools
+run on the loop and sync tools in a thread pool the scheduler owns. A thread cannot be
 interrupted, so a sync tool that times out is reported failed at once and its thread is
 joined when the scope closes. Give long sync work a `timeout` that it honours itself, or
-make it async.
+make it async, or run it on Ray, whose tasks can be stopped.
+
+A backend that loses a call's worker (a Ray node died) raises `WorkerLost`; the call runs
+again, reported as a retry, within `lost_retries` that do not spend the tool's own retries.
 
 A `Journal` (the run store's side, see runlog.py) makes the scheduler durable without the
 scheduler knowing about storage: a task the journal recorded as settled in an earlier session
@@ -24,22 +28,24 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import random
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
 from . import events as ev
-from .errors import PlanError
+from .backends.base import Backend, holds_remote
+from .backends.local import LocalBackend
+from .errors import PlanError, WorkerLost
 from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
 from .plan import Task, dependencies, resolve
 from .shared import SharedCalls, call_key
 from .tools import Tool, Tools
 
 INTERRUPTED = "interrupted"  # the error of tasks cancelled because their run stopped
+LOST_BACKOFF = 0.5  # seconds before the first re-run of a call whose worker was lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,17 @@ _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
 def current_task() -> TaskContext | None:
     """The task the calling tool runs for, or None outside a tool call."""
     return _current.get()
+
+
+@contextmanager
+def serving(context: TaskContext | None) -> Iterator[None]:
+    """Make `current_task()` return `context` here: for backends that call a tool in
+    another process."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,8 @@ class Scheduler:
         journal: Journal | None = None,
         shared: SharedCalls | None = None,
         limits: dict[str, asyncio.Semaphore] | None = None,
+        backend: Backend | None = None,
+        lost_retries: int = 3,
     ) -> None:
         self.tools = tools
         self.graph = Graph()
@@ -108,8 +127,10 @@ class Scheduler:
         self.shared = shared if shared is not None else SharedCalls()
         self._emit = emit
         self._clock = clock
-        self._max_threads = max_threads
-        self._pool: ThreadPoolExecutor | None = None
+        # Without a backend, the scheduler owns a local one and closes it with its scope.
+        self._owns_backend = backend is None
+        self.backend: Backend = backend if backend is not None else LocalBackend(max_threads)
+        self.lost_retries = lost_retries
         # Per-tool limits; a batch passes one dict to all its runs, so they hold across runs.
         self._limits = limits if limits is not None else tool_limits(tools)
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -137,9 +158,8 @@ class Scheduler:
                 await self._group.__aexit__(None, None, None)
         finally:
             self._group = None
-            if self._pool is not None:
-                pool, self._pool = self._pool, None
-                await asyncio.shield(asyncio.to_thread(pool.shutdown, True, cancel_futures=True))
+            if self._owns_backend:
+                await self.backend.aclose()
 
     # the edit API --------------------------------------------------------------------
 
@@ -276,16 +296,23 @@ class Scheduler:
         task = node.task
         self.graph.start(task.id)
         self._emit(ev.TaskStarted(self._clock(), task.id, task.tool))
-        attempt = 0
+        attempt = failures = lost = 0
         while True:
             try:
                 _current.set(TaskContext(self.run_id, task.id, attempt + 1))
                 value = await self._call(tool, task)
             except asyncio.CancelledError:
                 raise
+            except WorkerLost as e:
+                lost += 1
+                error, n, backoff = f"worker lost: {e}", lost, LOST_BACKOFF
+                if lost > self.lost_retries:
+                    return False, error
             except Exception as e:
                 error = _describe(e, tool)
-                if attempt >= tool.retries:
+                failures += 1
+                n, backoff = failures, tool.retry_backoff
+                if failures > tool.retries:
                     return False, error
             else:
                 if self._journal is None:
@@ -296,12 +323,16 @@ class Scheduler:
                     return False, f"result cannot be stored: {e}"
             attempt += 1
             self._emit(ev.TaskRetrying(self._clock(), task.id, attempt, error))
-            await asyncio.sleep(tool.retry_backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
+            # A lost worker's cluster needs a moment to notice: LOST_BACKOFF is longer.
+            await asyncio.sleep(backoff * 2 ** (n - 1) * (0.5 + random.random()))
 
     async def _call(self, tool: Tool, task: Task) -> Any:
         kwargs = task.kwargs
         if task.deps:
             kwargs = resolve(kwargs, self.graph.results)
+        if holds_remote(kwargs):
+            # A result kept on the cluster: the backend checks the arguments where the value is.
+            return await self._timed(tool, kwargs)
         kwargs = tool.validate(kwargs)
         if tool.pure and self.shared is not None:
             key = call_key(tool.name, kwargs)
@@ -316,16 +347,7 @@ class Scheduler:
             return await self._invoke(tool, kwargs)
 
     async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
-        if tool.is_async:
-            return await tool.invoke(kwargs)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="plait-tool")
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()  # so the tool sees current_task()
-        result = await loop.run_in_executor(self._pool, context.run, tool.invoke, kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await self.backend.call(tool, kwargs)
 
     def _settled(self, nodes: list[Node], restored: bool = False) -> None:
         """Report nodes that settled without running (skipped or cancelled)."""

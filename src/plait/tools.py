@@ -39,6 +39,9 @@ class Tool:
         retries: int = 0,
         retry_backoff: float = 0.1,
         pure: bool = False,
+        resources: Mapping[str, Any] | None = None,
+        stateful: bool = False,
+        _signature: inspect.Signature | None = None,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ToolError(f"tool {fn.__name__}: max_concurrency must be at least 1")
@@ -54,9 +57,16 @@ class Tool:
         # Pure: the result depends on the arguments only and calling has no effect, so equal
         # calls may share one execution (see shared.py).
         self.pure = pure
+        # What one call needs where it runs (`num_cpus`, `num_gpus`, `memory` in bytes, or a
+        # custom resource by name, also as `custom={...}`): the ray backend asks the
+        # cluster for it; the local backend has nothing to ask.
+        self.resources = _check_resources(fn.__name__, resources or {})
+        # Stateful: the tool keeps something between calls in its process (a loaded model,
+        # a connection), so the ray backend runs it on one long-lived actor, not in tasks.
+        self.stateful = stateful
         self.is_async = inspect.iscoroutinefunction(fn)
         try:  # string annotations (`from __future__ import annotations`) name types in fn's module
-            self._signature = inspect.signature(fn, eval_str=True)
+            self._signature = _signature or inspect.signature(fn, eval_str=True)
         except Exception as e:
             raise ToolError(
                 f"tool {self.name}: cannot read its type hints: {type(e).__name__}: {e}"
@@ -102,20 +112,32 @@ class Tool:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this tool around the same function."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_concurrency": self.max_concurrency,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff,
+            "pure": self.pure,
+            "resources": self.resources,
+            "stateful": self.stateful,
+        }
+
     def renamed(self, name: str) -> Tool:
         """The same tool, limits included, under another name."""
         if name == self.name:
             return self
-        return Tool(
-            self.fn,
-            name=name,
-            description=self.description,
-            max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
-            retries=self.retries,
-            retry_backoff=self.retry_backoff,
-            pure=self.pure,
-        )
+        return Tool(self.fn, **{**self.options(), "name": name})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as function, options and resolved signature (for a backend that ships it to
+        # another process); the validators are built again there rather than pickled. The
+        # signature goes along because a function pickled by value keeps only the globals
+        # its code uses, not those its string annotations name.
+        return (_rebuild, (self.fn, self.options(), self._signature))
 
     def invoke(self, arguments: dict[str, Any]) -> Any:
         """Call the function with validated arguments (a coroutine, for an async tool)."""
@@ -215,6 +237,29 @@ class Tool:
         return out
 
 
+def _rebuild(
+    fn: Callable[..., Any], options: dict[str, Any], signature: inspect.Signature
+) -> Tool:
+    return Tool(fn, **options, _signature=signature)
+
+
+def _check_resources(name: str, resources: Mapping[str, Any]) -> dict[str, Any]:
+    """`resources=` as given, once every amount is a non-negative number."""
+    out: dict[str, Any] = {}
+    for key, value in resources.items():
+        if key == "custom":
+            if not isinstance(value, Mapping):
+                raise ToolError(f"tool {name}: resources['custom'] must map names to amounts")
+            out["custom"] = _check_resources(name, value)
+            continue
+        if not isinstance(key, str) or not key:
+            raise ToolError(f"tool {name}: resource names must be strings")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ToolError(f"tool {name}: resource {key!r} must be a number >= 0, not {value!r}")
+        out[key] = value
+    return out
+
+
 def _type_adapter(ann: Any) -> pydantic.TypeAdapter[Any]:
     """A validator for one parameter; plain classes are checked with isinstance, as the
     arguments model does (`arbitrary_types_allowed`)."""
@@ -246,12 +291,16 @@ def tool(
     retries: int = 0,
     retry_backoff: float = 0.1,
     pure: bool = False,
+    resources: Mapping[str, Any] | None = None,
+    stateful: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Make a function a tool: `@tool` or `@tool(max_concurrency=4, timeout=10, retries=2)`.
 
     `pure=True` declares that equal arguments always give an equal result and that calling
     has no side effect: equal calls in a run (or a batch) then run once.
+    `resources={"num_cpus": 2, "memory": 2**30, "custom": {"scraper": 1}}` is what one call
+    needs on a Ray cluster; `stateful=True` keeps the tool on one Ray actor between calls.
     """
     if fn is not None:
         return Tool(fn, **options)
