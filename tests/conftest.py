@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
 import os
 import secrets
-import socket
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,27 +12,9 @@ from pathlib import Path
 import pytest
 
 from pgserver import missing_postgres, postgres_server
-from raycluster import RayCluster
+from raycluster import RayCluster, loopback_only
 
-
-def _loopback_only() -> bool:
-    """Move this test process into a network namespace of its own with only loopback up.
-
-    Every server the tests start (PostgreSQL, llama.cpp, a Ray cluster) is then reachable
-    on 127.0.0.1 alone, and nothing a test does can reach another address. Ray needs it:
-    it swaps 127.0.0.1 for the machine's own address unless loopback is all there is.
-    Done at import, while the process still has one thread; needs root (CI runs as root).
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if os.environ.get("PLAIT_TEST_NETNS") == "0" or libc.unshare(0x40000000) != 0:
-        return False  # CLONE_NEWNET refused: tests run in the machine's namespace
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
-        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
-    return True
-
-
-LOOPBACK_ONLY = _loopback_only()
+LOOPBACK_ONLY = loopback_only()
 # The test Ray cluster's token. Ray reads it when first imported, so it is set before any
 # test imports Ray; the cluster's processes and every driver the tests start inherit it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -132,3 +110,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_driver(ray_cluster: RayCluster) -> RayCluster:
+    """This process joined to the test cluster once, for every Ray test of the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+    return ray_cluster

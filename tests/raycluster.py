@@ -8,17 +8,37 @@ Token authentication is on, with a token made for the cluster, as a real one wou
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import os
 import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 START_TIMEOUT = 90.0
+
+
+def loopback_only() -> bool:
+    """Move this test process into a network namespace of its own with only loopback up.
+
+    Every server the tests start (PostgreSQL, llama.cpp, a Ray cluster) is then reachable
+    on 127.0.0.1 alone, and nothing a test does can reach another address. Ray needs it:
+    it swaps 127.0.0.1 for the machine's own address unless loopback is all there is.
+    Done at import, while the process still has one thread; needs root (CI runs as root).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.environ.get("PLAIT_TEST_NETNS") == "0" or libc.unshare(0x40000000) != 0:
+        return False  # CLONE_NEWNET refused: tests run in the machine's namespace
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
+    return True
 
 
 def free_port() -> int:
@@ -161,11 +181,11 @@ class RayCluster:
     def stop(self) -> None:
         procs = [p for p in (self.node, self.head) if p is not None]
         pids = [pid for p in procs for pid in descendants(p.pid)]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(p.poll() is None for p in procs):
                 time.sleep(0.1)
         self.node = self.head = None

@@ -11,9 +11,8 @@ from typing import Any
 
 from pydantic_core import to_json, to_jsonable_python
 
-from .backends.base import json_fallback
-
 from . import events as ev
+from .backends.base import json_fallback
 from .events import Usage
 
 

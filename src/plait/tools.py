@@ -237,9 +237,7 @@ class Tool:
         return out
 
 
-def _rebuild(
-    fn: Callable[..., Any], options: dict[str, Any], signature: inspect.Signature
-) -> Tool:
+def _rebuild(fn: Callable[..., Any], options: dict[str, Any], signature: inspect.Signature) -> Tool:
     return Tool(fn, **options, _signature=signature)
 
 

@@ -84,7 +84,7 @@ class RayBackend:
         try:
             meta = await meta_ref
         except asyncio.CancelledError:
-            _cancel(meta_ref, tool)
+            _cancel(meta_ref)
             raise
         except rex.TaskCancelledError:
             raise asyncio.CancelledError from None
@@ -279,7 +279,7 @@ def _ship(tool: Tool) -> None:
     cloudpickle.register_pickle_by_value(module)
 
 
-def _cancel(ref: Any, tool: Tool) -> None:
+def _cancel(ref: Any) -> None:
     # A running sync actor method cannot be interrupted; a task gets KeyboardInterrupt.
     with contextlib.suppress(Exception):  # already finished, or its worker already gone
         ray.cancel(ref, force=False)
@@ -296,8 +296,9 @@ def _cause(e: rex.RayTaskError) -> BaseException:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of Ray's message (the rest is advice on where to look)."""
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0].split(". ")[0].rstrip(".") if text else type(e).__name__
 
 
 def _init(address: str | None) -> None:
