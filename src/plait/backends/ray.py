@@ -23,15 +23,18 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 try:
-    import ray
     import ray.exceptions as rex
+
+    import ray
     from ray import cloudpickle
 except ImportError as e:  # pragma: no cover - depends on the extra
     from ..errors import PlaitError
@@ -295,6 +298,21 @@ def _cause(e: rex.RayTaskError) -> BaseException:
     return RuntimeError(_first_line(e))
 
 
+def _probe(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once, by name, when a named cluster is not listening: ray.init would retry
+    for minutes."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise PlaitError(f"bad Ray address {address!r} (use HOST:PORT or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise PlaitError(f"cannot start or reach the Ray cluster at {address}: {reason}") from None
+
+
 def _first_line(e: BaseException) -> str:
     """The first sentence of Ray's message (the rest is advice on where to look)."""
     text = str(e).strip().splitlines()
@@ -303,6 +321,7 @@ def _first_line(e: BaseException) -> str:
 
 def _init(address: str | None) -> None:
     """ray.init, quietly, keeping this process's SIGTERM handler (ray.init replaces it)."""
+    _probe(address or os.environ.get("RAY_ADDRESS"))
     main = threading.current_thread() is threading.main_thread()
     saved = signal.getsignal(signal.SIGTERM) if main else None
     try:
