@@ -150,7 +150,7 @@ TOOLS = Tools([*TOOLS.values(), on_node_b, needs_gpu])
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
 async def backend(request: pytest.FixtureRequest) -> Any:
     if request.param == "local":
         opened: Backend = LocalBackend()
@@ -321,6 +321,7 @@ async def test_an_edit_adds_work_while_the_graph_runs(backend: Backend, tmp_path
 # -- Ray only ------------------------------------------------------------------------------
 
 
+@pytest.mark.ray
 async def test_ray_stops_a_call_that_timed_out(ray_backend: Backend, tmp_path: Path):
     path = str(tmp_path / "s")
     _, log = await run_plan(ray_backend, f'1. slow("{path}", 2)\n')
@@ -330,6 +331,7 @@ async def test_ray_stops_a_call_that_timed_out(ray_backend: Backend, tmp_path: P
     assert not os.path.exists(path + ".finished")
 
 
+@pytest.mark.ray
 async def test_a_large_result_stays_on_the_cluster_and_reaches_the_next_call(
     ray_backend: Backend,
 ):
@@ -343,6 +345,7 @@ async def test_a_large_result_stays_on_the_cluster_and_reaches_the_next_call(
     assert await asyncio.to_thread(kept.get) == b"x" * n
 
 
+@pytest.mark.ray
 async def test_resources_choose_the_node(ray_backend: Backend, ray_cluster: Any):
     import ray
 
@@ -353,6 +356,7 @@ async def test_resources_choose_the_node(ray_backend: Backend, ray_cluster: Any)
     assert s.results == {1: node_b, 2: node_b}
 
 
+@pytest.mark.ray
 async def test_resources_no_node_has_fail_at_once(ray_backend: Backend):
     _, log = await run_plan(ray_backend, "1. needs_gpu()\n")
     error = finished(log)[1].error
@@ -365,3 +369,33 @@ def test_an_unknown_backend_is_named():
 
     with pytest.raises(PlaitError, match="unknown backend 'dask'"):
         open_backend("dask")
+
+
+@pytest.mark.ray
+async def test_a_kept_result_is_recorded_by_summary_and_made_again_on_resume(
+    ray_backend: Backend, tmp_path: Path
+):
+    from plait import aexecute, open_store
+    from plait.runlog import Restored
+
+    n = 2 * 2**20
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = await aexecute(
+        f"1. blob({n})\n2. length($1)\n",
+        tools=TOOLS,
+        backend=ray_backend,
+        store=store,
+        run_id="kept",
+    )
+    summary = {"$remote": {"remote": "bytes", "bytes": n}}
+    assert [t["result"] for t in result.to_dict()["tasks"]] == [summary, n]
+    opened = open_store(store)
+    try:
+        records = list(opened.records("kept"))
+    finally:
+        opened.close()
+    restored = Restored(records)
+    # The value lived in the cluster, not in the store: a resume runs task 1 again (and so
+    # task 2 too, whose recorded result only stands on inputs restored with it).
+    assert restored.tasks[1][1] is None
+    assert restored.tasks[2][1] is not None and restored.tasks[2][1].result == n

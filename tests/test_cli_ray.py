@@ -12,7 +12,11 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from plait import open_store
+
+pytestmark = pytest.mark.ray
 
 GATED_TOOLS = """
 import os

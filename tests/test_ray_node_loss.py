@@ -12,9 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from plait import aexecute, open_store
 from plait.backends.ray import RayBackend
 from plait.tools import tool
+
+pytestmark = pytest.mark.ray
 
 CALLS = 8
 
