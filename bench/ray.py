@@ -78,29 +78,29 @@ def echo(i: int) -> int:
 
 
 def calibrate(ms: float) -> int:
-    """Loops of `burn` that take about `ms` milliseconds here (best of a few timings)."""
+    """Loops of `burn` that take about `ms` milliseconds here: the fastest of several
+    timings (the others are the machine's noise), refined twice."""
     loops = 100_000
-    while True:
-        start = time.perf_counter()
-        burn(loops)
-        if time.perf_counter() - start > 0.05:
-            break
+    while burn_time(loops) < 0.02:
         loops *= 2
-    per_loop = min(_time(lambda: burn(loops)) for _ in range(5)) / loops
-    return max(1, round(ms / 1000 / per_loop))
+    for _ in range(3):
+        took = min(burn_time(loops) for _ in range(7))
+        loops = max(1, round(loops * ms / 1000 / took))
+    return loops
 
 
-def _time(fn: Callable[[], object]) -> float:
+def burn_time(loops: int) -> float:
     start = time.perf_counter()
-    fn()
+    burn(loops)
     return time.perf_counter() - start
 
 
-async def timed(run: Callable[[], Awaitable[object]]) -> tuple[float, object]:
+async def timed(run: Callable[[], Awaitable[object]]) -> tuple[float, float, object]:
+    """Wall time, this process's CPU time, and what `run` returned."""
     gc.collect()
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     out = await run()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 async def run_plan(plan: str, tool: plait.Tool, backend: object, n: int) -> plait.RunResult:
@@ -115,21 +115,21 @@ def fmt(times: list[float]) -> str:
 
 
 async def cpu_bound(backend: RayBackend, calls: int, ms: float, repeat: int) -> None:
-    loops = calibrate(ms)
-    one = min(_time(lambda: burn(loops)) for _ in range(3))
-    plan = "".join(f"{i}. spin({i}, {loops})\n" for i in range(1, calls + 1))
-    warm = "".join(f"{i}. spin({i}, {loops})\n" for i in range(1, 9))
+    warm = "".join(f"{i}. spin({i}, 100000)\n" for i in range(1, 9))
     await run_plan(warm, spin, None, 8)
-    await run_plan(warm, spin, backend, 8)
+    await run_plan(warm, spin, backend, 8)  # the workers are up before calibrating
+    loops = calibrate(ms)
+    one = min(burn_time(loops) for _ in range(7))
+    plan = "".join(f"{i}. spin({i}, {loops})\n" for i in range(1, calls + 1))
     local: list[float] = []
     remote: list[float] = []
     nodes: set[str] = set()
     for _ in range(repeat):
-        t, _ = await timed(lambda: run_plan(plan, spin, None, calls))
+        t, _, _ = await timed(lambda: run_plan(plan, spin, None, calls))
         local.append(t)
-        t, result = await timed(lambda: run_plan(plan, spin, backend, calls))
+        t, _, result = await timed(lambda: run_plan(plan, spin, backend, calls))
         remote.append(t)
-        nodes |= {task.result for task in result.tasks}  # type: ignore[attr-defined]
+        nodes |= {task.result for task in result.tasks}
     serial = calls * one
     print(f"CPU-bound: {calls} independent calls of a {one * 1000:.1f} ms pure-Python busy loop")
     print(f"  ({loops:,} loops; {serial:.2f} s of work), best of {repeat} (interleaved)")
@@ -152,17 +152,20 @@ async def overhead(backend: RayBackend, n: int, repeat: int) -> None:
     for _ in range(2):  # warm-up: worker processes, function export, both paths
         await bare_run()
         await run_plan(plan, echo, backend, n)
-    ours: list[float] = []
-    base: list[float] = []
+    ours: list[tuple[float, float]] = []
+    base: list[tuple[float, float]] = []
     for _ in range(repeat):
-        base.append((await timed(bare_run))[0])
-        ours.append((await timed(lambda: run_plan(plan, echo, backend, n)))[0])
+        base.append((await timed(bare_run))[:2])
+        ours.append((await timed(lambda: run_plan(plan, echo, backend, n)))[:2])
     print(f"\noverhead: {n:,} trivial calls, best of {repeat} (interleaved)")
-    print(f"  bare ray.remote    {min(base):7.3f} s  {n / min(base):7,.0f} tasks/s   "
-          f"(runs: {', '.join(f'{t:.3f}' for t in base)})")  # fmt: skip
-    print(f"  plait ray backend  {min(ours):7.3f} s  {n / min(ours):7,.0f} tasks/s   "
-          f"(runs: {', '.join(f'{t:.3f}' for t in ours)})")  # fmt: skip
-    print(f"  plait ÷ bare Ray   {min(ours) / min(base):5.2f} ×   (target ≤ 1.5×)")
+    for label, times in (("bare ray.remote", base), ("plait ray backend", ours)):
+        wall, cpu = min(t for t, _ in times), min(c for _, c in times)
+        print(f"  {label:<18} {wall:6.3f} s  {n / wall:6,.0f} tasks/s  "
+              f"driver CPU {cpu / n * 1e6:4.0f} µs/task   "
+              f"(runs: {', '.join(f'{t:.3f}' for t, _ in times)})")  # fmt: skip
+    ratio = min(t for t, _ in ours) / min(t for t, _ in base)
+    cpu_ratio = min(c for _, c in ours) / min(c for _, c in base)
+    print(f"  plait ÷ bare Ray   {ratio:5.2f} ×   (target ≤ 1.5×; driver CPU {cpu_ratio:.2f} ×)")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -182,7 +185,7 @@ if __name__ == "__main__":
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, best taken")
     args = ap.parse_args()
     if not LOOPBACK_ONLY:
-        print("warning: not root, so no loopback-only network namespace: Ray may use this "
+        print("warning: no loopback-only network namespace (needs root): Ray may use this "
               "machine's own address rather than 127.0.0.1", file=sys.stderr)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="plait-ray-") as tmp:
         cluster = RayCluster(Path(tmp), head_cpus=1, node_cpus=1)

@@ -175,3 +175,20 @@ def test_an_unknown_backend_is_a_usage_error(example_plan, example_tools):
     out = plait("exec", example_plan, "--tools", example_tools, "--backend", "dask")
     assert out.returncode == 2
     assert "'dask' is not one of 'local', 'ray'" in out.stderr
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_what_tools_print_never_reaches_stdout(ray_cluster, tmp_path, backend):
+    tools = tmp_path / "noisy.py"
+    tools.write_text(
+        "import plait\n\n@plait.tool\ndef noisy(n: int) -> int:\n"
+        "    print('chatter', n, flush=True)\n    return n\n"
+    )
+    plan = tmp_path / "p.plan"
+    plan.write_text("".join(f"{i}. noisy({i})\n" for i in range(1, 9)))
+    out = plait("exec", plan, "--tools", tools, "--json", "--backend", backend)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)  # exactly one JSON value: no chatter in it
+    assert [t["result"] for t in result["tasks"]] == list(range(1, 9))
+    if backend == "local":
+        assert "chatter 1" in out.stderr

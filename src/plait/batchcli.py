@@ -9,6 +9,7 @@ its item done again). Exit 0 when every item is done, 1 when some failed, 130 in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -72,7 +73,8 @@ def run_batch(
 
     try:
         try:
-            asyncio.run(main())
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is for the summary
+                asyncio.run(main())
         finally:
             progress.stop()
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ the answer to stdout, so `plait run ... > answer.txt` does what it says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
@@ -347,7 +348,10 @@ def _drive(start: Any, as_json: bool, trace_path: str | None, store: str | None 
 
     try:
         try:
-            result = asyncio.run(start(on_event))
+            # stdout is the answer's (or the one JSON object's): what tools print while the
+            # run goes, here or forwarded from Ray workers, goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                result = asyncio.run(start(on_event))
         finally:
             if view is not None:
                 view.stop()
