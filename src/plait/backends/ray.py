@@ -90,7 +90,8 @@ class RayBackend:
             _cancel(meta_ref)
             raise
         except rex.TaskCancelledError:
-            raise asyncio.CancelledError from None
+            # Not by us (that raised CancelledError above): the call failed, the run goes on.
+            raise RuntimeError("the call was cancelled on the cluster") from None
         except rex.RayTaskError as e:
             raise _cause(e) from None
         except _LOST as e:
@@ -289,11 +290,10 @@ def _cancel(ref: Any) -> None:
 
 
 def _cause(e: rex.RayTaskError) -> BaseException:
-    """The tool's own exception, as it raised it in the worker."""
+    """The tool's own exception, as it raised it in the worker (a KeyboardInterrupt or
+    SystemExit there is a failed call here, never this process's own interrupt)."""
     cause = getattr(e, "cause", None)
-    if isinstance(cause, KeyboardInterrupt):
-        return asyncio.CancelledError()
-    if isinstance(cause, BaseException):
+    if isinstance(cause, Exception):
         return cause
     return RuntimeError(_first_line(e))
 
