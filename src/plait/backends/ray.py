@@ -20,6 +20,7 @@ latest cluster started on this machine, else a new local one, which `aclose` sto
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -32,9 +33,8 @@ from collections.abc import Mapping
 from typing import Any
 
 try:
-    import ray.exceptions as rex
-
     import ray
+    import ray.exceptions as rex
     from ray import cloudpickle
 except ImportError as e:  # pragma: no cover - depends on the extra
     from ..errors import PlaitError
@@ -72,20 +72,23 @@ class RayBackend:
         self._actors: dict[int, Any] = {}  # id(tool) -> its actor, for stateful tools
         self._checked: set[int] = set()  # tools whose resources some node has
         self._tools: dict[int, Tool] = {}  # keeps the ids above from being reused
+        self._completions: _Completions | None = None
 
     async def call(self, tool: Tool, arguments: dict[str, Any]) -> Any:
         self._check_resources(tool)
         template, refs = _split(arguments)
-        check = bool(refs)  # the driver could not validate what it has not seen
-        context = current_task()
+        ctx = current_task()
+        # Few, plain arguments: Ray serializes each one separately on every call.
+        context = (ctx.run_id, ctx.task_id, ctx.attempt) if ctx is not None else None
         if tool.stateful:
             method = self._actor(tool).call.options(num_returns=2)
-            meta_ref, value_ref = method.remote(template, context, check, self.inline_bytes, *refs)
+            meta_ref, value_ref = method.remote(template, context, *refs)
         else:
-            remote = self._task(tool)
-            meta_ref, value_ref = remote.remote(template, context, check, self.inline_bytes, *refs)
+            meta_ref, value_ref = self._task(tool).remote(template, context, *refs)
+        if self._completions is None:
+            self._completions = _Completions(asyncio.get_running_loop())
         try:
-            meta = await meta_ref
+            meta = await self._completions.watch(meta_ref)
         except asyncio.CancelledError:
             _cancel(meta_ref)
             raise
@@ -117,8 +120,10 @@ class RayBackend:
         if remote is None:
             _ship(tool)
 
+            inline_bytes = self.inline_bytes
+
             def run(*args: Any) -> tuple[Any, Any]:
-                return _serve(tool, *args)
+                return _serve(tool, inline_bytes, *args)
 
             run.__name__ = run.__qualname__ = tool.name
             # max_retries=0: a lost call comes back to the scheduler, which records its retry.
@@ -137,10 +142,8 @@ class RayBackend:
                 "max_concurrency": tool.max_concurrency or 1,
                 "max_restarts": -1,  # a lost node's actor starts again elsewhere
                 "max_task_retries": 0,  # and the call is retried by the scheduler
-                "name": None,
             }
-            options.pop("name")
-            actor = ray.remote(_Host).options(**options).remote(tool)
+            actor = ray.remote(_Host).options(**options).remote(tool, self.inline_bytes)
             self._actors[id(tool)] = actor
             self._tools[id(tool)] = tool
         return actor
@@ -161,26 +164,63 @@ class RayBackend:
 class _Host:
     """The actor of a stateful tool: one process that keeps the tool's state between calls."""
 
-    def __init__(self, tool: Tool) -> None:
+    def __init__(self, tool: Tool, inline_bytes: int) -> None:
         self.tool = tool
+        self.inline_bytes = inline_bytes
 
     def call(self, *args: Any) -> tuple[Any, Any]:
-        return _serve(self.tool, *args)
+        return _serve(self.tool, self.inline_bytes, *args)
+
+
+class _Completions:
+    """Hands finished Ray calls to the event loop, waking it once per burst of them.
+
+    Awaiting each ObjectRef wakes the loop once per call from Ray's thread, which costs
+    more than the rest of a trivial call; here a burst of completions is one wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+
+    def watch(self, ref: Any) -> asyncio.Future[Any]:
+        waiter = self._loop.create_future()
+        ref.future().add_done_callback(lambda f: self._finished(waiter, f))
+        return waiter
+
+    def _finished(self, waiter: asyncio.Future[Any], f: concurrent.futures.Future[Any]) -> None:
+        with self._lock:  # in Ray's thread
+            self._done.append((waiter, f))
+            first = len(self._done) == 1
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for waiter, f in done:
+            if waiter.cancelled():
+                continue
+            error = f.exception()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(f.result())
 
 
 def _serve(
     tool: Tool,
-    template: Any,
-    context: TaskContext | None,
-    check: bool,
     inline_bytes: int,
+    template: Any,
+    context: tuple[str, int, int] | None,
     *values: Any,
 ) -> tuple[Any, Any]:
     """One call, in a Ray worker: fill in the values Ray fetched, validate, call, pack."""
-    arguments = _fill(template, values) if values else template
-    if check:
-        arguments = tool.validate(arguments)
-    with serving(context):
+    arguments = template
+    if values:  # the driver could not validate what it had not seen
+        arguments = tool.validate(_fill(template, values))
+    with serving(TaskContext(*context) if context is not None else None):
         result = tool.invoke(arguments)
         if inspect.isawaitable(result):
             result = asyncio.run(_wait(result))

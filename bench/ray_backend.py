@@ -17,7 +17,7 @@ node, each `--num-cpus=1` for the 2-core machine), joins it, and stops it at the
 Each figure is the best of `--repeat` (3) runs, plait and its baseline interleaved; only the
 ratios are meant to carry over to another machine.
 
-    python bench/ray.py [--calls 400] [--trivial 2000] [--ms 50] [--repeat 3]
+    python bench/ray_backend.py [--calls 400] [--trivial 2000] [--ms 50] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# This file is named ray.py: with its own directory on sys.path, `import ray` would import it
-# (and Ray would put that directory on its workers' paths too). The cluster helper is the
-# tests' own.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+# The cluster helper is the tests' own.
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from raycluster import RayCluster, loopback_only  # noqa: E402
@@ -51,8 +48,9 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
-import plait  # noqa: E402
 import ray  # noqa: E402
+
+import plait  # noqa: E402
 from plait.backends.ray import RayBackend  # noqa: E402
 
 
