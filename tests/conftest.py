@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,11 @@ from pgserver import missing_postgres, postgres_server
 from raycluster import RayCluster, loopback_only
 
 LOOPBACK_ONLY = loopback_only()
+# Started in the background by a non-interactive shell, this process inherits SIGINT
+# ignored, and so would every `plait` and Ray process the tests start: the Ctrl-C tests,
+# and Ray's cancellation (a KeyboardInterrupt in the worker), would test nothing.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # The test Ray cluster's token. Ray reads it when first imported, so it is set before any
 # test imports Ray; the cluster's processes and every driver the tests start inherit it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
