@@ -190,5 +190,5 @@ def test_what_tools_print_never_reaches_stdout(ray_cluster, tmp_path, backend):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)  # exactly one JSON value: no chatter in it
     assert [t["result"] for t in result["tasks"]] == list(range(1, 9))
-    if backend == "local":
-        assert "chatter 1" in out.stderr
+    if backend == "local":  # threads print at once: their words may interleave
+        assert out.stderr.count("chatter") == 8
