@@ -78,13 +78,13 @@ class RayBackend:
         self._check_resources(tool)
         template, refs = _split(arguments)
         ctx = current_task()
-        # Few, plain arguments: Ray serializes each one separately on every call.
-        context = (ctx.run_id, ctx.task_id, ctx.attempt) if ctx is not None else None
+        # One plain argument (and the refs): Ray serializes each one separately, every call.
+        call = (template, (ctx.run_id, ctx.task_id, ctx.attempt) if ctx is not None else None)
         if tool.stateful:
             method = self._actor(tool).call.options(num_returns=2)
-            meta_ref, value_ref = method.remote(template, context, *refs)
+            meta_ref, value_ref = method.remote(call, *refs)
         else:
-            meta_ref, value_ref = self._task(tool).remote(template, context, *refs)
+            meta_ref, value_ref = self._task(tool).remote(call, *refs)
         if self._completions is None:
             self._completions = _Completions(asyncio.get_running_loop())
         try:
@@ -181,16 +181,20 @@ class _Completions:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+        self._done: list[tuple[asyncio.Future[Any], Any]] = []
 
     def watch(self, ref: Any) -> asyncio.Future[Any]:
         waiter = self._loop.create_future()
-        ref.future().add_done_callback(lambda f: self._finished(waiter, f))
+        on_completed = getattr(ref, "_on_completed", None)
+        if on_completed is not None:  # what ref.future() uses, without a Future per call
+            on_completed(lambda outcome: self._finished(waiter, outcome))
+        else:
+            ref.future().add_done_callback(lambda f: self._finished(waiter, _outcome(f)))
         return waiter
 
-    def _finished(self, waiter: asyncio.Future[Any], f: concurrent.futures.Future[Any]) -> None:
+    def _finished(self, waiter: asyncio.Future[Any], outcome: Any) -> None:
         with self._lock:  # in Ray's thread
-            self._done.append((waiter, f))
+            self._done.append((waiter, outcome))
             first = len(self._done) == 1
         if first:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
@@ -199,24 +203,29 @@ class _Completions:
     def _drain(self) -> None:
         with self._lock:
             done, self._done = self._done, []
-        for waiter, f in done:
+        for waiter, outcome in done:
             if waiter.cancelled():
                 continue
-            error = f.exception()
-            if error is not None:
-                waiter.set_exception(error)
+            # A call's result is always a tuple (see _serve); anything else is Ray's error.
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
             else:
-                waiter.set_result(f.result())
+                waiter.set_result(outcome)
+
+
+def _outcome(f: concurrent.futures.Future[Any]) -> Any:
+    error = f.exception()
+    return error if error is not None else f.result()
 
 
 def _serve(
     tool: Tool,
     inline_bytes: int,
-    template: Any,
-    context: tuple[str, int, int] | None,
+    call: tuple[Any, tuple[str, int, int] | None],
     *values: Any,
 ) -> tuple[Any, Any]:
     """One call, in a Ray worker: fill in the values Ray fetched, validate, call, pack."""
+    template, context = call
     arguments = template
     if values:  # the driver could not validate what it had not seen
         arguments = tool.validate(_fill(template, values))
