@@ -121,6 +121,18 @@ def counter(after: Any = None) -> list[int]:
     return [_count, os.getpid()]
 
 
+_hung = 0
+
+
+@tool(stateful=True, timeout=1.0)
+def hang(seconds: float) -> int:
+    """Sleeps in its actor; returns how many calls this actor has served."""
+    global _hung
+    _hung += 1
+    time.sleep(seconds)
+    return _hung
+
+
 @tool
 def blob(n: int) -> bytes:
     return b"x" * n
@@ -153,7 +165,7 @@ def needs_gpu() -> str:
 TOOLS = Tools(
     [gate, echo, add, async_add, occupy, slow, flaky, boom, whoami, counter, blob, length, node]
 )
-TOOLS = Tools([*TOOLS.values(), on_node_b, needs_gpu])
+TOOLS = Tools([*TOOLS.values(), on_node_b, needs_gpu, hang])
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -407,3 +419,58 @@ async def test_a_kept_result_is_recorded_by_summary_and_made_again_on_resume(
     # task 2 too, whose recorded result only stands on inputs restored with it).
     assert restored.tasks[1][1] is None
     assert restored.tasks[2][1] is not None and restored.tasks[2][1].result == n
+
+
+@pytest.mark.ray
+async def test_a_kept_result_inside_text_fails_the_call_by_name(ray_backend: Backend):
+    _, log = await run_plan(ray_backend, f'1. blob({2 * 2**20})\n2. echo("got $1")\n')
+    error = finished(log)[2].error
+    assert error is not None and "$1 is kept on the cluster" in error
+    assert "pass it whole" in error
+
+
+@pytest.mark.ray
+async def test_a_stateful_call_that_timed_out_gives_way_to_a_new_actor(ray_backend: Backend):
+    _, log = await run_plan(ray_backend, "1. hang(30)\n")
+    assert finished(log)[1].error == "timed out after 1s"
+    s, _ = await run_plan(ray_backend, "1. hang(0.01)\n")
+    assert s.results == {1: 1}  # a fresh actor, not the one still busy for 30 s
+
+
+@pytest.mark.ray
+def test_one_backend_serves_runs_on_different_event_loops(ray_driver: Any):
+    from plait import execute
+    from plait.backends.ray import RayBackend
+
+    backend = RayBackend()
+    try:
+        for _ in range(2):
+            result = execute("1. add(1, 2)\n2. add($1, 3)\n", tools=TOOLS, backend=backend)
+            assert result.status == "done", result.error
+    finally:
+        asyncio.run(backend.aclose())
+
+
+def test_the_last_backend_to_close_shuts_down_the_connection_plait_opened(monkeypatch):
+    ray_module = pytest.importorskip("plait.backends.ray")
+    state = {"up": False, "inits": 0, "shutdowns": 0}
+
+    def init(address: Any) -> None:
+        state["up"] = True
+        state["inits"] += 1
+
+    def shutdown() -> None:
+        state["up"] = False
+        state["shutdowns"] += 1
+
+    monkeypatch.setattr(ray_module, "_init", init)
+    monkeypatch.setattr(ray_module.ray, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(ray_module.ray, "shutdown", shutdown)
+    monkeypatch.setattr(ray_module, "_users", 0)
+    monkeypatch.setattr(ray_module, "_ours", False)
+    first, second = ray_module.RayBackend(), ray_module.RayBackend()
+    asyncio.run(first.aclose())
+    assert state == {"up": True, "inits": 1, "shutdowns": 0}  # the second still runs on it
+    asyncio.run(second.aclose())
+    asyncio.run(second.aclose())  # closing twice is harmless
+    assert state == {"up": False, "inits": 1, "shutdowns": 1}

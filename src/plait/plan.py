@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends.base import Remote
 from .errors import PlanError
 
 END_OF_PLAN = "<END_OF_PLAN>"
@@ -152,7 +153,14 @@ def resolve(value: Any, results: Mapping[int, Any]) -> Any:
 
         def sub(m: re.Match[str]) -> str:
             k = int(m.group(1) or m.group(2))
-            return result_text(results[k]) if k in results else m.group(0)
+            if k not in results:
+                return m.group(0)
+            if isinstance(results[k], Remote):  # its text would be its description, not it
+                raise ValueError(
+                    f"${k} is kept on the cluster ({results[k]!r}): pass it whole, "
+                    "not inside text"
+                )
+            return result_text(results[k])
 
         return _REF.sub(sub, value)
     if isinstance(value, list):

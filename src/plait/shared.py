@@ -73,7 +73,7 @@ class SharedCalls:
             if not found:
                 self.executed += 1
                 value = await run()
-                if self.cache is not None:
+                if self.cache is not None and not getattr(value, "kept", False):
                     await self.cache.put(key, value)
         except BaseException as e:
             future.set_exception(_Abandoned() if isinstance(e, asyncio.CancelledError) else e)
@@ -82,6 +82,8 @@ class SharedCalls:
         finally:
             del self._flying[key]
         future.set_result(value)
+        if getattr(value, "kept", False):
+            return value  # a Remote pins cluster memory: share it in flight only, never keep it
         self._done[key] = value
         if len(self._done) > self.size:
             self._done.popitem(last=False)

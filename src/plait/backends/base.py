@@ -39,6 +39,7 @@ class Remote:
     """
 
     __slots__ = ("_fetch", "kind", "nbytes", "ref")
+    kept = True  # for code that must not hold on to it (shared calls)
 
     def __init__(self, ref: Any, kind: str, nbytes: int, fetch: Callable[[Any], Any]) -> None:
         self.ref = ref

@@ -6,7 +6,8 @@ backend's. What Ray adds:
 
 - CPU-bound pure-Python tools run in parallel, in worker processes across the cluster,
   each call with the resources its tool asks for (`@tool(resources=...)`).
-- A timed-out or cancelled call is stopped: `ray.cancel` interrupts the worker.
+- A timed-out or cancelled call is stopped: `ray.cancel` interrupts the worker. A call on
+  an actor cannot be interrupted, so that actor is killed and a new one takes later calls.
 - A result larger than `inline_bytes` stays in Ray's object store as a `Remote`; a later
   call that takes it gets the value on its own node, never through the driver.
 - A call whose worker or node died raises `WorkerLost` here, so the scheduler runs it
@@ -14,7 +15,8 @@ backend's. What Ray adds:
   that reason: a retry nobody records is a retry a resume cannot account for.
 
 The cluster is the one Ray's convention names: `address=`, else `$RAY_ADDRESS`, else the
-latest cluster started on this machine, else a new local one, which `aclose` stops.
+latest cluster started on this machine, else a new local one. The process's connection is
+shared by its backends; the last one to close shuts it down if plait opened it.
 """
 
 from __future__ import annotations
@@ -59,15 +61,39 @@ _LOST: tuple[type[BaseException], ...] = (
 )
 
 
+# This process's connection to Ray, shared by every RayBackend in it: ray.init is once per
+# process, so the last backend to close shuts down a connection that plait opened (and none
+# that the user opened), never one another run still uses.
+_lock = threading.Lock()
+_users = 0
+_ours = False
+
+
+def _connect(address: str | None) -> None:
+    global _users, _ours
+    with _lock:
+        if not ray.is_initialized():
+            _init(address)
+            _ours = True
+        _users += 1
+
+
+def _disconnect() -> None:
+    global _users, _ours
+    with _lock:
+        _users -= 1
+        if _users == 0 and _ours:
+            _ours = False
+            ray.shutdown()
+
+
 class RayBackend:
     name = "ray"
 
     def __init__(self, address: str | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
         self.inline_bytes = inline_bytes
-        self._started = False
-        if not ray.is_initialized():
-            _init(address)
-            self._started = True
+        _connect(address)
+        self._open = True
         self._tasks: dict[int, Any] = {}  # id(tool) -> its remote function
         self._actors: dict[int, Any] = {}  # id(tool) -> its actor, for stateful tools
         self._checked: set[int] = set()  # tools whose resources some node has
@@ -85,33 +111,50 @@ class RayBackend:
             meta_ref, value_ref = method.remote(call, *refs)
         else:
             meta_ref, value_ref = self._task(tool).remote(call, *refs)
-        if self._completions is None:
-            self._completions = _Completions(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if self._completions is None or self._completions.loop is not loop:
+            self._completions = _Completions(loop)  # one backend may serve several loops
         try:
             meta = await self._completions.watch(meta_ref)
         except asyncio.CancelledError:
             _cancel(meta_ref)
+            if tool.stateful:
+                # A running actor call cannot be stopped; a new actor takes the next calls.
+                self._retire(tool)
+            _handled(value_ref)
             raise
         except rex.TaskCancelledError:
             # Not by us (that raised CancelledError above): the call failed, the run goes on.
+            _handled(value_ref)
             raise RuntimeError("the call was cancelled on the cluster") from None
         except rex.RayTaskError as e:
+            _handled(value_ref)
             raise _cause(e) from None
         except _LOST as e:
+            _handled(value_ref)
             raise WorkerLost(_first_line(e)) from None
         if meta[0] == "value":
             return meta[1]
         return Remote(value_ref, meta[1], meta[2], ray.get)
 
     async def aclose(self) -> None:
+        if not self._open:
+            return
+        self._open = False
         actors, self._actors = list(self._actors.values()), {}
         for actor in actors:
-            ray.kill(actor)
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
         self._tasks.clear()
         self._tools.clear()
-        if self._started:
-            self._started = False
-            await asyncio.to_thread(ray.shutdown)
+        self._completions = None
+        await asyncio.to_thread(_disconnect)
+
+    def _retire(self, tool: Tool) -> None:
+        actor = self._actors.pop(id(tool), None)
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
 
     # per tool ----------------------------------------------------------------------------
 
@@ -179,12 +222,12 @@ class _Completions:
     more than the rest of a trivial call; here a burst of completions is one wake-up."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._lock = threading.Lock()
         self._done: list[tuple[asyncio.Future[Any], Any]] = []
 
     def watch(self, ref: Any) -> asyncio.Future[Any]:
-        waiter = self._loop.create_future()
+        waiter = self.loop.create_future()
         on_completed = getattr(ref, "_on_completed", None)
         if on_completed is not None:  # what ref.future() uses, without a Future per call
             on_completed(lambda outcome: self._finished(waiter, outcome))
@@ -198,7 +241,7 @@ class _Completions:
             first = len(self._done) == 1
         if first:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                self._loop.call_soon_threadsafe(self._drain)
+                self.loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         with self._lock:
@@ -338,10 +381,24 @@ def _cancel(ref: Any) -> None:
         ray.cancel(ref, force=False)
 
 
+def _handled(ref: Any) -> None:
+    """Read a call's second return, which carries the same error, so Ray does not print it
+    again as an unhandled error when it is freed."""
+    on_completed = getattr(ref, "_on_completed", None)
+    if on_completed is not None:
+        with contextlib.suppress(Exception):
+            on_completed(lambda _: None)
+
+
 def _cause(e: rex.RayTaskError) -> BaseException:
     """The tool's own exception, as it raised it in the worker (a KeyboardInterrupt or
     SystemExit there is a failed call here, never this process's own interrupt)."""
     cause = getattr(e, "cause", None)
+    if isinstance(cause, rex.ObjectLostError):
+        return RuntimeError(
+            "an input kept on the cluster was lost with its node "
+            f"({_first_line(cause)}); a resume makes it again"
+        )
     if isinstance(cause, Exception):
         return cause
     return RuntimeError(_first_line(e))
