@@ -157,8 +157,7 @@ def resolve(value: Any, results: Mapping[int, Any]) -> Any:
                 return m.group(0)
             if isinstance(results[k], Remote):  # its text would be its description, not it
                 raise ValueError(
-                    f"${k} is kept on the cluster ({results[k]!r}): pass it whole, "
-                    "not inside text"
+                    f"${k} is kept on the cluster ({results[k]!r}): pass it whole, not inside text"
                 )
             return result_text(results[k])
 
