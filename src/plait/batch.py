@@ -11,15 +11,23 @@ What the runs share:
 Items are read lazily and at most `concurrency` runs (and as many finished results waiting
 to be read) exist at once, so memory stays bounded however long the input is. A query that
 fails is reported and the batch goes on. With a store, each item is its own run,
-`RUN_ID:ITEM_ID`: a batch started again with the same run id resumes the items it had begun
-and reads back those it had finished; `skip` names items to leave out (the CLI passes the
-ids already in its output file).
+`RUN_ID:ITEM` (ITEM is `item_key(id)`): a batch started again with the same run id resumes
+the items it had begun and reads back those it had finished, and a stored run asked another
+question is an error for its item, never its answer. `skip` names items to leave out and
+`skip_positions` bad lines already reported (the CLI passes what is in its output file).
+
+An item is known by its id's JSON form, so `1` and `"1"` are two items; an id seen twice in
+one input is an error for the later item, never a silent merge. An input that is not a
+valid item is reported with its position (`bad_line` in the output), so a batch run again
+need not redo it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -53,9 +61,12 @@ class BatchResult:
     usage: Usage = field(default_factory=Usage)
     fields: dict[str, Any] = field(default_factory=dict)  # the item's other fields, kept
     run: RunResult | None = None
+    # The input position (the CLI's line number) of an input that is not a valid item, or
+    # repeats an id: what a batch run again skips it by. None for items.
+    line: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             **self.fields,
             "id": self.id,
             "status": self.status,
@@ -66,6 +77,9 @@ class BatchResult:
                 "completion_tokens": self.usage.completion_tokens,
             },
         }
+        if self.line is not None:
+            out["bad_line"] = self.line
+        return out
 
 
 @dataclass(slots=True)
@@ -102,6 +116,21 @@ class BadItem(ValueError):
     pass
 
 
+BLANK: Any = object()  # what a reader yields for a line that holds no item: not counted
+
+
+def item_key(item_id: Any) -> str:
+    """An item id as text, one to one: a string that is not itself JSON stays as it is
+    (`q7`), anything else is its canonical JSON (`1`, `"1"`, `true`). Runs (`BATCH:KEY`),
+    skipping and duplicate checks all go by it, so `1` and `"1"` are never one item."""
+    if isinstance(item_id, str):
+        try:
+            json.loads(item_id)
+        except (ValueError, RecursionError):
+            return item_id
+    return json.dumps(item_id, sort_keys=True, ensure_ascii=False)
+
+
 def item_parts(item: Any, where: str) -> tuple[Any, str, dict[str, Any]]:
     """(id, question, other fields) of an input item; BadItem naming what is wrong.
 
@@ -113,6 +142,8 @@ def item_parts(item: Any, where: str) -> tuple[Any, str, dict[str, Any]]:
         raise BadItem(f"{where}: an item must be a JSON object, not {type(item).__name__}")
     if "id" not in item:
         raise BadItem(f"{where}: no 'id'")
+    if item["id"] is None:
+        raise BadItem(f"{where}: 'id' is null; give every item an id")
     question = item.get("question")
     if not isinstance(question, str) or not question.strip():
         raise BadItem(f"{where}: 'question' must be a non-empty string")
@@ -129,6 +160,8 @@ async def abatch(
     store: Store | str | None = None,
     run_id: str | None = None,
     skip: Iterable[Any] = (),
+    skip_positions: Iterable[int] = (),
+    label: str = "item",
     max_replans: int = 2,
     base_url: str | None = None,
     examples: str | None = None,
@@ -141,8 +174,12 @@ async def abatch(
     """Answer every item's question; yield each result as it completes (not in input order).
 
     An item is a dict with `id` and `question`; its other fields come back in `fields`. An
-    item that is not one is yielded as failed, with the reason, and the batch goes on.
-    Breaking out of the loop cancels the runs in flight (with a store, they resume later).
+    item that is not one, or repeats an id, is yielded as failed with the reason and its
+    position (`line`; `bad_line` in its dict), and the batch goes on. Positions count from
+    1 and `label` names them in messages ("item 3"; the CLI says "FILE line 3"); a reader
+    yields `BLANK` for a line with no item. `skip` are ids and `skip_positions` positions to
+    leave out. Breaking out of the loop cancels the runs in flight (with a store, they
+    resume later).
 
     `llm_slots` bounds the model calls in flight (a server's slots: 1 for llama-cpp-python's
     server); queued calls then go out in `order`: "prefix" (the call sharing the longest
@@ -158,7 +195,8 @@ async def abatch(
     llm = SharedLLM(inner)
     batch_id = run_id or uuid.uuid4().hex[:12]
     stats = stats if stats is not None else BatchStats()
-    skipped = {str(i) for i in skip}
+    skipped = {item_key(i) for i in skip}
+    skipped_positions = set(skip_positions)
     opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
     calls = SharedCalls(cache=StoredCalls(opened, batch_id) if opened is not None else None)
     backends = contextlib.AsyncExitStack()
@@ -171,18 +209,27 @@ async def abatch(
     shared = api.Sharing(calls, tool_limits(registry), run_on)
     results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
 
-    async def one(index: int, item: Any) -> None:
+    async def bad(index: int, item: Any, error: str) -> None:
+        bad_id = item.get("id") if isinstance(item, dict) else None
+        stats.failed += 1
+        await results.put(BatchResult(bad_id, "failed", error=error, line=index))
+
+    async def one(index: int, item: Any, repeated: str | None) -> None:
+        where = f"{label} {index}"
         try:
-            item_id, question, fields = item_parts(item, f"item {index}")
+            item_id, question, fields = item_parts(item, where)
         except BadItem as e:
-            bad_id = item.get("id") if isinstance(item, dict) else None
-            stats.failed += 1
-            await results.put(BatchResult(bad_id, "failed", error=str(e)))
+            await bad(index, item, str(e))
+            return
+        if repeated is not None:
+            await bad(index, item, repeated)
             return
         stats.running += 1
         try:
-            run = await _answer(question, item_id)
+            run = await _answer(question, item_id, where)
             out = BatchResult(item_id, run.status, run.answer, run.error, run.usage, fields, run)
+        except BadItem as e:
+            out = BatchResult(item_id, "failed", None, str(e), Usage(), fields)
         except Exception as e:  # a query that cannot even start never stops the batch
             out = BatchResult(item_id, "failed", None, _one_line(e), Usage(), fields)
         finally:
@@ -195,7 +242,7 @@ async def abatch(
         stats.usage = stats.usage + out.usage
         await results.put(out)
 
-    async def _answer(question: str, item_id: Any) -> RunResult:
+    async def _answer(question: str, item_id: Any, where: str) -> RunResult:
         counted = _counter(stats)
         token = api.sharing.set(shared)
         try:
@@ -209,8 +256,14 @@ async def abatch(
                     retry=retry,
                     on_event=counted,
                 )
-            query_run = f"{batch_id}:{item_id}"
-            if await asyncio.to_thread(opened.get, query_run) is not None:
+            query_run = f"{batch_id}:{item_key(item_id)}"
+            info = await asyncio.to_thread(opened.get, query_run)
+            if info is not None:
+                if info.kind != "question" or info.source != question:
+                    raise BadItem(
+                        f"{where}: run {query_run} in the store was asked another question; "
+                        "give the batch another run id, or the item another id"
+                    )
                 return await api.aresume(
                     query_run, tools=registry, store=opened, model=llm, on_event=counted
                 )
@@ -231,19 +284,31 @@ async def abatch(
     async def drive() -> None:
         slots = asyncio.Semaphore(concurrency)
 
-        async def slot(index: int, item: Any) -> None:
+        async def slot(index: int, item: Any, repeated: str | None = None) -> None:
             try:
-                await one(index, item)
+                await one(index, item, repeated)
             finally:
                 slots.release()
+
+        first: dict[bytes, int] = {}  # digest of each id's key -> its first position
 
         try:
             async with asyncio.TaskGroup() as group:
                 index = 0
                 async for item in _aiter(items):
                     index += 1
-                    if isinstance(item, dict) and str(item.get("id")) in skipped:
+                    if item is BLANK or index in skipped_positions:
                         continue
+                    if isinstance(item, dict) and item.get("id") is not None:
+                        key = item_key(item["id"])
+                        seen = first.setdefault(_digest(key), index)
+                        if seen != index:
+                            repeated = f"{label} {index}: id {key} is {label} {seen}'s already"
+                            await slots.acquire()
+                            group.create_task(slot(index, item, repeated))
+                            continue
+                        if key in skipped:
+                            continue
                     await slots.acquire()
                     group.create_task(slot(index, item))
         finally:
@@ -279,6 +344,11 @@ async def abatch(
         await backends.aclose()
         if isinstance(store, str) and opened is not None:
             await asyncio.to_thread(opened.close)
+
+
+def _digest(key: str) -> bytes:
+    """16 bytes per id seen, however long the id: a million-line input stays small."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class StoredCalls:

@@ -3,7 +3,12 @@
 The output file is the batch's record for the user: a line per item, written and flushed as
 each item finishes, so a batch killed at any point loses no finished item, and started again
 on the same file it skips the items already there (a last line cut by the kill is dropped and
-its item done again). Exit 0 when every item is done, 1 when some failed, 130 interrupted.
+its item done again) and the bad input lines already reported (by their `bad_line`). Exit 0 when
+every item is done, 1 when some failed, 130 interrupted.
+
+Input lines are read as bytes and decoded one by one: a line that is not UTF-8, not JSON
+(NaN and Infinity are not JSON), or too deeply nested is a failed item naming its line, and
+the batch goes on; a blank line is no item.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import click
 
-from .batch import BadItem, BatchStats, abatch
+from .batch import BLANK, BadItem, BatchStats, abatch
 from .errors import PlaitError
 from .tools import load_tools
 
@@ -41,17 +46,19 @@ def run_batch(
 ) -> int:
     registry = load_tools(tools)
     out = Path(out_path)
-    written = _written_ids(out)
+    written, written_lines = _written(out)
     if input_path != "-" and not Path(input_path).is_file():
         raise PlaitError(f"input file not found: {input_path}")
     total = None if input_path == "-" else _count_lines(Path(input_path))
     stats = BatchStats()
-    if written:
-        click.echo(f"plait batch: {out} has {len(written)} items already; skipping them", err=True)
-    progress = Progress(stats, total, len(written))
+    already = len(written) + len(written_lines)
+    if already:
+        click.echo(f"plait batch: {out} has {already} items already; skipping them", err=True)
+    progress = Progress(stats, total, already)
 
     async def main() -> None:
-        with out.open("a", encoding="utf-8") as sink:
+        # A lone surrogate from an input's \udcxx escape goes out as that escape again.
+        with out.open("a", encoding="utf-8", errors="backslashreplace") as sink:
             async for result in abatch(
                 _items(input_path),
                 tools=registry,
@@ -61,6 +68,8 @@ def run_batch(
                 store=store,
                 run_id=run_id,
                 skip=written,
+                skip_positions=written_lines,
+                label=f"{input_path} line",
                 max_replans=max_replans,
                 stats=stats,
                 llm_slots=llm_slots,
@@ -87,24 +96,40 @@ def run_batch(
 
 def _items(path: str) -> Iterator[Any]:
     """Each line parsed, lazily (a million lines are never all in memory); a bad line is a
-    BadItem in its place, so it is reported with its number and the batch goes on."""
-    stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    BadItem in its place and a blank one BLANK, so every line keeps its number."""
+    stream: BinaryIO = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
-        for n, line in enumerate(stream, 1):
+        for n, raw in enumerate(stream, 1):
             try:
-                yield json.loads(line)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield BadItem(f"{path} line {n}: not UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if not line.strip():
+                yield BLANK
+                continue
+            try:
+                yield json.loads(line, parse_constant=_not_json)
             except ValueError as e:
                 yield BadItem(f"{path} line {n}: not JSON ({e})")
+            except RecursionError:
+                yield BadItem(f"{path} line {n}: nested too deeply")
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
 
 
-def _written_ids(out: Path) -> set[str]:
-    """Ids already in the output file; a last line cut short by a kill is cut off the file."""
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _written(out: Path) -> tuple[list[Any], set[int]]:
+    """Ids of the items already in the output file, and the input lines it already reports
+    as bad (by their `bad_line`); a last line cut short by a kill is cut off the file."""
+    ids: list[Any] = []
+    bad_lines: set[int] = set()
     if not out.exists():
-        return set()
-    ids: set[str] = set()
+        return ids, bad_lines
     good = 0  # bytes of whole, valid lines
     with out.open("rb") as f:
         lines = f.read().splitlines(keepends=True)
@@ -117,13 +142,16 @@ def _written_ids(out: Path) -> set[str]:
             if n < len(lines):  # not what a kill leaves: never cut a user's data
                 raise PlaitError(f"{out} line {n} is not a result line; fix or move the file")
             break
-        if isinstance(record, dict) and record.get("id") is not None:
-            ids.add(str(record["id"]))
+        if isinstance(record, dict):
+            if isinstance(record.get("bad_line"), int) and record.get("status") == "failed":
+                bad_lines.add(record["bad_line"])
+            elif record.get("id") is not None:
+                ids.append(record["id"])
         good += len(raw)
     if good < out.stat().st_size:
         with out.open("r+b") as f:
             f.truncate(good)
-    return ids
+    return ids, bad_lines
 
 
 def _count_lines(path: Path) -> int:

@@ -299,7 +299,7 @@ def runs_cmd(store_url: str | None, limit: int, as_json: bool) -> int:
     """List recent runs: id, status, age, tasks done/total."""
     from .report import print_runs
 
-    print_runs(open_store(store_url or default_store_url()), limit, as_json)
+    print_runs(open_store(store_url or default_store_url(), readonly=True), limit, as_json)
     return EXIT_OK
 
 
@@ -318,7 +318,9 @@ def show_cmd(run_id: str, store_url: str | None, trace_path: str | None, as_json
     """Print run ID's tasks and timeline."""
     from .report import show_run
 
-    show_run(open_store(store_url or default_store_url()), run_id, trace_path, as_json)
+    show_run(
+        open_store(store_url or default_store_url(), readonly=True), run_id, trace_path, as_json
+    )
     return EXIT_OK
 
 
@@ -485,7 +487,13 @@ def _esc(text: str) -> str:
 
 def _terminate(signum: int, frame: Any) -> None:
     # A deploy's SIGTERM stops the run like Ctrl-C: what is queued for the store is written.
-    raise KeyboardInterrupt
+    # Inside asyncio.run that is its SIGINT handler (the first cancels the run, a second
+    # interrupts the shutdown); elsewhere, or with SIGINT ignored, a KeyboardInterrupt.
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:

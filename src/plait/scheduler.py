@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import random
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -347,7 +349,19 @@ class Scheduler:
             return await self._invoke(tool, kwargs)
 
     async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
-        return await self.backend.call(tool, kwargs)
+        try:
+            return await self.backend.call(tool, kwargs)
+        except Exception:
+            raise
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # a real cancel (an edit, a timeout, the run stopping)
+            raise ToolRaised(asyncio.CancelledError()) from None  # the tool raised it itself
+        except BaseException as e:
+            if from_signal(e):
+                raise  # a real Ctrl-C or SIGTERM, landed in the tool's code: the run stops
+            raise ToolRaised(e) from None
 
     def _settled(self, nodes: list[Node], restored: bool = False) -> None:
         """Report nodes that settled without running (skipped or cancelled)."""
@@ -366,8 +380,39 @@ def tool_limits(tools: Tools) -> dict[str, asyncio.Semaphore]:
     }
 
 
+class ToolRaised(Exception):
+    """A tool raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+    its own CancelledError...): that is the tool's failure like any other, never the run's."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+def from_signal(e: BaseException) -> bool:
+    """Whether `e` was raised by this process's SIGINT or SIGTERM handler (asyncio's Ctrl-C
+    handler, the CLI's SIGTERM one), not by a tool's own code: the innermost frame of its
+    traceback is the handler's. Signal handlers run only in the main thread."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler: Any = signal.getsignal(signum)
+        while isinstance(handler, functools.partial):
+            handler = handler.func
+        handler = getattr(handler, "__func__", handler)
+        if getattr(handler, "__code__", None) is code:
+            return True
+    return False
+
+
 def _describe(e: BaseException, tool: Tool) -> str:
     if isinstance(e, TimeoutError) and tool.timeout is not None:
         return f"timed out after {tool.timeout:g}s"
+    if isinstance(e, ToolRaised):
+        e = e.original
     text = str(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

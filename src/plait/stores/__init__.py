@@ -16,6 +16,7 @@ from .base import (
     RunNotFound,
     Store,
     StoreError,
+    redact_url,
 )
 
 # scheme -> "module:Class"; the class has `open(url)`.
@@ -27,16 +28,19 @@ SCHEMES = {
 }
 
 
-def open_store(url: str) -> Store:
-    """The store a URL names: memory://[NAME], sqlite:///PATH, postgresql://…"""
+def open_store(url: str, *, readonly: bool = False) -> Store:
+    """The store a URL names: memory://[NAME], sqlite:///PATH, postgresql://…
+
+    `readonly=True` (for `plait runs` and `plait show`) changes nothing and creates nothing:
+    a store that does not exist yet reads as one with no runs."""
     scheme, sep, _ = url.partition("://")
     target = SCHEMES.get(scheme) if sep else None
     if target is None:
         known = "memory://, sqlite:///PATH.db, postgresql://USER@HOST/DB"
-        raise StoreError(f"unknown store URL {url!r} (use {known})")
+        raise StoreError(f"unknown store URL {redact_url(url)!r} (use {known})")
     module, _, name = target.partition(":")
     cls = getattr(importlib.import_module(f".{module}", __name__), name)
-    return cls.open(url)  # type: ignore[no-any-return]
+    return cls.open(url, readonly=readonly)  # type: ignore[no-any-return]
 
 
 def default_store_url() -> str:
@@ -60,4 +64,5 @@ __all__ = [
     "StoreError",
     "default_store_url",
     "open_store",
+    "redact_url",
 ]

@@ -21,16 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
+from urllib.parse import unquote
 
 from ..errors import PlaitError
 
 LEASE_SECONDS = 15.0
+REDACTED = "***"
 CALLS_CHUNK = 500  # keys per query when reading calls: no statement with 10,000 parameters
 
 
@@ -241,3 +244,70 @@ def may_claim(info: RunInfo, holder: str) -> None:
     raise RunHeld(
         f"run {info.id} is held by {info.holder} (its lease ends in {left:.0f}s unless renewed)"
     )
+
+
+# A keyword/value connection string's password (libpq: `password = 'it\\'s'`, `sslpassword=x`).
+_KEYWORD_SECRET = re.compile(r"\b(?:ssl)?password\s*=\s*('(?:[^'\\]|\\.)*(?:'|$)|\S*)", re.I)
+_SECRET_PARAMS = ("password", "sslpassword")
+_PARAM = re.compile(r"[?&]([^?&=]*)=([^&]*)")
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where the credentials are in a store URL or connection string (start, end), in order:
+    the password in `scheme://user:PW@host`, `password=` and `sslpassword=` query parameters
+    (names percent-decoded, as libpq does), and `password=` in a keyword/value string."""
+    scheme, sep, rest = url.partition("://")
+    spans = []
+    if not sep:  # a keyword/value string, or something mistyped: `postgres:u:PW@host`
+        spans = [m.span(1) for m in _KEYWORD_SECRET.finditer(url)]
+        at, colon = url.rfind("@"), url.find(":")
+        if 0 <= colon < at:
+            spans.append((colon + 1, at))
+        return _merged(spans)
+    base = len(scheme) + len(sep)
+    at = rest.rfind("@")  # the last @: a password holding a raw @, / or ? is hidden whole
+    if at > 0 and not rest.startswith("/"):
+        colon = rest.find(":", 0, at)
+        if colon >= 0:
+            spans.append((base + colon + 1, base + at))
+    for m in _PARAM.finditer(rest):  # any ?key= or &key=, wherever the userinfo ends
+        if unquote(m.group(1)).strip().lower() in _SECRET_PARAMS:
+            spans.append((base + m.start(2), base + m.end(2)))
+    return _merged(spans)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def redact_url(url: str) -> str:
+    """A store URL (or any connection string) as it may be shown: every credential libpq
+    accepts replaced by ***. Every message, hint and header that shows a store URL goes
+    through this one helper."""
+    out, last = [], 0
+    for start, end in _secret_spans(url):
+        out += [url[last:start], REDACTED]
+        last = end
+    return "".join([*out, url[last:]])
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials `redact_url` hides, as written and decoded: to scrub them from a
+    driver's error message, which may quote what it could not parse."""
+    found = {url[a:b] for a, b in _secret_spans(url)}
+    found |= {unquote(x) for x in found}
+    found |= {x.strip("'").replace("\\'", "'").replace("\\\\", "\\") for x in found}
+    return sorted((x for x in found if len(x) >= 3), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with the URL's credentials replaced by ***."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, REDACTED)
+    return text

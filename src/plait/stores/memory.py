@@ -37,10 +37,12 @@ class MemoryStore:
         self._calls: dict[str, dict[str, str]] = {}  # scope -> key -> result JSON
 
     @classmethod
-    def open(cls, url: str) -> MemoryStore:
+    def open(cls, url: str, *, readonly: bool = False) -> MemoryStore:
         name = url.removeprefix("memory://")
         if not name:
             return cls(url)
+        if readonly:  # only looks: names no store into being
+            return _named.get(name) or cls(url)
         return _named.setdefault(name, cls(url))
 
     def create(self, info: RunInfo) -> None:

@@ -29,7 +29,9 @@ from .base import (
     chunks,
     info_row,
     may_claim,
+    redact_url,
     row_info,
+    scrub,
 )
 
 try:
@@ -65,25 +67,40 @@ _LOCK_KEY = 0x706C6169  # "plai": the advisory lock that serializes migrations
 
 
 class PostgresStore:
-    def __init__(self, url: str) -> None:
+    """`readonly=True` sets up nothing: its session is read-only, and a database without
+    plait's tables reads as a store with no runs."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
         if psycopg is None:
             raise StoreError("postgresql:// stores need psycopg: pip install 'plait[postgres]'")
-        self.url = _redact(url)  # shown in messages; the password stays in the connection
+        self.url = redact_url(url)  # shown in messages; the password stays in the connection
+        self._secret_url = url  # to scrub a driver's message that quotes it
+        self.readonly = readonly
         try:
             self._db = psycopg.connect(url, autocommit=False)
         except psycopg.Error as e:
-            raise StoreError(f"cannot connect to {self.url}: {_first_line(e)}") from None
+            raise StoreError(f"cannot connect to {self.url}: {self._first_line(e)}") from None
         self._lock = threading.Lock()
+        self._empty = False  # read-only, and no tables yet: no runs
         try:
-            with _errors(self.url):
-                self._migrate()
+            with _errors(self):
+                if readonly:
+                    self._db.read_only = True
+                    row = self._db.execute("SELECT to_regclass('plait_runs')").fetchone()
+                    self._empty = row is None or row[0] is None
+                    self._db.commit()
+                else:
+                    self._migrate()
         except BaseException:
             self._db.close()
             raise
 
     @classmethod
-    def open(cls, url: str) -> PostgresStore:
-        return cls(url)
+    def open(cls, url: str, *, readonly: bool = False) -> PostgresStore:
+        return cls(url, readonly=readonly)
+
+    def _first_line(self, e: BaseException) -> str:
+        return scrub(_first_line(e), self._secret_url)
 
     def _migrate(self) -> None:
         with self._lock, self._db.transaction():
@@ -100,7 +117,7 @@ class PostgresStore:
         return self._db.transaction()
 
     def create(self, info: RunInfo) -> None:
-        with _errors(self.url), self._lock:
+        with _errors(self), self._lock:
             try:
                 with self._tx():
                     self._db.execute(
@@ -113,7 +130,7 @@ class PostgresStore:
                 self._db.commit()
 
     def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
-        with _errors(self.url), self._lock:
+        with _errors(self), self._lock:
             try:
                 with self._tx():
                     row = self._db.execute(
@@ -133,7 +150,7 @@ class PostgresStore:
         return info
 
     def renew(self, run_id: str, holder: str, ttl: float) -> bool:
-        with _errors(self.url), self._lock:
+        with _errors(self), self._lock:
             try:
                 with self._tx():
                     cur = self._db.execute(
@@ -146,7 +163,7 @@ class PostgresStore:
 
     def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
         rows = [(run_id, *r) for r in records]
-        with _errors(self.url), self._lock:
+        with _errors(self), self._lock:
             try:
                 with self._tx(), self._db.cursor() as cur:
                     cur.execute("SELECT holder FROM plait_runs WHERE id = %s FOR UPDATE", (run_id,))
@@ -220,7 +237,7 @@ class PostgresStore:
         rows = [(scope, call_digest(key), key, value) for key, value in items]
         if not rows:
             return
-        with _errors(self.url), self._lock:
+        with _errors(self), self._lock:
             try:
                 with self._tx(), self._db.cursor() as cur:
                     cur.executemany(
@@ -232,7 +249,9 @@ class PostgresStore:
                 self._db.commit()
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        with _errors(self.url), self._lock:
+        if self._empty:
+            return []
+        with _errors(self), self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()  # type: ignore[arg-type]
             finally:
@@ -244,21 +263,12 @@ class PostgresStore:
 
 
 @contextmanager
-def _errors(where: str) -> Iterator[None]:
+def _errors(store: PostgresStore) -> Iterator[None]:
     """psycopg's errors as StoreError, one line, naming the store (never its password)."""
     try:
         yield
     except psycopg.Error as e:
-        raise StoreError(f"{where}: {_first_line(e)}") from None
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, userpass = head.partition("//")
-    return f"{scheme}//{userpass.split(':', 1)[0]}:***@{tail}"
+        raise StoreError(f"{store.url}: {store._first_line(e)}") from None
 
 
 def _first_line(e: BaseException) -> str:
