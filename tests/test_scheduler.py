@@ -7,6 +7,7 @@ timings. `asyncio.timeout` only bounds how long a broken scheduler can hang a te
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -651,3 +652,148 @@ async def test_rejected_edits_leave_the_graph_unchanged():
             s.add(Task(4, "one", ("$9",)))
         assert list(s.graph.nodes) == [1]
         assert s.graph.open == 0
+
+
+# -- hostile tools: a tool's exception is the tool's failure, whatever its type -----------
+
+
+class Unusual(BaseException):
+    """A BaseException that is neither an Exception nor one Python itself raises."""
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (SystemExit(3), "SystemExit: 3"),
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+        (GeneratorExit(), "GeneratorExit"),
+        (asyncio.CancelledError(), "CancelledError"),
+        (Unusual("odd"), "Unusual: odd"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else None,
+)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_tool_raising_any_base_exception_fails_only_its_task(
+    raised, message, kind, no_leftover_tool_threads
+):
+    if kind == "sync":
+
+        @tool
+        def hostile() -> str:
+            raise raised
+
+    else:
+
+        @tool
+        async def hostile() -> str:
+            raise raised
+
+    @tool
+    async def sibling() -> str:
+        return "fine"
+
+    @tool
+    async def after(x: str) -> str:
+        return x
+
+    log: list[ev.Event] = []
+    async with scheduler(hostile, sibling, after, log=log) as s:
+        add_plan(s, "1. hostile()\n2. sibling()\n3. after($1)\n")
+        async with asyncio.timeout(LIMIT):
+            await s.wait()
+    assert statuses(s) == {1: "failed", 2: "done", 3: "skipped"}
+    assert s.graph.nodes[1].error == message
+    assert s.results == {2: "fine"}
+
+
+async def test_a_tool_raising_a_base_exception_is_retried_like_any_failure():
+    attempts = 0
+
+    @tool(retries=1, retry_backoff=0)
+    def quits() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise SystemExit("first try")
+        return "second try"
+
+    async with scheduler(quits) as s:
+        add_plan(s, "1. quits()\n")
+        async with asyncio.timeout(LIMIT):
+            await s.wait()
+    assert s.results == {1: "second try"}
+
+
+def test_only_a_signal_handlers_keyboard_interrupt_counts_as_a_signal():
+    from plait.scheduler import from_signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as delivered:
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(LIMIT)  # the handler runs at the next bytecode; never sleeps this long
+        assert from_signal(delivered.value)  # while the handler is the process's
+        with pytest.raises(KeyboardInterrupt) as raised:
+            raise KeyboardInterrupt  # as a tool would
+        assert not from_signal(raised.value)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def test_an_abandoned_sync_call_does_not_hold_a_thread_others_need(no_leftover_tool_threads):
+    entered = threading.Event()
+    unblock = threading.Event()
+
+    @tool(timeout=0.05)
+    def stuck() -> str:
+        entered.set()
+        unblock.wait(LIMIT)
+        return "late"
+
+    @tool
+    def quick(x: str = "") -> str:
+        return "quick"
+
+    s = Scheduler(Tools([stuck, quick]), lambda e: None, time.perf_counter, max_threads=1)
+    async with s:
+        add_plan(s, "1. stuck()\n")
+        async with asyncio.timeout(LIMIT):
+            await s.wait()
+        assert entered.is_set() and not unblock.is_set()  # its one thread is still blocked
+        add_plan(s, "2. quick()\n")  # a pool of one blocked thread would never run this
+        async with asyncio.timeout(LIMIT):
+            await s.wait()
+        assert s.results == {2: "quick"}
+        unblock.set()
+
+
+async def test_a_call_still_blocked_when_the_run_ends_is_left_behind_with_a_warning(
+    caplog, monkeypatch
+):
+    import plait.backends.local as local
+
+    monkeypatch.setattr(local, "ABANDON_GRACE", 0.01)
+    unblock = threading.Event()
+
+    @tool(timeout=0.05)
+    def stuck() -> str:
+        unblock.wait(LIMIT)
+        return "late"
+
+    try:
+        async with asyncio.timeout(LIMIT):
+            async with scheduler(stuck) as s:  # leaving it does not wait for the thread
+                add_plan(s, "1. stuck()\n")
+                await s.wait()
+        assert s.graph.nodes[1].error == "timed out after 0.05s"
+        assert tool_threads() != []  # left to die with the process, as a daemon
+        assert all(t.daemon for t in threading.enumerate() if t.name.startswith("plait-tool"))
+        assert "1 sync tool call (stuck) still running" in caplog.text
+    finally:
+        unblock.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("plait-tool"):
+            thread.join(LIMIT)

@@ -868,3 +868,183 @@ def test_sqlite_get_calls_stays_under_a_small_parameter_limit(tmp_path):
         assert store.get_calls(scope, [k for k, _ in items]) == dict(items)
     finally:
         store.close()
+
+
+# -- credentials, file modes, read-only opening ----------------------------------------------
+
+SECRET = "Pw-s3cret"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:Pw-s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgres://:Pw-s3cret@h/db", "postgres://:***@h/db"),
+        ("postgresql+psycopg://u:Pw-s3cret@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u@h/db?password=Pw-s3cret", "postgresql://u@h/db?password=***"),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=Pw-s3cret&application_name=x@y",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***&application_name=x@y",
+        ),
+        ("postgresql://u@h/db?%70assword=Pw-s3cret", "postgresql://u@h/db?%70assword=***"),
+        ("postgresql://u:Pw@s3cret/x?y@h/db", "postgresql://u:***@h/db"),  # raw @ / ? inside
+        ("host=h password=Pw-s3cret dbname=d", "host=h password=*** dbname=d"),
+        ("host=h password = 'Pw s3cret\\' x' dbname=d", "host=h password = *** dbname=d"),
+        ("host=h PASSWORD=Pw-s3cret", "host=h PASSWORD=***"),
+        ("postgres:u:Pw-s3cret@h/db", "postgres:***@h/db"),  # mistyped: still hidden
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+        ("sqlite:///a:b@c.db", "sqlite:///a:b@c.db"),
+        ("sqlite:////abs/runs.db", "sqlite:////abs/runs.db"),
+        ("memory://x", "memory://x"),
+    ],
+)
+def test_redact_url_hides_every_credential_form_libpq_accepts(url, shown):
+    from plait.stores import redact_url
+
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://u:{SECRET}@h/db",
+        f"mysql://u:{SECRET}@h/db?password={SECRET}",
+        f"host=127.0.0.1 password={SECRET}",
+        f"host=127.0.0.1 password='{SECRET} x'",
+        f"postgres:u:{SECRET}@h/db",
+    ],
+)
+def test_an_unknown_store_url_is_named_without_its_password(url):
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    assert "unknown store URL" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_a_new_sqlite_store_is_private_to_its_user(tmp_path):
+    tmp_path.chmod(0o755)
+    path = tmp_path / "made" / "by" / "plait" / "runs.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        store.create(info("private"))
+        files = [path, path.with_name("runs.db-wal"), path.with_name("runs.db-shm")]
+        assert all(f.exists() for f in files)  # WAL mode: the side files exist while open
+        assert {f.name: f.stat().st_mode & 0o777 for f in files} == {
+            f.name: 0o600 for f in files
+        }
+        for directory in (path.parent, path.parent.parent, path.parent.parent.parent):
+            assert directory.stat().st_mode & 0o777 == 0o700, directory
+    finally:
+        store.close()
+    assert tmp_path.stat().st_mode & 0o777 == 0o755  # a directory it did not make: as it was
+
+
+def test_opening_read_only_creates_nothing_where_no_store_is(tmp_path):
+    path = tmp_path / "missing" / "runs.db"
+    store = open_store(f"sqlite:///{path}", readonly=True)
+    try:
+        assert store.runs() == [] and store.get("any") is None
+        assert list(store.records("any")) == []
+        with pytest.raises(StoreError, match="read-only"):
+            store.create(info("nope"))
+    finally:
+        store.close()
+    assert not path.parent.exists()
+
+
+def test_opening_read_only_reads_and_changes_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    writer = open_store(url)
+    writer.create(info("kept"))
+    writer.append("kept", live_holder("owner"), [rec(1)], Progress(1, 1, "done", release=True))
+    writer.close()
+    before = (tmp_path / "runs.db").read_bytes()
+    reader = open_store(url, readonly=True)
+    try:
+        assert [r.id for r in reader.runs()] == ["kept"]
+        assert [r.seq for r in reader.records("kept")] == [1]
+        with pytest.raises(StoreError, match="read-only"):
+            reader.claim("kept", live_holder("thief"), 60)
+    finally:
+        reader.close()
+    assert (tmp_path / "runs.db").read_bytes() == before
+
+
+def test_an_empty_sqlite_file_opened_read_only_has_no_runs(tmp_path):
+    (tmp_path / "runs.db").touch()
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}", readonly=True)
+    try:
+        assert store.runs() == []
+    finally:
+        store.close()
+    assert (tmp_path / "runs.db").read_bytes() == b""
+
+
+def test_a_corrupted_sqlite_file_is_a_store_error_and_is_left_alone(tmp_path):
+    path = tmp_path / "runs.db"
+    garbage = b"this is not a database\n" * 100
+    path.write_bytes(garbage)
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match="file is not a database"):
+            store = open_store(f"sqlite:///{path}", readonly=readonly)
+            try:
+                store.runs()
+            finally:
+                store.close()
+    assert path.read_bytes() == garbage
+
+
+@pytest.mark.postgres
+def test_opening_postgres_read_only_sets_nothing_up(postgres_url):
+    from plait.stores.postgres import PostgresStore
+
+    import psycopg
+
+    base = postgres_url.rsplit("/", 1)[0]
+    name = f"ro_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = f"{base}/{name}"
+    store = open_store(url, readonly=True)
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store.runs() == [] and store.get("x") is None
+    finally:
+        store.close()
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT to_regclass('plait_runs')").fetchone() == (None,)
+    writer = open_store(url)
+    writer.create(info("pg-kept"))
+    writer.close()
+    reader = open_store(url, readonly=True)
+    try:
+        assert [r.id for r in reader.runs()] == ["pg-kept"]
+        with pytest.raises(StoreError):
+            reader.create(info("pg-nope"))
+    finally:
+        reader.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_password_never_shows_in_any_form(postgres_url):
+    host = postgres_url.split("@", 1)[1]  # 127.0.0.1:PORT/postgres
+    for url in (
+        f"postgresql://plait:{SECRET}@{host}",
+        f"postgresql://plait@{host}?password={SECRET}",
+    ):
+        store = open_store(url)  # trust auth takes any password
+        try:
+            assert SECRET not in store.url
+            with pytest.raises(RunNotFound) as missing:
+                store.claim("no-such-run", "me", 1.0)
+            assert SECRET not in str(missing.value)
+        finally:
+            store.close()
+    port = host.split(":")[1].split("/")[0]
+    closed = f"postgresql://plait:{SECRET}@127.0.0.1:1/postgres?password={SECRET}"
+    bad_port = f"postgresql://plait:{SECRET}@127.0.0.1:{port}x/postgres"
+    for url in (closed, bad_port):
+        with pytest.raises(StoreError) as failed:
+            open_store(url)
+        assert SECRET not in str(failed.value)

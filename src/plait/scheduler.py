@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from . import events as ev
-from .backends.base import Backend, holds_remote
+from .backends.base import Backend, ToolRaised, holds_remote
 from .backends.local import LocalBackend
 from .errors import PlanError, WorkerLost
 from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
@@ -378,15 +378,6 @@ def tool_limits(tools: Tools) -> dict[str, asyncio.Semaphore]:
     return {
         t.name: asyncio.Semaphore(t.max_concurrency) for t in tools.values() if t.max_concurrency
     }
-
-
-class ToolRaised(Exception):
-    """A tool raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
-    its own CancelledError...): that is the tool's failure like any other, never the run's."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(original)
-        self.original = original
 
 
 def from_signal(e: BaseException) -> bool:

@@ -27,6 +27,16 @@ class Backend(Protocol):
         """Wait for or stop what is still running, and let go of what was opened."""
 
 
+class ToolRaised(Exception):
+    """A tool raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+    GeneratorExit, its own CancelledError...): the tool's failure like any other, never the
+    run's. Backends wrap such an exception in this where it would otherwise stop the loop."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(original)
+        self.original = original
+
+
 REMOTE = "$remote"  # a Remote's JSON form is {"$remote": {"remote": KIND, "bytes": N}}
 
 

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .base import ToolRaised
+
 if TYPE_CHECKING:
     from ..tools import Tool
 
@@ -79,8 +81,10 @@ class _Call:
     def run(self) -> None:
         try:
             value = self.context.run(self.fn, *self.args)
-        except BaseException as e:  # the tool's, whatever its type: the scheduler decides
+        except Exception as e:
             self._deliver(self.future.set_exception, e)
+        except BaseException as e:  # SystemExit & co: no signal lands in this thread
+            self._deliver(self.future.set_exception, ToolRaised(e))
         else:
             self._deliver(self.future.set_result, value)
 
