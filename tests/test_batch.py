@@ -246,3 +246,117 @@ async def test_a_batch_run_again_reads_its_pure_calls_from_the_store(tmp_path):
     assert all(r.status == "done" for r in second)
     assert [k for k in calls if k[0] == "height"] == []
     assert sum(v for k, v in calls.items() if k[0] == "note") == 10  # impure: run again
+
+
+# -- item identity: ids by their JSON form, tied to their question ----------------------------
+
+
+def replay(tmp_path: Path, replies: dict[str, list[str]]) -> str:
+    path = tmp_path / f"replies-{len(list(tmp_path.iterdir()))}.json"
+    path.write_text(json.dumps(replies))
+    return f"replay:{path}"
+
+
+def answer(key: str, text: str) -> dict[str, list[str]]:
+    return {key: ['1. note("x")\njoin()\n', f"Action: Finish({text})"]}
+
+
+async def collect(items, tmp_path, model, **kwargs) -> list:
+    return [r async for r in abatch(items, tools=tools(Counter()), model=model, **kwargs)]
+
+
+async def test_ids_1_and_quoted_1_are_two_items_each_its_own_run(tmp_path):
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    model = replay(tmp_path, {**answer("[int]", "int one"), **answer("[str]", "string one")})
+    items = [{"id": 1, "question": "[int] ?"}, {"id": "1", "question": "[str] ?"}]
+    got = await collect(items, tmp_path, model, store=store, run_id="b")
+    assert sorted((repr(r.id), r.status, r.answer) for r in got) == [
+        ("'1'", "done", "string one"),
+        ("1", "done", "int one"),
+    ]
+    opened = plait.open_store(store)
+    try:
+        assert {i.id: i.source for i in opened.runs()} == {"b:1": "[int] ?", 'b:"1"': "[str] ?"}
+    finally:
+        opened.close()
+
+
+async def test_a_repeated_id_fails_the_later_item_by_its_position(tmp_path):
+    model = replay(tmp_path, {**answer("[a]", "A"), **answer("[b]", "B")})
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    items = [
+        {"id": 1, "question": "[a] ?"},
+        {"id": "x", "question": "[a] ?"},
+        {"id": 1, "question": "[b] ?"},
+    ]
+    got = await collect(items, tmp_path, model, store=store, run_id="b")
+    by_line = {r.line: r for r in got}
+    assert [r.answer for r in got if r.status == "done"].count("A") == 2
+    (repeat,) = [r for r in got if r.status == "failed"]
+    assert (repeat.id, repeat.line, repeat.error) == (1, 3, "item 3: id 1 is item 1's already")
+    assert repeat.to_dict()["bad_line"] == 3
+    assert None in by_line  # the good items carry no position
+
+
+async def test_a_stored_item_asked_another_question_is_an_error_never_the_old_answer(tmp_path):
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    model = replay(tmp_path, {**answer("[old]", "old answer"), **answer("[new]", "new answer")})
+    (first,) = await collect([{"id": 1, "question": "[old] ?"}], tmp_path, model, store=store,
+                             run_id="b")  # fmt: skip
+    assert (first.status, first.answer) == ("done", "old answer")
+    (again,) = await collect([{"id": 1, "question": "[new] ?"}], tmp_path, model, store=store,
+                             run_id="b")  # fmt: skip
+    assert (again.status, again.answer) == ("failed", None)
+    assert again.error == (
+        "item 1: run b:1 in the store was asked another question; "
+        "give the batch another run id, or the item another id"
+    )
+    (same,) = await collect([{"id": 1, "question": "[old] ?"}], tmp_path, model, store=store,
+                            run_id="b")  # fmt: skip
+    assert (same.status, same.answer) == ("done", "old answer")  # read back, not asked again
+
+
+async def test_a_null_id_is_a_bad_item(tmp_path):
+    model = replay(tmp_path, answer("[a]", "A"))
+    (got,) = await collect([{"id": None, "question": "[a] ?"}], tmp_path, model)
+    assert (got.status, got.line) == ("failed", 1)
+    assert got.error == "item 1: 'id' is null; give every item an id"
+
+
+def test_item_keys_are_one_to_one():
+    from plait.batch import item_key
+
+    ids = [1, "1", 1.0, "q7", "true", True, None, "null", [1], "[1]", {"a": 1}, "", '"1"']
+    keys = [item_key(i) for i in ids]
+    assert len(set(keys)) == len(ids)
+    assert item_key("q7") == "q7" and item_key(1) == "1" and item_key("1") == '"1"'
+
+
+# -- input lines: blank, not UTF-8, bad lines, restarts ----------------------------------------
+
+
+def test_blank_lines_are_no_items_and_a_non_utf8_line_fails_alone(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCH_LOG", str(tmp_path / "ran.log"))
+    inp, model, tools_py = write_batch(tmp_path, 3)
+    lines = inp.read_bytes().splitlines(keepends=True)
+    inp.write_bytes(
+        lines[0] + b"\n   \n" + b'{"id": "bad", "question": "caf\xe9"}\n' + lines[1] + b"\r\n"
+        + lines[2]
+    )  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    argv = ("batch", inp, "--tools", tools_py, "--model", model, "--out", out)
+    code, stdout, _ = plait_main(capsys, *argv)
+    assert code == 1
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records if r["status"] == "done") == ["q0", "q1", "q2"]
+    (bad,) = [r for r in records if r["status"] == "failed"]
+    assert bad["bad_line"] == 4 and bad["id"] is None
+    assert bad["error"] == f"{inp} line 4: not UTF-8 (invalid continuation byte at byte 31)"
+    assert (json.loads(stdout)["done"], json.loads(stdout)["failed"]) == (3, 1)
+
+    # Run again: nothing is answered or written again, the bad line included.
+    before = out.read_text()
+    code, stdout, err = plait_main(capsys, *argv)
+    assert out.read_text() == before
+    assert (json.loads(stdout)["done"], json.loads(stdout)["failed"]) == (0, 0)
+    assert "has 4 items already" in err

@@ -930,9 +930,7 @@ def test_a_new_sqlite_store_is_private_to_its_user(tmp_path):
         store.create(info("private"))
         files = [path, path.with_name("runs.db-wal"), path.with_name("runs.db-shm")]
         assert all(f.exists() for f in files)  # WAL mode: the side files exist while open
-        assert {f.name: f.stat().st_mode & 0o777 for f in files} == {
-            f.name: 0o600 for f in files
-        }
+        assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
         for directory in (path.parent, path.parent.parent, path.parent.parent.parent):
             assert directory.stat().st_mode & 0o777 == 0o700, directory
     finally:
@@ -997,9 +995,9 @@ def test_a_corrupted_sqlite_file_is_a_store_error_and_is_left_alone(tmp_path):
 
 @pytest.mark.postgres
 def test_opening_postgres_read_only_sets_nothing_up(postgres_url):
-    from plait.stores.postgres import PostgresStore
-
     import psycopg
+
+    from plait.stores.postgres import PostgresStore
 
     base = postgres_url.rsplit("/", 1)[0]
     name = f"ro_{uuid.uuid4().hex[:8]}"

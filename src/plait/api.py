@@ -231,6 +231,9 @@ async def _session_on(
                 task.uncancel()
         else:
             raise
+    except KeyboardInterrupt:  # a second Ctrl-C (a tool's own is its task's failure)
+        status, outcome.error = "cancelled", "interrupted"
+        raise
     except BaseException as e:
         status, outcome.error = "failed", outcome.error or f"{type(e).__name__}: {e}"
         raise

@@ -103,7 +103,7 @@ def _items(path: str) -> Iterator[Any]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield BadItem(f"{path} line {n}: not UTF-8 ({e.reason} at byte {e.start})")
+                yield BadItem(f"{path} line {n}: not UTF-8 ({e.reason} at byte {e.start + 1})")
                 continue
             if not line.strip():
                 yield BLANK

@@ -405,5 +405,8 @@ def _describe(e: BaseException, tool: Tool) -> str:
         return f"timed out after {tool.timeout:g}s"
     if isinstance(e, ToolRaised):
         e = e.original
-    text = str(e)
+    try:
+        text = str(e)
+    except Exception:  # a hostile __str__ is still only the tool's failure
+        text = "(its message cannot be shown)"
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
