@@ -3,12 +3,12 @@
 The output file is the batch's record for the user: a line per item, written and flushed as
 each item finishes, so a batch killed at any point loses no finished item, and started again
 on the same file it skips the items already there (a last line cut by the kill is dropped and
-its item done again) and the bad input lines already reported (by their `bad_line`). Exit 0 when
-every item is done, 1 when some failed, 130 interrupted.
+its item done again) and the bad input lines already reported (by their `bad_line`). Exit 0
+when every item is done, 1 when some failed, 130 interrupted.
 
 Input lines are read as bytes and decoded one by one: a line that is not UTF-8, not JSON
-(NaN and Infinity are not JSON), or too deeply nested is a failed item naming its line, and
-the batch goes on; a blank line is no item.
+(NaN, Infinity and 1e999 included: no output line could carry them) or nested too deeply is
+a failed item naming its line, and the batch goes on; a blank line is no item.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ def _items(path: str) -> Iterator[Any]:
                 yield BLANK
                 continue
             try:
-                yield json.loads(line, parse_constant=_not_json)
+                yield json.loads(line, parse_constant=_not_json, parse_float=_finite)
             except ValueError as e:
                 yield BadItem(f"{path} line {n}: not JSON ({e})")
             except RecursionError:
@@ -121,6 +122,13 @@ def _items(path: str) -> Iterator[Any]:
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON, but no output could carry it
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _written(out: Path) -> tuple[list[Any], set[int]]:
