@@ -6,12 +6,18 @@ at once. So a fast branch never waits for a slow one (LangGraph's supersteps do)
 planner's tasks start while it is still writing.
 
 Every task runs as a child of one `asyncio.TaskGroup`; leaving `async with Scheduler(...)`
-waits for or cancels all of them and for the threads of sync tools, so nothing a run started
-outlives it. Where a call runs is the backend's business (backends/): by default async tools
-run on the loop and sync tools in a thread pool the scheduler owns. A thread cannot be
-interrupted, so a sync tool that times out is reported failed at once and its thread is
-joined when the scope closes. Give long sync work a `timeout` that it honours itself, or
-make it async, or run it on Ray, whose tasks can be stopped.
+waits for or cancels all of them, so no task a run started outlives it. Where a call runs is
+the backend's business (backends/): by default async tools run on the loop and sync tools
+on threads the scheduler's backend owns. A thread cannot be interrupted, so a sync tool that
+times out is reported failed at once and its thread abandoned: it gets a short grace when
+the scope closes, then is left to die with the process (backends/local.py). Give long sync
+work a `timeout` that it honours itself, or make it async, or run it on Ray, whose tasks can
+be stopped.
+
+A tool's exception is the tool's failure whatever its type: SystemExit, KeyboardInterrupt or
+its own CancelledError fail its task like any other. Only a KeyboardInterrupt raised by the
+process's signal handler (a real Ctrl-C or SIGTERM that landed in a tool's code) stops the
+run, and only a cancel the task really received cancels it.
 
 A backend that loses a call's worker (a Ray node died) raises `WorkerLost`; the call runs
 again, reported as a retry, within `lost_retries` that do not spend the tool's own retries.
