@@ -360,3 +360,18 @@ def test_blank_lines_are_no_items_and_a_non_utf8_line_fails_alone(capsys, tmp_pa
     assert out.read_text() == before
     assert (json.loads(stdout)["done"], json.loads(stdout)["failed"]) == (0, 0)
     assert "has 4 items already" in err
+
+
+def test_skipping_goes_by_the_ids_json_form(capsys, tmp_path):
+    tools_py = tmp_path / "tools.py"
+    tools_py.write_text(SLOW_TOOLS)
+    model = replay(tmp_path, {**answer("[int]", "int one"), **answer("[str]", "string one")})
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": 1, "question": "[int] ?"}\n{"id": "1", "question": "[str] ?"}\n')
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "status": "done", "answer": "int one"}\n')  # an earlier run's
+    code, _, err = plait_main(capsys, "batch", inp, "--tools", tools_py, "--model", model,
+                              "--out", out)  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["id"], x["answer"]) for x in lines] == [(1, "int one"), ("1", "string one")]
