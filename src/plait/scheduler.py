@@ -147,6 +147,7 @@ class Scheduler:
         self._idle.set()
         self._interrupting = False
         self._restored: set[int] = set()  # tasks settled from the journal this session
+        self._signalled: BaseException | None = None  # a signal's interrupt, met in a tool
 
     async def __aenter__(self) -> Scheduler:
         self._group = asyncio.TaskGroup()
@@ -164,6 +165,12 @@ class Scheduler:
                 await self._group.__aexit__(et, e, tb)
             else:  # the body failed: children are cancelled; re-raise its error unwrapped
                 await self._group.__aexit__(None, None, None)
+        except KeyboardInterrupt as k:
+            if k is not self._signalled:
+                raise
+            # A signal's, raised in a tool's task: asyncio has already raised it out of the
+            # loop. Here the run only ends, cancelled, rather than end a second time with it.
+            raise asyncio.CancelledError from None
         finally:
             self._group = None
             if self._owns_backend:
@@ -366,6 +373,7 @@ class Scheduler:
             raise ToolRaised(asyncio.CancelledError()) from None  # the tool raised it itself
         except BaseException as e:
             if from_signal(e):
+                self._signalled = e
                 raise  # a real Ctrl-C or SIGTERM, landed in the tool's code: the run stops
             raise ToolRaised(e) from None
 
