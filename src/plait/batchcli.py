@@ -222,7 +222,7 @@ class Progress:
 def _rate(per_second: float) -> str:
     """Items a second, or a minute or an hour when that reads better than 0.0/s."""
     for unit, size in (("s", 1), ("min", 60), ("h", 3600)):
-        if per_second * size >= 1 or unit == "h":
+        if round(per_second * size, 1) >= 1 or unit == "h":
             return f"{per_second * size:.1f}/{unit}"
     raise AssertionError
 

@@ -649,7 +649,8 @@ def _summary(result: RunResult) -> None:
     parts = ", ".join(f"{n} {s}" for s, n in counts.items())
     tokens = result.usage.prompt_tokens + result.usage.completion_tokens
     tail = f", {tokens} tokens" if tokens else ""
-    replans = f", {result.replans} replans" if result.replans else ""
+    n = result.replans
+    replans = f", {n} replan{'s' * (n != 1)}" if n else ""
     click.echo(
         f"{result.status}: {len(result.tasks)} tasks ({parts or 'none'}){replans} in "
         f"{result.elapsed:.2f}s{tail}",
