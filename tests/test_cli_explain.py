@@ -32,7 +32,9 @@ def test_run_verbose_prints_the_plan_and_the_joiners_reply_line_by_line(
         '4. extract_number($2, unit="metres")',
         '5. calculate("$3 - $4")',
     ]
-    joiner = [line.split("│", 1)[1].strip() for line in lines if line.strip().startswith("joiner │")]
+    joiner = [
+        line.split("│", 1)[1].strip() for line in lines if line.strip().startswith("joiner │")
+    ]
     assert joiner == FINISH.splitlines()
     # in the order they were written: the plan, then the joiner's reply
     first_plan = next(i for i, line in enumerate(lines) if "planner │" in line)

@@ -51,7 +51,9 @@ def test_ollama_is_openai_at_ollamas_default_url(monkeypatch):
     assert isinstance(llm, OpenAILLM)
     assert (llm.model, llm.base_url) == ("llama3.1", "http://localhost:11434/v1")
     assert llm.name == "ollama:llama3.1"
-    given = resolve_model("ollama:qwen2.5:7b?max_concurrency=2", base_url="http://gpu.test:11434/v1")
+    given = resolve_model(
+        "ollama:qwen2.5:7b?max_concurrency=2", base_url="http://gpu.test:11434/v1"
+    )
     assert (given.model, given.base_url) == ("qwen2.5:7b", "http://gpu.test:11434/v1")  # type: ignore[attr-defined]
     with pytest.raises(PlaitError, match="ollama model needs a name"):
         resolve_model("ollama:")
@@ -95,7 +97,7 @@ def unauthorized_server() -> Iterator[str]:
     """An OpenAI-compatible endpoint on loopback that answers every call with a 401."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.dumps({"error": {"message": "You didn't provide an API key."}}).encode()
             self.send_response(401)
             self.send_header("Content-Type", "application/json")
@@ -103,7 +105,7 @@ def unauthorized_server() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -121,7 +123,9 @@ def unauthorized_server() -> Iterator[str]:
         server.server_close()
 
 
-def test_plait_run_without_a_key_ends_saying_so(capsys, monkeypatch, unauthorized_server, example_tools):
+def test_plait_run_without_a_key_ends_saying_so(
+    capsys, monkeypatch, unauthorized_server, example_tools
+):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     code, out, err = plait_main(
         capsys,
@@ -185,7 +189,9 @@ def test_without_the_flags_requests_are_as_before(capsys, replies, example_tools
     assert [(r.temperature, r.max_tokens) for r in requests_seen] == [(0.0, None), (0.0, None)]
 
 
-def test_a_resumed_run_keeps_its_temperature(capsys, tmp_path, replies, example_tools, requests_seen):
+def test_a_resumed_run_keeps_its_temperature(
+    capsys, tmp_path, replies, example_tools, requests_seen
+):
     store = db(tmp_path)
     model = replies(PLAN, FINISH)
     argv = ("--tools", example_tools, "--store", store)

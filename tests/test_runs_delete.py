@@ -38,7 +38,10 @@ def finished_run(store: Store, run_id: str, updated_ago: float = 0.0) -> None:
     store.create(
         RunInfo(run_id, "plan", "1. f()", tools=["f"], created=now, holder=me, lease_until=now + 60)
     )
-    records = [Record(1, "session", 0.0, '{"resumed": false}'), Record(2, "start", 0.1, '{"id": 1}')]
+    records = [
+        Record(1, "session", 0.0, '{"resumed": false}'),
+        Record(2, "start", 0.1, '{"id": 1}'),
+    ]
     store.append(run_id, me, records, Progress(1, 1, "done", "x", None, release=True))
     if updated_ago:
         _age(store, run_id, updated_ago)
@@ -140,9 +143,7 @@ def test_runs_rm_deletes_nothing_unless_every_id_can_go(capsys, store_url, store
     assert store.get(done) is not None and store.get(running) is not None
 
 
-def test_runs_prune_deletes_runs_older_than_the_age_and_never_a_held_one(
-    capsys, store_url, store
-):
+def test_runs_prune_deletes_runs_older_than_the_age_and_never_a_held_one(capsys, store_url, store):
     old, fresh, held = new_id("old"), new_id("fresh"), new_id("held")
     finished_run(store, old, updated_ago=8 * 86400)
     finished_run(store, fresh, updated_ago=3600)

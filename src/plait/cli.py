@@ -859,8 +859,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         click.echo(
-            f"plait: internal error: {type(e).__name__}: {_one_line(str(e))} "
-            "(--debug shows where)",
+            f"plait: internal error: {type(e).__name__}: {_one_line(str(e))} (--debug shows where)",
             err=True,
         )
         code = EXIT_FAILED
