@@ -361,7 +361,13 @@ def resume_cmd(
     metavar="TOOLS",
     help="A .py file or importable module; its @plait.tool functions are used.",
 )
-@click.option("--model", default=api.DEFAULT_MODEL, show_default=True, metavar="SPEC")
+@click.option(
+    "--model",
+    default=api.DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
+)
 @click.option("--base-url", default=None, help="Server URL for openai: models.")
 @_sampling
 @click.option(
