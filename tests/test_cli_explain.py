@@ -5,7 +5,7 @@ replies with the tasks, and a run without an answer ends with the reason in word
 from __future__ import annotations
 
 from plait import events as ev
-from plait.cli import LiveView
+from plait.liveview import LiveView
 from test_cli import FINISH, PLAN, QUESTION, REPLAN, plait_main
 from test_cli_store import db
 
