@@ -28,7 +28,7 @@ class LiveView:
         self.console = Console(stderr=True, highlight=False)
         self.verbose = verbose
         self.running: dict[int, tuple[str, float]] = {}
-        self.llm: dict[int, LLMCall] = {}
+        self.llm: dict[int, Reply] = {}
         # Printed in batches: one print per line is slow at 50k tasks. A reply's line is
         # printed whole (soft-wrapped), a task's cut to the terminal's width.
         self._lines: list[tuple[str, bool]] = []
@@ -100,9 +100,9 @@ class LiveView:
             case ev.TaskRetrying(id=i, attempt=a, error=error):
                 p(f"[yellow]↻[/] {i}. retry {a}: {_esc(error)}")
             case ev.LLMStarted(restored=True, call=c, role=role):
-                self.llm[c] = LLMCall(role, 0.0, restored=True)
+                self.llm[c] = Reply(role, 0.0, restored=True)
             case ev.LLMStarted(t=t, call=c, role=role):
-                self.llm[c] = LLMCall(role, t)
+                self.llm[c] = Reply(role, t)
             case ev.LLMToken(call=c, text=text):
                 call = self.llm.get(c)
                 if call is not None:
@@ -116,7 +116,7 @@ class LiveView:
                     call.reset()
                 p(f"[yellow]↻[/] LLM retry {a} in {d:.1f}s: {_esc(error)}")
             case ev.LLMFinished(t=t, call=c, usage=u, error=error, text=text, restored=restored):
-                call = self.llm.pop(c, None) or LLMCall("llm", t)
+                call = self.llm.pop(c, None) or Reply("llm", t)
                 if restored:  # a reply replayed from the store: nothing was asked
                     if self.verbose:
                         p(f"[dim]↺ {call.role} reply, from the store[/]")
@@ -141,7 +141,7 @@ class LiveView:
                 pass
 
 
-class LLMCall:
+class Reply:
     """A model call the live view is showing: its reply so far, split in lines."""
 
     __slots__ = ("last", "partial", "restored", "role", "started", "tokens")
