@@ -272,7 +272,10 @@ def test_sys_exit_0_in_a_tools_file_is_an_error_in_the_real_process(tmp_path, ma
     tools.write_text("import sys\nsys.exit(0)\n")
     replies = tmp_path / "replies.json"
     replies.write_text('["1. mark(\\"a\\")\\n", "Action: Finish(a)"]')
-    for command in (["exec", str(plan)], ["run", "q", "--model", f"replay:{replies}"]):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": 1, "question": "q"}\n')
+    batch = ["batch", str(inp), "--model", f"replay:{replies}", "--out", str(tmp_path / "o")]
+    for command in (["exec", str(plan)], ["run", "q", "--model", f"replay:{replies}"], batch):
         code, out, err = plait_proc(*command, "--tools", str(tools))
         assert (code, out) == (2, "")
         assert "the module called sys.exit(0)" in one_line(err)
