@@ -126,6 +126,64 @@ def test_run_is_the_blocking_form(tools):
     assert result.answer == "237 metres"
 
 
+# -- the blocking forms where an event loop already runs (a Jupyter cell) -------------------
+
+
+async def test_execute_works_inside_a_running_event_loop():
+    asyncio.get_running_loop()  # this test body runs on a loop, as a notebook cell does
+
+    @plait.tool
+    async def double(n: int) -> int:
+        return 2 * n
+
+    result = plait.execute("1. double(4)\n2. double($1)\n3. join()", tools=[double])
+    assert (result.status, result.answer) == ("done", "16")
+
+
+async def test_run_and_resume_work_inside_a_running_event_loop(tools, tmp_path):
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = plait.run(QUESTION, tools=tools, model=ReplayLLM([PLAN, FINISH]), store=store)
+    assert result.answer == "237 metres"
+    again = plait.resume(result.run_id, tools=tools, store=store)
+    assert (again.status, again.answer) == ("done", "237 metres")
+
+
+async def test_a_blocking_call_inside_a_loop_raises_what_the_run_raised():
+    @plait.tool
+    def one() -> int:
+        return 1
+
+    with pytest.raises(PlanError, match="unknown tool"):
+        plait.execute("1. nope()", tools=[one])
+
+
+async def test_a_blocking_call_inside_a_loop_sees_the_callers_context_variables():
+    import contextvars
+
+    seen: list[str] = []
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("the caller's")
+
+    @plait.tool
+    async def look() -> str:
+        seen.append(var.get())
+        return "ok"
+
+    assert plait.execute("1. look()", tools=[look]).ok
+    assert seen == ["the caller's"]
+
+
+# -- temperature and max_tokens --------------------------------------------------------------
+
+
+async def test_arun_sends_every_request_at_the_temperature_and_bound_given(tools):
+    llm = ReplayLLM([PLAN, FINISH])
+    result = await plait.arun(QUESTION, tools=tools, model=llm, temperature=0.4, max_tokens=50)
+    assert result.ok
+    assert [(r.temperature, r.max_tokens) for r in llm.calls] == [(0.4, 50), (0.4, 50)]
+    assert result.llm_calls[0].model == llm.name  # the run is labelled with the model's name
+
+
 async def test_replan_sees_earlier_results_and_numbers_after_them(tools):
     llm = ReplayLLM(
         [

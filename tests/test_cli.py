@@ -454,3 +454,43 @@ def test_plait_script_version():
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "0.1.0" in proc.stdout
+
+
+# -- strict JSON ---------------------------------------------------------------------------
+
+NON_FINITE_TOOLS = """
+import plait
+
+@plait.tool
+def nan() -> float:
+    return float("nan")
+
+@plait.tool
+def big() -> float:
+    return float("1e999")
+
+@plait.tool
+def pair(a: float, b: float) -> list:
+    return [a, -b, {"x": a}]
+"""
+
+
+def refuse_constant(constant: str) -> None:
+    raise AssertionError(f"not strict JSON: {constant}")
+
+
+def test_json_is_strict_json_non_finite_floats_are_null(capsys, tmp_path):
+    tools = write(tmp_path / "tools.py", NON_FINITE_TOOLS)
+    plan = write(tmp_path / "p.plan", "1. nan()\n2. big()\n3. pair($1, $2)\n")
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    argv = ("--tools", tools, "--store", store, "--run-id", "N", "--json")
+    code, out, _ = plait_main(capsys, "exec", plan, *argv)
+    assert code == 0
+    data = json.loads(out, parse_constant=refuse_constant)
+    assert [t["result"] for t in data["tasks"]] == [None, None, [None, None, {"x": None}]]
+    code, out, _ = plait_main(capsys, "show", "N", "--store", store, "--json")
+    assert code == 0
+    shown = json.loads(out, parse_constant=refuse_constant)
+    assert [t["result"] for t in shown["tasks"]] == [None, None, [None, None, {"x": None}]]
+    code, out, _ = plait_main(capsys, "runs", "--store", store, "--json")
+    json.loads(out, parse_constant=refuse_constant)

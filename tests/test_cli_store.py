@@ -64,8 +64,7 @@ def test_exec_records_the_run_and_runs_lists_it(capsys, tmp_path, example_plan, 
     assert row.split()[:2] == ["L1", "done"]
     assert "5/5" in row.split()
     code, out, _ = plait_main(capsys, "runs", "--store", store, "--json")
-    (line,) = out.strip().splitlines()
-    summary = json.loads(line)
+    (summary,) = json.loads(out)  # one JSON array, like every other --json: one value
     assert (summary["id"], summary["status"], summary["tasks_done"], summary["tasks_total"]) == (
         "L1",
         "done",
@@ -166,8 +165,27 @@ def test_exec_with_a_taken_run_id_exits_2(capsys, tmp_path, example_plan, exampl
     assert plait_main(capsys, "exec", example_plan, *argv)[0] == 0
     code, _, err = plait_main(capsys, "exec", example_plan, *argv)
     assert code == 2
-    assert "run T already exists" in assert_one_line(err)
-    assert "plait resume T" in err
+    line = assert_one_line(err)
+    # A finished run is not to be finished again: it is shown.
+    assert "run T already exists and is finished (done)" in line
+    assert f"plait show T --store {store}" in line
+    assert "resume" not in line
+
+
+def test_run_with_the_run_id_of_an_unfinished_run_says_resume(capsys, tmp_path, example_tools):
+    store = db(tmp_path)
+    tools = write(tmp_path / "slow.py", SLOW_TOOLS)
+    plan = write(tmp_path / "p.plan", '1. nap(0, "x")\n')
+    argv = ("--tools", tools, "--store", store, "--run-id", "U")
+    assert plait_main(capsys, "exec", plan, *argv)[0] == 0
+    opened = open_store(store)
+    opened.claim("U", "test", 15.0)
+    opened.append("U", "test", [], _unfinished("cancelled"))
+    code, _, err = plait_main(capsys, "exec", plan, *argv)
+    assert code == 2
+    line = assert_one_line(err)
+    assert "run U already exists (cancelled)" in line
+    assert f"plait resume U --tools {tools} --store {store}" in line
 
 
 def test_resume_without_a_tool_the_run_used_exits_2(capsys, tmp_path, example_tools):
@@ -187,10 +205,10 @@ def test_resume_without_a_tool_the_run_used_exits_2(capsys, tmp_path, example_to
     assert "nap" in assert_one_line(err)
 
 
-def _unfinished():
+def _unfinished(status: str = "failed"):
     from plait.stores import Progress
 
-    return Progress(1, 0, "failed", release=True)
+    return Progress(1, 0, status, release=True)
 
 
 def test_interrupted_exec_resumes_and_a_second_resumer_is_told_it_is_held(tmp_path):
@@ -210,7 +228,8 @@ def test_interrupted_exec_resumes_and_a_second_resumer_is_told_it_is_held(tmp_pa
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=60)
     assert first.returncode == 130
-    assert "plait resume K" in err
+    # The hint repeats what was given, quoted for a shell, so it can be run as it is.
+    assert f"finish it with: plait resume K --tools {tools} --store {store}" in err
     assert one_json_object(out)["status"] == "cancelled"
     assert opened.get("K").state == "cancelled"
 

@@ -1,24 +1,26 @@
 """The public entry points. The CLI (and later the service) are thin shells over these.
 
 Async is canonical: `run` and `execute` are `asyncio.run` over `arun` and `aexecute`, never a
-second implementation. `astream` is the same run seen as its event stream, for UIs.
+second implementation (on a worker thread's own loop when the caller's thread runs one).
+`astream` is the same run seen as its event stream, for UIs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import events as ev
 from .agent import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
 from .backends import Backend, open_backend
-from .llm import LLM, resolve_model
+from .llm import LLM, resolve_model, with_sampling
 from .plan import Task
 from .result import Recorder, RunResult
 from .runlog import Restored, RunLog, stored_result
@@ -287,16 +289,25 @@ async def arun(
     retry: RetryPolicy | None = None,
     store: StoreLike = None,
     backend: BackendLike = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
 ) -> RunResult:
     """Answer a question: plan with the model, run the plan's tasks as they stream, join.
 
     With `store`, the run is recorded under `run_id`, replies and results included, and
     `aresume` finishes it without asking the model again for what it already answered.
+    `temperature` and `max_tokens` (a reply's bound) apply to every model call of the run.
     """
-    llm = resolve_model(model, base_url=base_url)
+    llm = with_sampling(resolve_model(model, base_url=base_url), temperature, max_tokens)
     registry = Tools.coerce(tools)
     spec = model if isinstance(model, str) else llm.name
-    options = {"max_replans": max_replans, "base_url": base_url, "examples": examples}
+    options: dict[str, Any] = {
+        "max_replans": max_replans,
+        "base_url": base_url,
+        "examples": examples,
+    }
+    if temperature is not None or max_tokens is not None:
+        options.update(temperature=temperature, max_tokens=max_tokens)
     now = time.time()
     new = RunInfo("", "question", question, spec, list(registry), options, created=now, updated=now)
     return await _session(
@@ -379,7 +390,11 @@ async def aresume(
         spec = model if model is not None else info.model
         if spec is None:
             raise StoreError(f"run {run_id} does not say which model it used: pass model=")
-        llm = resolve_model(spec, base_url=base_url or options.get("base_url"))
+        llm = with_sampling(
+            resolve_model(spec, base_url=base_url or options.get("base_url")),
+            options.get("temperature"),
+            options.get("max_tokens"),
+        )
         body = _answer(
             info.source,
             llm,
@@ -396,17 +411,30 @@ async def aresume(
 
 def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:
     """Blocking `aexecute`."""
-    return asyncio.run(aexecute(plan, tools=tools, **kwargs))
+    return _blocking(aexecute(plan, tools=tools, **kwargs))
 
 
 def run(question: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:
     """Blocking `arun`."""
-    return asyncio.run(arun(question, tools=tools, **kwargs))
+    return _blocking(arun(question, tools=tools, **kwargs))
 
 
 def resume(run_id: str, *, tools: ToolsLike, store: Store | str, **kwargs: Any) -> RunResult:
     """Blocking `aresume`."""
-    return asyncio.run(aresume(run_id, tools=tools, store=store, **kwargs))
+    return _blocking(aresume(run_id, tools=tools, store=store, **kwargs))
+
+
+def _blocking(coro: Coroutine[Any, Any, RunResult]) -> RunResult:
+    """`asyncio.run(coro)`; called where an event loop already runs in this thread (a Jupyter
+    cell, an async framework's sync callback), on a loop of its own in a worker thread,
+    which blocks this thread until the run ends, as a blocking call does."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    context = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plait-sync") as pool:
+        return pool.submit(context.run, asyncio.run, coro).result()
 
 
 async def astream(

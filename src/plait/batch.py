@@ -170,6 +170,8 @@ async def abatch(
     llm_slots: int | None = None,
     order: str = "prefix",
     backend: api.BackendLike = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
 ) -> AsyncIterator[BatchResult]:
     """Answer every item's question; yield each result as it completes (not in input order).
 
@@ -184,7 +186,7 @@ async def abatch(
     `llm_slots` bounds the model calls in flight (a server's slots: 1 for llama-cpp-python's
     server); queued calls then go out in `order`: "prefix" (the call sharing the longest
     prompt prefix with what the slot ran last) or "arrival". `backend` ("local" or "ray")
-    is opened once for the whole batch.
+    is opened once for the whole batch. `temperature` and `max_tokens` apply to every call.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -255,6 +257,8 @@ async def abatch(
                     examples=examples,
                     retry=retry,
                     on_event=counted,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
                 )
             query_run = f"{batch_id}:{item_key(item_id)}"
             info = await asyncio.to_thread(opened.get, query_run)
@@ -275,6 +279,8 @@ async def abatch(
                 examples=examples,
                 retry=retry,
                 on_event=counted,
+                temperature=temperature,
+                max_tokens=max_tokens,
                 store=opened,
                 run_id=query_run,
             )

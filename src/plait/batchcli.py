@@ -27,6 +27,7 @@ import click
 
 from .batch import BLANK, BadItem, BatchStats, abatch
 from .errors import PlaitError
+from .result import finite
 from .tools import load_tools
 
 
@@ -44,12 +45,14 @@ def run_batch(
     llm_slots: int | None = None,
     order: str = "prefix",
     backend: str = "local",
+    temperature: float | None = None,
+    max_tokens: int | None = None,
 ) -> int:
+    if input_path != "-" and not Path(input_path).is_file():
+        raise PlaitError(f"input file not found: {input_path}")
     registry = load_tools(tools)
     out = Path(out_path)
     written, written_lines = _written(out)
-    if input_path != "-" and not Path(input_path).is_file():
-        raise PlaitError(f"input file not found: {input_path}")
     total = None if input_path == "-" else _count_lines(Path(input_path))
     stats = BatchStats()
     already = len(written) + len(written_lines)
@@ -58,28 +61,34 @@ def run_batch(
     progress = Progress(stats, total, already)
 
     async def main() -> None:
-        # A lone surrogate from an input's \udcxx escape goes out as that escape again.
-        with out.open("a", encoding="utf-8", errors="backslashreplace") as sink:
-            async for result in abatch(
-                _items(input_path),
-                tools=registry,
-                model=model,
-                base_url=base_url,
-                concurrency=concurrency,
-                store=store,
-                run_id=run_id,
-                skip=written,
-                skip_positions=written_lines,
-                label=f"{input_path} line",
-                max_replans=max_replans,
-                stats=stats,
-                llm_slots=llm_slots,
-                order=order,
-                backend=backend,
-            ):
-                sink.write(json.dumps(result.to_dict(), ensure_ascii=False, default=str) + "\n")
-                sink.flush()
-                progress.update()
+        ticker = asyncio.create_task(progress.tick())
+        try:
+            # A lone surrogate from an input's \udcxx escape goes out as that escape again.
+            with out.open("a", encoding="utf-8", errors="backslashreplace") as sink:
+                async for result in abatch(
+                    _items(input_path),
+                    tools=registry,
+                    model=model,
+                    base_url=base_url,
+                    concurrency=concurrency,
+                    store=store,
+                    run_id=run_id,
+                    skip=written,
+                    skip_positions=written_lines,
+                    label=f"{input_path} line",
+                    max_replans=max_replans,
+                    stats=stats,
+                    llm_slots=llm_slots,
+                    order=order,
+                    backend=backend,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                ):
+                    sink.write(_line(result.to_dict()) + "\n")
+                    sink.flush()
+                    progress.update()
+        finally:
+            ticker.cancel()
 
     try:
         try:
@@ -93,6 +102,11 @@ def run_batch(
     click.echo(json.dumps(stats.to_dict()))
     click.echo(f"plait batch: {_summary(stats)}", err=True)
     return 1 if stats.failed else 0
+
+
+def _line(record: dict[str, Any]) -> str:
+    """An output line: strict JSON (a float that is not finite, NaN or Infinity, is null)."""
+    return json.dumps(finite(record), ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _items(path: str) -> Iterator[Any]:
@@ -177,7 +191,13 @@ def _summary(s: BatchStats) -> str:
 
 
 class Progress:
-    """A rich progress bar on a terminal; a plain line every 10 s otherwise (logs, CI)."""
+    """Where the batch is: done, failed, in flight, the rate, an ETA, tokens, elapsed time.
+
+    A rich progress bar on a terminal, redrawn by `tick` every half second so that it moves
+    before the first item ends; a plain line every 10 s otherwise (logs, CI).
+    """
+
+    EVERY = 10.0  # seconds between plain lines
 
     def __init__(self, stats: BatchStats, total: int | None, already: int) -> None:
         self.stats = stats
@@ -187,38 +207,67 @@ class Progress:
         self._last = time.monotonic()
         self._bar: Any = None
         if self.tty:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn
 
             self._bar = Progress(
                 TextColumn("[bold]batch"),
                 BarColumn(),
                 TextColumn("{task.completed:,}/{task.total:,}" if total else "{task.completed:,}"),
-                TimeRemainingColumn(),
                 TextColumn("{task.fields[line]}"),
                 transient=False,
             )
             self._task = self._bar.add_task(
-                "batch", total=total, completed=already, line=self._line()
+                "batch", total=total, completed=already, line=self.line()
             )
             self._bar.start()
 
-    def _line(self) -> str:
+    def line(self) -> str:
         s = self.stats
-        rate = (s.done + s.failed) / max(s.wall, 1e-9)
+        wall = s.wall
+        finished = s.done + s.failed
+        parts = [f"{s.done:,} done", f"{s.failed:,} failed", f"{s.running:,} in flight"]
+        if finished:
+            rate = finished / max(wall, 1e-9)
+            parts.append(_rate(rate))
+            if self.total is not None:
+                left = max(self.total - self.already - finished, 0)
+                parts.append(f"ETA {_clock(left / rate)}")
         tokens = s.usage.prompt_tokens + s.usage.completion_tokens
-        return (
-            f"{s.done:,} done, {s.failed:,} failed, {s.running} running, {rate:.1f}/s, "
-            f"{tokens:,} tokens"
-        )
+        parts += [f"{tokens:,} tokens", f"{_clock(wall)} elapsed"]
+        return ", ".join(parts)
 
     def update(self) -> None:
         if self._bar is not None:
             done = self.already + self.stats.done + self.stats.failed
-            self._bar.update(self._task, completed=done, line=self._line())
-        elif time.monotonic() - self._last >= 10:
+            self._bar.update(self._task, completed=done, line=self.line())
+        elif time.monotonic() - self._last >= self.EVERY:
             self._last = time.monotonic()
-            click.echo(f"plait batch: {self._line()}", err=True)
+            click.echo(f"plait batch: {self.line()}", err=True)
+
+    async def tick(self, every: float = 0.5) -> None:
+        """Refresh the view while the batch runs, items finishing or not (cancel to stop)."""
+        while True:
+            await asyncio.sleep(every)
+            self.update()
 
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def _rate(per_second: float) -> str:
+    """Items a second, or a minute or an hour when that reads better than 0.0/s."""
+    for unit, size in (("s", 1), ("min", 60), ("h", 3600)):
+        if round(per_second * size, 1) >= 1 or unit == "h":
+            return f"{per_second * size:.1f}/{unit}"
+    raise AssertionError
+
+
+def _clock(seconds: float) -> str:
+    """1h02m, 3m20s, 45s."""
+    s = int(seconds + 0.5)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"

@@ -1,9 +1,12 @@
-"""`plait exec` and `plait run`: a thin shell over the Python API.
+"""The command line: a thin shell over the Python API (`plait exec`, `run`, `resume`, `batch`,
+`runs`, `show`).
 
 Contracts: exit 0 on success, 1 when the run ended with a failed task or no answer, 2 on
 invalid input (one line on stderr, no traceback unless --debug), 130 when interrupted.
-`--json` prints exactly one JSON object on stdout; otherwise a live view goes to stderr and
-the answer to stdout, so `plait run ... > answer.txt` does what it says.
+Invalid input is found before anything runs: flags, output paths (`--trace`, `--out`), the
+plan's bytes, the tools file. `--json` prints exactly one JSON value on stdout, strict JSON
+(a float that is not finite is null); otherwise a live view goes to stderr and the answer to
+stdout, so `plait run ... > answer.txt` does what it says.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import re
+import shlex
 import signal
 import sys
 import time
@@ -23,11 +29,88 @@ import click
 from . import api
 from . import events as ev
 from .errors import PlaitError, PlanError
+from .liveview import LiveView
 from .result import RunResult
-from .stores import default_store_url, open_store
+from .stores import RunExists, default_store_url, open_store, redact_url
 from .trace import TraceRecorder
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+ENVIRONMENT = """\b
+Environment:
+  PLAIT_STORE      the run store, when --store is not given
+  OPENAI_API_KEY   the key for openai: models
+  OPENAI_BASE_URL  the server for openai: models, when --base-url is not given
+  RAY_ADDRESS      the Ray cluster for --backend ray (RAY_AUTH_TOKEN if it uses tokens)
+
+\b
+A plan is numbered tool calls, one a line; $N is task N's result:
+  1. search("Eiffel Tower height")
+  2. extract_number(text=$1, unit="metres")
+The whole syntax (and the JSON form) is in README.md, section "Plans".
+"""
+
+
+def _output_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A file plait will write: checked before anything runs, so a run's work is never lost
+    to a path it cannot write at the end."""
+    if value is None:
+        return None
+    path = Path(value)
+    parent = path.parent
+    if path.is_dir():
+        raise click.BadParameter(f"{value} is a directory")
+    if not parent.is_dir():
+        raise click.BadParameter(f"{value}: directory {parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise click.BadParameter(f"{value} is not writable")
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value}: cannot create a file in {parent}")
+    return value
+
+
+def _text_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A command-line string that must be text: argv bytes that are not UTF-8 are refused."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(value)
+        e = _utf8_error(raw)
+        raise click.BadParameter(
+            f"not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}"
+        ) from None
+    if param.name == "run_id" and (not value or any(not c.isprintable() for c in value)):
+        raise click.BadParameter(f"{value!r}: a run id is printable text, not empty")
+    return value
+
+
+def _text_args(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    return tuple(_text_arg(ctx, param, v) or "" for v in values)
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """`7d`, `12h`, `30m`, `45s`, `2w` (or several: `1d12h`) in seconds."""
+    text = value.strip().lower()
+    parts = DURATION.findall(text)
+    if not parts or DURATION.sub("", text).strip():
+        raise click.BadParameter(f"{value!r} is not an age: use e.g. 30s, 15m, 12h, 7d, 2w")
+    return sum(float(n) * SECONDS[unit] for n, unit in parts)
+
+
+def _utf8_error(raw: bytes) -> UnicodeDecodeError:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e
+    raise AssertionError("valid UTF-8")
 
 
 def _store_option(f: Any) -> Any:
@@ -54,9 +137,39 @@ def _backend_option(f: Any) -> Any:
 
 def _durable(f: Any) -> Any:
     f = click.option(
-        "--run-id", default=None, metavar="ID", help="Name the run (default: a random id)."
+        "--run-id",
+        default=None,
+        metavar="ID",
+        callback=_text_arg,
+        help="Name the run (default: a random id).",
     )(f)
     return _store_option(f)
+
+
+def _sampling(f: Any) -> Any:
+    f = click.option(
+        "--max-tokens",
+        default=None,
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="At most N tokens in each model reply [default: the model's own bound].",
+    )(f)
+    return click.option(
+        "--temperature",
+        default=None,
+        type=click.FloatRange(0.0, 2.0),
+        metavar="T",
+        help="Sampling temperature of every model call [default: 0].",
+    )(f)
+
+
+def _verbose(f: Any) -> Any:
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        help="Show the planner's and the joiner's replies, line by line as they stream.",
+    )(f)
 
 
 def _common(f: Any) -> Any:
@@ -66,6 +179,7 @@ def _common(f: Any) -> Any:
         "trace_path",
         type=click.Path(dir_okay=False),
         default=None,
+        callback=_output_path,
         help="Write a Chrome trace-event JSON file (open it in Perfetto).",
     )(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
@@ -78,8 +192,8 @@ def _common(f: Any) -> Any:
     return _backend_option(f)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="plait")
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=ENVIRONMENT)
+@click.version_option(None, "-V", "--version", package_name="plait")
 def cli() -> None:
     """Compile agent work into a task graph and run it in parallel."""
 
@@ -101,6 +215,7 @@ def exec_cmd(
     """Run the plan in file PLAN (or - for stdin) without a planner."""
     text = _read_plan(plan)
     store = store_url or default_store_url()
+    again = Again(tools, store_url, backend)
     try:
         return _drive(
             lambda on_event: api.aexecute(
@@ -113,21 +228,24 @@ def exec_cmd(
             ),
             as_json,
             trace_path,
-            store,
+            again,
         )
     except PlanError as e:
         raise PlaitError(f"{plan}: {e}") from None
+    except RunExists:
+        raise PlaitError(_taken(store, run_id, again)) from None
 
 
 @cli.command("run")
-@click.argument("question")
+@click.argument("question", callback=_text_arg)
 @_common
+@_verbose
 @click.option(
     "--model",
     default=api.DEFAULT_MODEL,
     show_default=True,
     metavar="SPEC",
-    help="local[:FILE.gguf], openai:MODEL, or replay:FILE?ttft=S&tps=N.",
+    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
 )
 @click.option(
     "--base-url", default=None, help="Server URL for openai: models (else OPENAI_BASE_URL)."
@@ -139,6 +257,7 @@ def exec_cmd(
     type=click.IntRange(min=0),
     help="How many times the joiner may ask for a new plan.",
 )
+@_sampling
 @_durable
 def run_cmd(
     question: str,
@@ -146,36 +265,47 @@ def run_cmd(
     as_json: bool,
     trace_path: str | None,
     debug: bool,
+    verbose: bool,
     model: str,
     base_url: str | None,
     max_replans: int,
+    temperature: float | None,
+    max_tokens: int | None,
     store_url: str | None,
     run_id: str | None,
     backend: str,
 ) -> int:
     """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
     store = store_url or default_store_url()
-    return _drive(
-        lambda on_event: api.arun(
-            question,
-            tools=tools,
-            model=model,
-            base_url=base_url,
-            max_replans=max_replans,
-            on_event=on_event,
-            store=store,
-            run_id=run_id,
-            backend=backend,
-        ),
-        as_json,
-        trace_path,
-        store,
-    )
+    again = Again(tools, store_url, backend)
+    try:
+        return _drive(
+            lambda on_event: api.arun(
+                question,
+                tools=tools,
+                model=model,
+                base_url=base_url,
+                max_replans=max_replans,
+                on_event=on_event,
+                store=store,
+                run_id=run_id,
+                backend=backend,
+                temperature=temperature,
+                max_tokens=max_tokens,
+            ),
+            as_json,
+            trace_path,
+            again,
+            verbose,
+        )
+    except RunExists:
+        raise PlaitError(_taken(store, run_id, again)) from None
 
 
 @cli.command("resume")
 @click.argument("run_id", metavar="ID")
 @_common
+@_verbose
 @_store_option
 @click.option(
     "--model", default=None, metavar="SPEC", help="Override the model the run was started with."
@@ -187,6 +317,7 @@ def resume_cmd(
     as_json: bool,
     trace_path: str | None,
     debug: bool,
+    verbose: bool,
     store_url: str | None,
     model: str | None,
     base_url: str | None,
@@ -206,7 +337,8 @@ def resume_cmd(
         ),
         as_json,
         trace_path,
-        store,
+        Again(tools, store_url, backend),
+        verbose,
     )
 
 
@@ -218,13 +350,21 @@ def resume_cmd(
     metavar="TOOLS",
     help="A .py file or importable module; its @plait.tool functions are used.",
 )
-@click.option("--model", default=api.DEFAULT_MODEL, show_default=True, metavar="SPEC")
+@click.option(
+    "--model",
+    default=api.DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
+)
 @click.option("--base-url", default=None, help="Server URL for openai: models.")
+@_sampling
 @click.option(
     "--out",
     "out_path",
     required=True,
     type=click.Path(dir_okay=False),
+    callback=_output_path,
     help="Where results go, a JSON line per item as it finishes; an existing file is "
     "continued (items already in it are skipped).",
 )
@@ -239,7 +379,13 @@ def resume_cmd(
     metavar="URL",
     help="Record every item's run, so an interrupted batch resumes items it had begun.",
 )
-@click.option("--run-id", default=None, metavar="ID", help="Name the batch (its runs: ID:ITEM).")
+@click.option(
+    "--run-id",
+    default=None,
+    metavar="ID",
+    callback=_text_arg,
+    help="Name the batch (its runs: ID:ITEM).",
+)
 @click.option(
     "--llm-slots",
     default=None,
@@ -261,6 +407,8 @@ def batch_cmd(
     tools: str,
     model: str,
     base_url: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
     out_path: str,
     concurrency: int,
     max_replans: int,
@@ -288,18 +436,64 @@ def batch_cmd(
         llm_slots=llm_slots,
         order=order,
         backend=backend,
+        temperature=temperature,
+        max_tokens=max_tokens,
     )
 
 
-@cli.command("runs")
+@cli.group("runs", invoke_without_command=True)
 @_store_option
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per run, a line each.")
-def runs_cmd(store_url: str | None, limit: int, as_json: bool) -> int:
-    """List recent runs: id, status, age, tasks done/total."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of the runs.")
+@click.pass_context
+def runs_cmd(ctx: click.Context, store_url: str | None, limit: int, as_json: bool) -> int:
+    """List recent runs: id, status, age, tasks done/total. `runs rm` and `runs prune`
+    delete runs."""
+    ctx.obj = store_url
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
     from .report import print_runs
 
     print_runs(open_store(store_url or default_store_url(), readonly=True), limit, as_json)
+    return EXIT_OK
+
+
+def _runs_store(ctx: click.Context, store_url: str | None) -> str:
+    """A `runs` subcommand's store: its own --store, else the one given to `runs`."""
+    parent = ctx.parent.obj if ctx.parent is not None else None
+    return store_url or parent or default_store_url()
+
+
+@runs_cmd.command("rm")
+@click.argument("run_ids", metavar="ID...", nargs=-1, required=True, callback=_text_args)
+@_store_option
+@click.pass_context
+def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | None) -> int:
+    """Delete runs ID... and their logs. A run being run now is not deleted; nothing is,
+    unless every ID can go."""
+    from .report import remove_runs
+
+    remove_runs(open_store(_runs_store(ctx, store_url)), list(run_ids))
+    return EXIT_OK
+
+
+@runs_cmd.command("prune")
+@click.option(
+    "--older-than",
+    "age",
+    required=True,
+    metavar="AGE",
+    callback=_duration,
+    help="Delete runs last updated longer ago than AGE: 30s, 15m, 12h, 7d, 2w.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the runs that would go; delete nothing.")
+@_store_option
+@click.pass_context
+def runs_prune_cmd(ctx: click.Context, age: float, dry_run: bool, store_url: str | None) -> int:
+    """Delete the runs not updated for AGE (a run being run now stays), and their logs."""
+    from .report import prune_runs
+
+    prune_runs(open_store(_runs_store(ctx, store_url)), time.time() - age, dry_run)
     return EXIT_OK
 
 
@@ -311,6 +505,7 @@ def runs_cmd(store_url: str | None, limit: int, as_json: bool) -> int:
     "trace_path",
     type=click.Path(dir_okay=False),
     default=None,
+    callback=_output_path,
     help="Export the run as a Chrome trace-event JSON file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result object.")
@@ -325,19 +520,73 @@ def show_cmd(run_id: str, store_url: str | None, trace_path: str | None, as_json
 
 
 def _read_plan(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    """The plan's text; bytes that are not UTF-8 are an error naming where they are."""
+    where = "stdin" if path == "-" else path
     try:
-        return Path(path).read_text()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except FileNotFoundError:
         raise PlaitError(f"plan file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PlaitError(f"cannot read plan file {path}: {e}") from None
+    except OSError as e:
+        raise PlaitError(f"cannot read plan file {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PlaitError(
+            f"{where}: not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}"
+        ) from None
 
 
-def _drive(start: Any, as_json: bool, trace_path: str | None, store: str | None = None) -> int:
+class Again:
+    """How to name this run's command again: the flags a resume hint must repeat."""
+
+    def __init__(self, tools: str, store_url: str | None, backend: str) -> None:
+        self.tools = tools
+        self.store_url = store_url  # as given: None means the default, which a resume uses too
+        self.backend = backend
+
+    def flags(self, tools: bool = True) -> str:
+        parts = [f" --tools {shlex.quote(self.tools)}"] if tools else []
+        if self.store_url is not None:
+            parts.append(f" --store {shlex.quote(redact_url(self.store_url))}")
+        if self.backend != "local" and tools:
+            parts.append(f" --backend {self.backend}")
+        return "".join(parts)
+
+    def resume(self, run_id: str) -> str:
+        return f"plait resume {shlex.quote(run_id)}{self.flags()}"
+
+    def show(self, run_id: str) -> str:
+        return f"plait show {shlex.quote(run_id)}{self.flags(tools=False)}"
+
+
+def _taken(store: str, run_id: str | None, again: Again) -> str:
+    """Why --run-id cannot name a new run: it names one that is finished, or one to resume."""
+    info = None
+    with contextlib.suppress(PlaitError):
+        opened = open_store(store)
+        try:
+            info = opened.get(run_id or "")
+        finally:
+            opened.close()
+    rid = run_id or ""
+    if info is not None and info.state in ("done", "failed"):
+        return (
+            f"run {rid} already exists and is finished ({info.state}): see it with "
+            f"`{again.show(rid)}`, or choose another --run-id for a new run"
+        )
+    state = f" ({info.state})" if info is not None else ""
+    return f"run {rid} already exists{state}: finish it with `{again.resume(rid)}`"
+
+
+def _drive(
+    start: Any,
+    as_json: bool,
+    trace_path: str | None,
+    again: Again | None = None,
+    verbose: bool = False,
+) -> int:
     trace = TraceRecorder() if trace_path else None
-    view = None if as_json else LiveView()
+    view = None if as_json else LiveView(verbose)
     final: list[RunResult] = []
 
     def on_event(e: ev.Event) -> None:
@@ -348,6 +597,7 @@ def _drive(start: Any, as_json: bool, trace_path: str | None, store: str | None 
         if isinstance(e, ev.RunFinished):
             final.append(e.result)
 
+    trace_error: str | None = None
     try:
         try:
             # stdout is the answer's (or the one JSON object's): what tools print while the
@@ -358,131 +608,59 @@ def _drive(start: Any, as_json: bool, trace_path: str | None, store: str | None 
             if view is not None:
                 view.stop()
             if trace is not None and trace_path and trace.events:
-                trace.write(trace_path)
+                try:
+                    trace.write(trace_path)
+                except OSError as e:  # checked before the run: it changed since
+                    trace_error = f"cannot write the trace to {trace_path}: {e.strerror or e}"
     except KeyboardInterrupt:
         if as_json and final:
             click.echo(final[-1].to_json())
-        hint = _resume_hint(final[-1].run_id, store) if final else ""
+        hint = _resume_hint(final[-1].run_id, again) if final else ""
         click.echo(f"plait: interrupted{hint}", err=True)
         return EXIT_INTERRUPTED
     if as_json:
         click.echo(result.to_json())
     else:
         _summary(result)
+    if trace_error is not None:
+        click.echo(f"plait: {trace_error}", err=True)
+        return EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _resume_hint(run_id: str, store: str | None) -> str:
-    if store is None or store.startswith("memory:"):
+def _resume_hint(run_id: str, again: Again | None) -> str:
+    if again is None:
         return ""
-    return f"; finish it with: plait resume {run_id} --tools TOOLS --store {store}"
+    store = again.store_url or default_store_url()
+    if store.startswith("memory:"):
+        return ""
+    return f"; finish it with: {again.resume(run_id)}"
 
 
 def _summary(result: RunResult) -> None:
+    """The run in a line, then the answer on stdout; a run without one ends, on stderr,
+    with the reason in words."""
     counts: dict[str, int] = {}
     for t in result.tasks:
         counts[t.status] = counts.get(t.status, 0) + 1
     parts = ", ".join(f"{n} {s}" for s, n in counts.items())
     tokens = result.usage.prompt_tokens + result.usage.completion_tokens
     tail = f", {tokens} tokens" if tokens else ""
+    n = result.replans
+    replans = f", {n} replan{'s' * (n != 1)}" if n else ""
     click.echo(
-        f"{result.status}: {len(result.tasks)} tasks ({parts or 'none'}) in "
+        f"{result.status}: {len(result.tasks)} tasks ({parts or 'none'}){replans} in "
         f"{result.elapsed:.2f}s{tail}",
         err=True,
     )
-    if result.error:
-        click.echo(f"error: {result.error}", err=True)
     if result.answer is not None:
         click.echo(result.answer)
+    if result.error:
+        click.echo(f"error: {_one_line(result.error)}", err=True)
 
 
-class LiveView:
-    """Tasks as they start and end, on stderr, with what is running now kept at the bottom."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.console = Console(stderr=True, highlight=False)
-        self.running: dict[int, tuple[str, float]] = {}
-        self.llm: dict[int, list[Any]] = {}  # call -> [role, started, tokens]
-        self._lines: list[str] = []  # printed in batches: one print per line is slow at 50k tasks
-        self._flushed = time.monotonic()
-        self.live = Live(
-            console=self.console, refresh_per_second=8, transient=True, get_renderable=self._render
-        )
-        self.live.start()
-
-    def stop(self) -> None:
-        self._flush()
-        self.live.stop()
-
-    def _flush(self) -> None:
-        if self._lines:
-            text, self._lines = "\n".join(self._lines), []
-            self.console.print(text, no_wrap=True, overflow="ellipsis")
-        self._flushed = time.monotonic()
-
-    def _render(self) -> Any:
-        from rich.text import Text
-
-        # Called from rich's refresh thread: iterate over copies.
-        lines = [f"  … {role} writing ({n} tokens)" for role, _, n in list(self.llm.values())]
-        shown = sorted(list(self.running.items()))[:12]
-        lines += [f"  ▶ {i}. {name}" for i, (name, _) in shown]
-        if len(self.running) > len(shown):
-            lines.append(f"  … and {len(self.running) - len(shown)} more running")
-        return Text("\n".join(lines), style="dim")
-
-    def __call__(self, e: ev.Event) -> None:
-        def p(text: str) -> None:
-            self._lines.append(text)
-            if len(self._lines) >= 200 or time.monotonic() - self._flushed > 0.1:
-                self._flush()
-
-        match e:
-            case ev.TaskStarted(t=t, id=i, tool=tool):
-                self.running[i] = (tool, t)
-            case ev.TaskFinished(id=i, status=status, restored=True):
-                p(f"[dim]↺ {i}. {status}, from the store[/]")
-            case ev.TaskFinished(t=t, id=i, status=status, result=result, error=error):
-                tool, t0 = self.running.pop(i, ("", t))
-                if status == "done":
-                    text = " ".join(str(result).split())
-                    text = text if len(text) <= 70 else text[:67] + "..."
-                    p(f"[green]✓[/] {i}. {tool} [dim]{t - t0:.2f}s[/] → {_esc(text)}")
-                else:
-                    mark = {"failed": "[red]✗[/]", "skipped": "[yellow]-[/]"}.get(
-                        status, "[dim]○[/]"
-                    )
-                    p(f"{mark} {i}. {tool or 'task'} {status}: {_esc(error or '')}")
-            case ev.TaskRetrying(id=i, attempt=a, error=error):
-                p(f"[yellow]↻[/] {i}. retry {a}: {_esc(error)}")
-            case ev.LLMStarted(restored=True) | ev.LLMFinished(restored=True):
-                pass  # a reply replayed from the store: nothing was asked
-            case ev.LLMStarted(t=t, call=c, role=role):
-                self.llm[c] = [role, t, 0]
-            case ev.LLMToken(call=c):
-                if c in self.llm:
-                    self.llm[c][2] += 1
-            case ev.LLMRetrying(call=c, attempt=a, error=error, delay=d):
-                p(f"[yellow]↻[/] LLM retry {a} in {d:.1f}s: {_esc(error)}")
-            case ev.LLMFinished(t=t, call=c, usage=u, error=error):
-                role, t0, n = self.llm.pop(c, ["llm", t, 0])
-                status = f"[red]{_esc(error)}[/]" if error else f"{u.completion_tokens or n} tokens"
-                p(f"[cyan]●[/] {role} {t - t0:.2f}s, {status}")
-            case ev.PlanInvalid(error=error):
-                p(f"[red]✗ invalid plan:[/] {_esc(error)}")
-            case ev.Replanning(round=r, reason=reason):
-                p(f"[magenta]⟳ replan {r}:[/] {_esc(reason)}")
-            case _:
-                pass
-
-
-def _esc(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -509,14 +687,14 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=args, prog_name="plait", standalone_mode=False)
     except click.UsageError as e:
         where = f"plait {e.ctx.info_name}: " if e.ctx and e.ctx.parent else "plait: "
-        click.echo(f"{where}{e.format_message()}", err=True)
+        click.echo(f"{where}{_one_line(e.format_message())}", err=True)
         code = EXIT_INVALID
     except click.Abort:
         code = EXIT_INTERRUPTED
     except PlaitError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"plait: {e}", err=True)
+        click.echo(f"plait: {_one_line(str(e))}", err=True)
         code = EXIT_INVALID
     except KeyboardInterrupt:
         click.echo("plait: interrupted", err=True)
@@ -525,7 +703,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         click.echo(
-            f"plait: internal error: {type(e).__name__}: {e} (--debug shows where)", err=True
+            f"plait: internal error: {type(e).__name__}: {_one_line(str(e))} (--debug shows where)",
+            err=True,
         )
         code = EXIT_FAILED
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,8 +1,10 @@
-"""`plait runs` and `plait show`: what a store holds, as text for people or JSON for tools.
+"""`plait runs`, `plait show`, `plait runs rm|prune`: what a store holds, as text for people
+or JSON for tools, and deleting what is no longer wanted.
 
-Read-only: these never take a run's lease and never change the store. `show` rebuilds the
-run's events from its log (`runlog.replay_events`), so its task table, its timeline, its
-`--json` and its `--trace` are the same views a live run has.
+`runs` and `show` are read-only: they never take a run's lease and never change the store.
+`show` rebuilds the run's events from its log (`runlog.replay_events`), so its task table,
+its replies, its timeline, its `--json` and its `--trace` are the same views a live run has.
+`rm` and `prune` never delete a run that is being run (held), and say what they deleted.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ def print_runs(store: Store, limit: int, as_json: bool) -> None:
     finally:
         store.close()
     if as_json:
-        for i in infos:
-            click.echo(json.dumps(_summary(i)))
+        click.echo(json.dumps([_summary(i) for i in infos], allow_nan=False))
         return
     if not infos:
         click.echo(f"no runs in {store.url}", err=True)
@@ -87,11 +88,71 @@ def show_run(store: Store, run_id: str, trace_path: str | None, as_json: bool) -
         )
         tries = f" ×{t.attempts}" if t.attempts > 1 else ""
         click.echo(f"  {t.id:>4}. {t.tool}{tries}  {t.status}  {outcome or ''}".rstrip())
+    replies = _replies(replay_events(info, records))
+    if replies:
+        click.echo("\nreplies")
+        for role, call, text, error in replies:
+            head = f"  {role} (call {call})"
+            click.echo(f"{head}: error: {error}" if error else head)
+            for said in text.splitlines() or ([] if error else ["(empty)"]):
+                click.echo(f"    │ {said}")
     click.echo("\ntimeline (seconds since created)")
     for e in replay_events(info, records):
         line = _timeline(e)
         if line is not None:
             click.echo(f"  {e.t:9.3f}  {line}")
+
+
+def _replies(events: Any) -> list[tuple[str, int, str, str | None]]:
+    """(role, call, text, error) of every model reply the log kept, in call order."""
+    roles: dict[int, str] = {}
+    out = []
+    for e in events:
+        match e:
+            case ev.LLMStarted(call=c, role=role):
+                roles[c] = role
+            case ev.LLMFinished(call=c, text=text, error=error):
+                out.append((roles.get(c, "llm"), c, text, error))
+    return out
+
+
+def remove_runs(store: Store, run_ids: list[str]) -> None:
+    """Delete these runs, all or none: a missing or held one is an error and nothing goes."""
+    try:
+        infos = {i: store.get(i) for i in run_ids}
+        missing = [i for i, info in infos.items() if info is None]
+        if missing:
+            raise PlaitError(f"no run {', '.join(missing)} in {store.url}; nothing deleted")
+        held = [info for info in infos.values() if info is not None and info.held]
+        if held:
+            who = ", ".join(f"{i.id} (held by {i.holder})" for i in held)
+            raise PlaitError(f"run {who} is being run now; nothing deleted")
+        gone = store.delete(run_ids)
+    finally:
+        store.close()
+    for run_id in gone:
+        click.echo(run_id)
+    click.echo(f"plait runs rm: deleted {len(gone)} run{'s' * (len(gone) != 1)}", err=True)
+
+
+def prune_runs(store: Store, before: float, dry_run: bool) -> None:
+    """Delete every run last updated before `before` (unix time) that nobody is running."""
+    try:
+        old = [i for i in store.runs(ALL) if i.updated < before and not i.held]
+        gone = [i.id for i in old] if dry_run else store.delete([i.id for i in old])
+    finally:
+        store.close()
+    for run_id in gone:
+        click.echo(run_id)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))
+    verb = "would delete" if dry_run else "deleted"
+    n = len(gone)
+    click.echo(
+        f"plait runs prune: {verb} {n} run{'s' * (n != 1)} last updated before {when}", err=True
+    )
+
+
+ALL = 2**62  # `runs(limit)` for every run
 
 
 def _timeline(e: ev.Event) -> str | None:

@@ -1,11 +1,13 @@
 """RunResult: what a run returns, built only from its events.
 
 Its `to_dict()` is exactly the `--json` object the CLI prints; both are views of the event
-stream recorded by `Recorder`, never a second bookkeeping path.
+stream recorded by `Recorder`, never a second bookkeeping path. Both are strict JSON: a float
+that is not finite (NaN, Infinity: `1e999` in a plan, a tool's nan) is null.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,7 @@ class TaskRecord:
     attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable_python(self._raw(), fallback=json_fallback)  # type: ignore[no-any-return]
+        return to_jsonable_python(self._raw(), fallback=json_fallback, inf_nan_mode="null")  # type: ignore[no-any-return]
 
     def _raw(self) -> dict[str, Any]:
         return {
@@ -89,10 +91,12 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` object: plain JSON values (a result that is not is shown as its repr)."""
-        return to_jsonable_python(self._raw(), fallback=json_fallback)  # type: ignore[no-any-return]
+        return to_jsonable_python(self._raw(), fallback=json_fallback, inf_nan_mode="null")  # type: ignore[no-any-return]
 
     def to_json(self, indent: int | None = None) -> str:
-        return to_json(self._raw(), fallback=json_fallback, indent=indent).decode()
+        return to_json(
+            self._raw(), fallback=json_fallback, indent=indent, inf_nan_mode="null"
+        ).decode()
 
     def _raw(self) -> dict[str, Any]:
         return {
@@ -123,6 +127,18 @@ class RunResult:
                 ],
             },
         }
+
+
+def finite(value: Any) -> Any:
+    """`value` with every float that is not finite (NaN, ±Infinity) in it replaced by None,
+    so that it can be written as strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _round(t: float | None) -> float | None:

@@ -381,7 +381,11 @@ def load_tools(spec: str) -> Tools:
         if e.name and spec.startswith(e.name):
             raise ToolError(f"tools module not found: {spec}") from None
         raise ToolError(f"{spec}: import failed: {e}") from None
-    except Exception as e:  # the user's module raised while importing
+    except KeyboardInterrupt:  # Ctrl-C during a slow import: the user's, not the module's
+        raise
+    except SystemExit as e:  # sys.exit() in a tools file must not end plait, silently or not
+        raise ToolError(f"{spec}: import failed: the module called sys.exit({e.code!r})") from None
+    except BaseException as e:  # the user's module raised while importing, whatever the type
         raise ToolError(f"{spec}: import failed: {type(e).__name__}: {e}") from None
     found = [v for v in vars(module).values() if isinstance(v, Tool)]
     if not found:

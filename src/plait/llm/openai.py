@@ -110,6 +110,8 @@ class OpenAILLM:
             ),
         )
         self._client = client
+        # Whether a key was given at all: a 401 without one says so, not just "unauthorized".
+        self.key_set = bool(api_key or os.environ.get("OPENAI_API_KEY"))
         self._client_args: dict[str, Any] = {
             "base_url": self.base_url,
             "api_key": api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
@@ -269,6 +271,8 @@ class OpenAILLM:
                     yield Delta("", Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
         except openai.APIStatusError as e:
             err = _status_error(e)
+            if err.status in (401, 403) and not self.key_set:
+                err.message += " (OPENAI_API_KEY is not set)"
             if err.status in (429, 503):
                 slot.overloaded(err.retry_after)
             raise err from None

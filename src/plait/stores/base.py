@@ -146,6 +146,10 @@ class Store(Protocol):
     def runs(self, limit: int = 50) -> list[RunInfo]:
         """The most recently updated runs first."""
 
+    def delete(self, run_ids: Sequence[str]) -> list[str]:
+        """Remove these runs and their logs, in one transaction; return the ids that were
+        there. The caller decides what may go (`plait runs rm` refuses a held run)."""
+
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         """The stored results (JSON text) of those of `keys` that `scope` has; others absent."""
 

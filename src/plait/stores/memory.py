@@ -104,6 +104,14 @@ class MemoryStore:
             infos = sorted(self._runs.values(), key=lambda i: i.updated, reverse=True)
             return [copy.deepcopy(i) for i in infos[:limit]]
 
+    def delete(self, run_ids: Sequence[str]) -> list[str]:
+        with self._lock:
+            gone = [i for i in dict.fromkeys(run_ids) if i in self._runs]
+            for run_id in gone:
+                del self._runs[run_id]
+                self._log.pop(run_id, None)
+            return gone
+
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         with self._lock:
             stored = self._calls.get(scope)

@@ -219,6 +219,18 @@ class PostgresStore:
         )
         return [row_info(r) for r in rows]
 
+    def delete(self, run_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(run_ids))
+        with _errors(self), self._lock:
+            try:
+                with self._tx(), self._db.cursor() as cur:
+                    cur.execute("DELETE FROM plait_events WHERE run = ANY(%s)", (ids,))
+                    cur.execute("DELETE FROM plait_runs WHERE id = ANY(%s) RETURNING id", (ids,))
+                    gone = {row[0] for row in cur.fetchall()}
+            finally:
+                self._db.commit()
+        return [i for i in ids if i in gone]
+
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         by_digest = {call_digest(k): k for k in keys}
         digests = list(by_digest)

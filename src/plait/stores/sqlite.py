@@ -258,6 +258,18 @@ class SQLiteStore:
         rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
         return [row_info(r) for r in rows]
 
+    def delete(self, run_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(run_ids))
+        gone: set[str] = set()
+        with self._write() as db:
+            for part in chunks(ids):
+                marks = ", ".join("?" * len(part))
+                rows = db.execute(f"SELECT id FROM runs WHERE id IN ({marks})", tuple(part))
+                gone.update(row[0] for row in rows)
+                db.execute(f"DELETE FROM events WHERE run IN ({marks})", tuple(part))
+                db.execute(f"DELETE FROM runs WHERE id IN ({marks})", tuple(part))
+        return [i for i in ids if i in gone]
+
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         by_digest = {call_digest(k): k for k in keys}
         digests = list(by_digest)
