@@ -241,7 +241,9 @@ def test_a_literal_that_cannot_be_recorded_is_a_plan_error(literal, store_url):
         opened.close()
 
 
-@pytest.mark.parametrize("literal", HOSTILE_LITERALS[:4] + HOSTILE_LITERALS[5:], ids=lambda s: s[:12])
+@pytest.mark.parametrize(
+    "literal", HOSTILE_LITERALS[:4] + HOSTILE_LITERALS[5:], ids=lambda s: s[:12]
+)
 def test_exec_cli_rejects_such_a_literal_in_one_line_with_exit_2(literal, capsys, tmp_path):
     code, err = exec_cli(capsys, tmp_path, f'1. echo("ok")\n2. echo(w={literal})\n')
     assert code == 2
