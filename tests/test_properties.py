@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import plait
 from plait import events as ev
 from plait.errors import PlanError
+from plait.llm.replay import ReplayLLM
 from plait.plan import PlanParser, Task
 
 TOOLS = ("search", "compare", "echo")
@@ -260,18 +261,26 @@ def settled(result: plait.RunResult) -> list[tuple[Any, ...]]:
     return [(t.id, t.tool, t.status, t.result, t.error) for t in result.tasks]
 
 
-async def run_plan(plan: str, harness: Harness, **kwargs: Any) -> plait.RunResult:
-    return await plait.aexecute(plan, tools=harness.tools(), **kwargs)
+FINISH = "Thought: every task ran.\nAction: Finish(done)"
 
 
-async def cut_and_resume(plan: str, store: str, block: int) -> tuple[Any, ...]:
+async def run_plan(plan: str, harness: Harness, mode: str = "exec", **kwargs: Any) -> Any:
+    """`plan` as a written plan (exec), or as a planner's reply to a question (run)."""
+    if mode == "exec":
+        return await plait.aexecute(plan, tools=harness.tools(), **kwargs)
+    join = plan.count("\n") + 1
+    model = ReplayLLM([f"{plan}{join}. join()\n<END_OF_PLAN>", FINISH])
+    return await plait.arun("q?", tools=harness.tools(), model=model, max_replans=0, **kwargs)
+
+
+async def cut_and_resume(plan: str, store: str, block: int, mode: str) -> tuple[Any, ...]:
     """Run `plan` into `store`, cut it while task `block` runs, resume it, read it back."""
     run_id = f"prop-{uuid.uuid4().hex[:8]}"
     harness = Harness()
     harness.block = block
     events: list[ev.Event] = []
     runner = asyncio.create_task(
-        run_plan(plan, harness, store=store, run_id=run_id, on_event=events.append)
+        run_plan(plan, harness, mode, store=store, run_id=run_id, on_event=events.append)
     )
     async with asyncio.timeout(20):
         while not harness.blocked.is_set() and not runner.done():
@@ -280,24 +289,32 @@ async def cut_and_resume(plan: str, store: str, block: int) -> tuple[Any, ...]:
         runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await runner
-    resumed = await plait.aresume(run_id, tools=Harness().tools(), store=store)
-    stored = await plait.aresume(run_id, tools=Harness().tools(), store=store)
+    # A resumed question replays the recorded plan; only the joiner is asked again.
+    model = ReplayLLM([FINISH]) if mode == "run" else None
+    tools = Harness().tools()
+    resumed = await plait.aresume(run_id, tools=tools, store=store, model=model)
+    stored = await plait.aresume(run_id, tools=tools, store=store)
     return resumed.status, settled(resumed), settled(stored)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(runnable_plans(), st.integers(1, 6), st.sampled_from(["memory", "sqlite"]))
-def test_an_accepted_plan_is_recorded_and_resumed_to_the_same_results(plan, block, kind):
+@given(
+    runnable_plans(),
+    st.integers(1, 6),
+    st.sampled_from(["memory", "sqlite"]),
+    st.sampled_from(["exec", "run"]),
+)
+def test_an_accepted_plan_is_recorded_and_resumed_to_the_same_results(plan, block, kind, mode):
     try:
         plait.execute(plan, tools=Harness().tools())
     except PlanError as e:
         assert "\n" not in str(e) and str(e).startswith("line ")
         return  # rejected before anything ran: nothing to record
-    expected = asyncio.run(run_plan(plan, Harness()))
+    expected = asyncio.run(run_plan(plan, Harness(), mode))
     assert expected.status in ("done", "failed")
     with tempfile.TemporaryDirectory() as tmp:
         store = f"memory://{uuid.uuid4().hex}" if kind == "memory" else f"sqlite:///{tmp}/runs.db"
-        status, resumed, stored = asyncio.run(cut_and_resume(plan, store, block))
+        status, resumed, stored = asyncio.run(cut_and_resume(plan, store, block, mode))
     assert status == expected.status
     assert resumed == settled(expected)
     assert stored == settled(expected)
