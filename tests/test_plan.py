@@ -879,3 +879,25 @@ def test_a_task_over_many_lines_is_scanned_once(monkeypatch: pytest.MonkeyPatch)
             (task,) = result[1]
             assert task.args == ("a", "b\n c") * lines
             assert scanned <= len(text)  # each character once, however many lines
+
+
+def test_a_long_whitespace_prelude_is_not_sniffed_again_at_every_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import plait.plan as plan_module
+
+    calls = 0
+    sniff = plan_module._sniff
+
+    def counting(head: str) -> tuple[str, int]:
+        nonlocal calls
+        calls += 1
+        return sniff(head)
+
+    monkeypatch.setattr(plan_module, "_sniff", counting)
+    parser = PlanParser()
+    for _ in range(5000):
+        assert parser.feed("\n") == []
+    tasks = parser.feed('1. a("x")\n') + parser.close()
+    assert [(t.id, t.line) for t in tasks] == [(1, 5001)]
+    assert calls == 1

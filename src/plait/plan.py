@@ -508,7 +508,7 @@ class PlanParser:
         self.done = False
         self.joined = False  # the plan ended with join()
         self._form = ""  # "", "text" or "json"
-        self._head = ""  # the text before the form is known
+        self._head: list[str] = []  # the text before the form is known
         self._parts: list[str] = []  # the text of the line not yet complete
         self._tail = ""  # the last characters fed, for an END_OF_PLAN split across chunks
         self._line = 0  # lines consumed so far (text form)
@@ -521,12 +521,16 @@ class PlanParser:
         if self.done or not chunk:
             return []
         if not self._form:
-            self._head += chunk
-            form, start = _sniff(self._head)
+            self._head.append(chunk)
+            if chunk.isspace():
+                return []  # whitespace cannot tell the form (nor make sniffing quadratic)
+            head = "".join(self._head)
+            form, start = _sniff(head)
             if not form:
+                self._head = [head]
                 return []  # nothing yet, or too little to tell the form
             self._form = form
-            chunk, self._head = self._head, ""
+            chunk, self._head = head, []
             if form == "json":
                 self._json = _JsonTasks()
                 chunk = chunk[start:]
@@ -538,7 +542,7 @@ class PlanParser:
         """End of text: flush the last line and check nothing was left open."""
         tasks: list[Task] = []
         if not self._form and self._head:  # too little to tell: read as text
-            self._form, self._parts, self._head = "text", [self._head], ""
+            self._form, self._parts, self._head = "text", self._head, []
         if self._json is not None:
             if not self.done:
                 self._json.close()
