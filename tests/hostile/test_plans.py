@@ -269,3 +269,15 @@ def settled(result: plait.RunResult) -> list[dict[str, object]]:
     """The tasks of a result without their timings."""
     keys = ("id", "tool", "args", "status", "result", "error")
     return [{k: t[k] for k in keys} for t in result.to_dict()["tasks"]]
+
+
+# -- a text plan that starts with a bracket is text -------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["[Thought] look it up", "{first: search}", "[1/1] one task"])
+def test_a_text_plan_starting_with_a_bracket_runs_as_text(head):
+    tools, calls = counting_tools()
+    result = plait.execute(f'{head}\n1. search("a")\n', tools=tools)
+    assert result.status == "done"
+    assert [(t.id, t.result) for t in result.tasks] == [(1, "A")]
+    assert calls == [("search", "a")]
