@@ -13,7 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plait.errors import PlanError
-from plait.plan import PlanParser, Task, parse_plan, references, resolve, whole_ref
+from plait.plan import (
+    MAX_NESTING,
+    PlanParser,
+    Task,
+    _CallScan,
+    parse_plan,
+    references,
+    resolve,
+    whole_ref,
+)
 
 ISSUE_PLAN = """\
 Thought: free text, ignored
@@ -59,6 +68,17 @@ PLANS = [
     "1. a()\n1. b()\n",
     '{"tasks": [{"id": 1, "tool": "a"',
     "   \n\n  Thought: nothing\n",
+    # issue 14: decorated task lines, text after a call, JSON outside tasks[*], hostile literals
+    '- 1) a("x")\n**2. b($1)**\n[3] c()\n',
+    '1. a("x") 2. b("y")\n',
+    '{"tasks": [{"id": 1, "tool": "a"}, {"id": 2, "tool": "join"}], "meta": {"x": 1}}',
+    '{"meta": {"x": {"id": 7, "tool": "a"}}, "tasks": []}',
+    '{"tasks": [1, {"id": 1, "tool": "a"}]}',
+    '{"tasks": [{"id": 1, "tool": "a", "args": ["a\\"b", "\\\\"]}, {"id": 2, "tool": "b"}]}',
+    "[Thought] first\n1. a()\n",
+    "1. f(...)\n",
+    "1. f(" + "[" * 120 + "]" * 120 + ")\n",
+    '{"tasks": [{"id": 1, "tool": "f", "args": [' + "[" * 120 + "]" * 120 + "]}]}",
 ]
 
 
@@ -66,9 +86,11 @@ def names(tasks: list[Task]) -> list[tuple[int, str]]:
     return [(t.id, t.tool) for t in tasks]
 
 
-def outcome(chunks: list[str], known: tuple[int, ...] = ()) -> tuple[object, ...]:
+def outcome(
+    chunks: list[str], known: tuple[int, ...] = (), tools: set[str] | None = None
+) -> tuple[object, ...]:
     """Tasks (or the error) from feeding `chunks` one by one and closing."""
-    parser = PlanParser(known)
+    parser = PlanParser(known, tools)
     tasks: list[Task] = []
     try:
         for chunk in chunks:
@@ -137,6 +159,7 @@ def test_join_marks_joined():
 
 
 def test_literal_argument_types():
+    # JSON has no tuple: a tuple is carried as a list, as it will be read back after a resume
     (t,) = parse_plan(
         "1. f('s', 2, -3, -2.5, 1e3, True, False, None, [1, 'a'], (1, -2), {'k': [None]},"
         " (), [], {}, key=-7, other={'n': (1,)})"
@@ -151,13 +174,13 @@ def test_literal_argument_types():
         False,
         None,
         [1, "a"],
-        (1, -2),
+        [1, -2],
         {"k": [None]},
-        (),
+        [],
         [],
         {},
     )
-    assert t.kwargs == {"key": -7, "other": {"n": (1,)}}
+    assert t.kwargs == {"key": -7, "other": {"n": [1]}}
     assert t.deps == frozenset()
 
 
@@ -171,7 +194,7 @@ def test_references_everywhere():
         "x": "${2}",
         "y": ["$1", {"k": "$2"}],
         "z": "from $1 and ${2}!",
-        "w": ("$1",),
+        "w": ["$1"],
     }
     assert t.deps == {1, 2}
 
@@ -536,8 +559,17 @@ def test_literals_round_trip(args, kwargs):
     if not args and not kwargs:
         assert (t.args, t.kwargs) == ((), {})
         return
-    assert t.args == tuple(args)
-    assert t.kwargs == kwargs
+    assert t.args == tuple(as_json(args))
+    assert t.kwargs == as_json(kwargs)
+
+
+def as_json(value):
+    """A literal as JSON keeps it: tuples are lists."""
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    return value
 
 
 # -- references -----------------------------------------------------------------------
@@ -567,3 +599,305 @@ def test_resolve():
     }
     assert resolve("$9", results) == "$9"
     assert math.isclose(resolve("$1", {1: 0.5}), 0.5)
+
+
+# -- issue 14: a line that calls a tool is a task or an error, never skipped ---------------
+
+TOOLS = {"search", "compare"}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '2) search("b")',
+        '- 2. search("b")',
+        '* 2. search("b")',
+        '**2. search("b")**',
+        '2. **search("b")**',
+        '`2. search("b")`',
+        '> 2. search("b")',
+        '2: search("b")',
+        '[2] search("b")',
+        '(2) search("b")',
+        '  2 . search ("b")  ',
+        '2. search("b");',
+    ],
+)
+def test_numbered_task_lines_with_markdown_around_them_are_tasks(line):
+    tasks = parse_plan(f'1. search("a")\n{line}\n3. compare($1, $2)\n', tools=TOOLS)
+    assert [(t.id, t.tool, t.args, t.line) for t in tasks] == [
+        (1, "search", ("a",), 1),
+        (2, "search", ("b",), 2),
+        (3, "compare", ("$1", "$2"), 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('2. search "b"', "task 2: search is not called: write 2. search(...)"),
+        ("2. search", "task 2: search is not called"),
+        ("**2. search**", "task 2: search is not called"),
+        ("2. search: the Statue of Liberty", "task 2: search is not called"),
+        ('search("b")', "search(...) has no task id"),
+        ('- search("b")', "search(...) has no task id"),
+        ('2. search("b") 3. search("c")', 'text after the call: 3. search("c")'),
+        ('2. search("b"), compare("c")', "text after the call"),
+        ('2. search("b") then compare them', "text after the call"),
+        ('2. search("b"]', "']' closes the call's parenthesis"),
+        ('2. join "now"', "task 2: join is not called"),
+    ],
+)
+def test_a_line_calling_a_known_tool_that_is_no_task_is_an_error_naming_it(line, message):
+    text = f'1. search("a")\n{line}\n3. compare($1, $1)\n'
+    for chunks in ([text], list(text)):  # streamed a character at a time, the same
+        result = outcome(chunks, tools=TOOLS)
+        assert result[0] == "error", result
+        assert message in result[1]
+        assert result[2] == 2
+        assert result[1].startswith("line 2: ") and "\n" not in result[1]
+
+
+def test_text_after_a_multi_line_call_names_the_line_it_is_on():
+    with pytest.raises(PlanError, match="text after the call: extra") as info:
+        parse_plan('1. search(\n  "a",\n) extra\n', tools=TOOLS)
+    assert info.value.line == 3
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Thought: search both heights, then compare them",
+        'Thought: I will call search("x") first',
+        "1. First, search both heights.",
+        "search the web for both heights",
+        "Search(",  # not the tool's name: it is case-sensitive
+        "2 searches are needed",
+        "# 2. search the heights",
+    ],
+)
+def test_prose_that_mentions_a_tool_stays_text(line):
+    tasks = parse_plan(f'{line}\n1. search("a")\n', tools=TOOLS)
+    assert [(t.id, t.tool) for t in tasks] == [(1, "search")]
+
+
+def test_without_tool_names_only_call_shaped_lines_are_tasks():
+    text = '1. search("a")\n2. search "b"\nsearch("c")\n- 3) compare($1, $1)\n'
+    assert [(t.id, t.tool) for t in parse_plan(text)] == [(1, "search"), (3, "compare")]
+    with pytest.raises(PlanError, match="line 2: task 2: search is not called"):
+        parse_plan(text, tools=TOOLS)
+
+
+@pytest.mark.parametrize("end", ["join()", "- 4. join()", "**4. join()**", "4) join", "join"])
+def test_join_in_any_of_those_shapes_ends_the_plan(end):
+    parser = PlanParser(tools=TOOLS)
+    tasks = parser.feed(f'1. search("a")\n{end}\n5. search("ignored")\n') + parser.close()
+    assert [t.id for t in tasks] == [1]
+    assert parser.joined
+
+
+# -- issue 14: JSON plans: only tasks[*] are tasks; the rest is checked ---------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"meta": {"x": {"id": 7, "tool": "search", "args": ["y"]}}, "tasks": []}',
+            "unknown key 'meta': a JSON plan has only \"tasks\"",
+        ),
+        (
+            '{"tasks": [{"id": 1, "tool": "search", "args": ["x"]}],\n'
+            ' "meta": {"x": {"id": 7, "tool": "search", "args": ["y"]}}}',
+            "unknown key 'meta'",
+        ),
+        (
+            '{"tasks": [1, {"id": 1, "tool": "search"}]}',
+            "tasks[0] must be a task object, not a number",
+        ),
+        (
+            '{"tasks": [{"id": 1, "tool": "search"}, "x"]}',
+            "tasks[1] must be a task object, not a string",
+        ),
+        (
+            '{"tasks": [{"id": 1, "tool": "search"}, null]}',
+            "tasks[1] must be a task object, not null",
+        ),
+        ('{"tasks": [{"id": 1, "tool": "search"}, [{"id": 2}]]}', "not an array"),
+        ('{"tasks": [{"id": 1, "tool": "search"},]}', "tasks[1] must be a task object"),
+        ('{"tasks": [{"id": 1, "tool": "s"} {"id": 2, "tool": "s"}]}', 'expected "," or "]"'),
+        ('{"tasks": {"id": 1, "tool": "search"}}', '"tasks" must be an array, not an object'),
+        ('{"tasks": [], "tasks": []}', '"tasks" is given twice'),
+        ("{}", 'a JSON plan needs a "tasks" array'),
+        (
+            '{"tasks": [{"id": 1, "tool": "search", "args": {"q": "x"}, "kwargs": "zzz"}]}',
+            'tasks[0]: "kwargs" must be an object',
+        ),
+        (
+            '{"tasks": [{"id": 1, "tool": "search", "args": {"q": "x"}, "kwargs": {"q": "y"}}]}',
+            """argument 'q' is in "args" and "kwargs\"""",
+        ),
+        ('{"tasks": [{"id": 1, "tool": "search", "kwarg": {}}]}', "tasks[0]: unknown key 'kwarg'"),
+        ('{"tasks": [{"id": 1, "id": 2, "tool": "search"}]}', "key 'id' is repeated"),
+        ('{"tasks": [{"id": 1, "tool": "s", "args": {"a": 1, "a": 2}}]}', "key 'a' is repeated"),
+        ('{"tasks": [{"id": 1, "tool": "search", "args": [NaN]}]}', "NaN is not a JSON number"),
+        ('{"tasks": [{"id": 1, "tool": "search", "args": [1e999]}]}', "inf is not a finite number"),
+        ('{"tasks": [{"id": 1, "tool": "search", "args": ["\\udcff"]}]}', "lone surrogate"),
+        ('{"tasks": [{"id": -1, "tool": "search"}]}', 'integer "id"'),
+        ('{"tasks": [{"id": 1, "tool": "two words"}]}', '"tool" name'),
+    ],
+)
+def test_json_plans_name_what_is_malformed_and_where(text, message):
+    for chunks in ([text], list(text)):
+        result = outcome(chunks)
+        assert result[0] == "error", result
+        assert message in result[1], result[1]
+        assert "\n" not in result[1]
+        assert result[2] is not None
+
+
+def test_a_json_plan_nested_ten_thousand_deep_is_an_error_not_a_recursion_error():
+    deep = "[" * 10_000 + "]" * 10_000
+    for text in (
+        '{"tasks": [{"id": 1, "tool": "f", "args": [' + deep + "]}]}",
+        '{"tasks": [{"id": 1, "tool": "f", "args": {"x": ' + deep + "}}]}",
+        '{"tasks": [' + deep + "]}",
+        "[" + deep + "]",
+    ):
+        result = outcome([text])
+        assert result[0] == "error" or result == ("ok", [], False), result[:2]
+    with pytest.raises(PlanError, match=f"tasks\\[0\\]: nested deeper than {MAX_NESTING} levels"):
+        parse_plan('{"tasks": [{"id": 1, "tool": "f", "args": [' + deep + "]}]}")
+
+
+def test_json_tasks_are_still_dispatched_as_their_objects_close():
+    text = '{"tasks": [{"id": 1, "tool": "a", "args": ["x"]}, {"id": 2, "tool": "b"}]}'
+    parser = PlanParser()
+    first_close = text.index("]}") + 2
+    assert [t.id for t in parser.feed(text[:first_close])] == [1]
+    assert [t.id for t in parser.feed(text[first_close:])] == [2]
+    assert parser.done
+
+
+@pytest.mark.parametrize(
+    "head",
+    ["[Thought] both heights first", "{note: look both up}", "[1 of 2] steps", "{ 'a': 1 }"],
+)
+def test_a_text_plan_starting_with_a_bracket_is_text(head):
+    for chunks in ([f'{head}\n1. search("x")\n'], list(f'{head}\n1. search("x")\n')):
+        result = outcome(chunks, tools=TOOLS)
+        assert result[0] == "ok", result
+        assert names(result[1]) == [(1, "search")]
+
+
+# -- issue 14: what a plan may hold is what a run can record ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("...", "argument 1: ... is not a plan literal"),
+        ("x=...", "argument 'x': ... is not a plan literal"),
+        ("{1, 2}", "{1, 2} (set) is not a plan literal"),
+        ("set()", "(set) is not a plan literal"),
+        ('b"x"', "(bytes) is not a plan literal"),
+        ("1j", "(complex) is not a plan literal"),
+        ("[1e999]", "inf is not a finite number"),
+        ("-1e999", "-inf is not a finite number"),
+        ('"\\udcff"', "a string holds a lone surrogate: \\udcff"),
+        ('"ok", k="\\ud800 x"', "argument 'k': a string holds a lone surrogate"),
+        ("{1: 2}", "a dict key must be a string, not 1 (int)"),
+        ("{(1, 2): 2}", "a dict key must be a string"),
+        ("0x" + "f" * 14000, "an integer of more than 4000 digits"),
+        ("[" * 480 + "]" * 480, f"arguments nested deeper than {MAX_NESTING} levels"),
+        ("[" * 490 + "]" * 490, f"arguments nested deeper than {MAX_NESTING} levels"),
+        ("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), "nested deeper"),
+    ],
+)
+def test_literals_a_run_could_not_record_are_plan_errors(argument, message):
+    with pytest.raises(PlanError, match="line 2: task 2: ") as info:
+        parse_plan(f'1. f("ok")\n2. f({argument})\n')
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_raw_lone_surrogate_in_the_text_is_a_plan_error():
+    with pytest.raises(PlanError, match="lone surrogate"):
+        parse_plan('1. f("a\udcffb")\n')
+
+
+def test_nesting_up_to_the_bound_is_carried_whole():
+    deep = "[" * MAX_NESTING + "1" + "]" * MAX_NESTING
+    (t,) = parse_plan(f"1. f({deep})\n")
+    (j,) = parse_plan('{"tasks": [{"id": 1, "tool": "f", "args": [' + deep + "]}]}")
+    value = t.args[0]
+    assert value == j.args[0]
+    for _ in range(MAX_NESTING):
+        assert isinstance(value, list)
+        (value,) = value
+    assert value == 1
+
+
+# -- issue 14: an inner $N is resolved against the task's own inputs only --------------------
+
+
+def test_resolve_substitutes_the_tasks_inputs_only():
+    results = {1: "one", 3: "three"}
+    assert resolve("$1 later $3", results, {1}) == "one later $3"
+    assert resolve(["$3", {"k": "${3}!"}, "$1"], results, frozenset({1})) == [
+        "$3",
+        {"k": "${3}!"},
+        "one",
+    ]
+    assert resolve("$1 later $3", results) == "one later three"  # no inputs given: all
+
+
+def test_an_inner_reference_to_a_later_task_is_no_dependency():
+    tasks = parse_plan('1. a()\n2. echo(w="$1 later $3")\n3. a()\n')
+    assert tasks[1].deps == {1}
+
+
+# -- issue 14: a task over many lines is read in linear time ---------------------------------
+
+
+def test_a_task_over_many_lines_is_scanned_once(monkeypatch: pytest.MonkeyPatch):
+    scanned = 0
+    feed = _CallScan.feed
+
+    def counting(self: _CallScan, text: str, pos: int = 0) -> int | None:
+        nonlocal scanned
+        scanned += len(text) - pos
+        return feed(self, text, pos)
+
+    monkeypatch.setattr(_CallScan, "feed", counting)
+    for lines in (100, 3000):
+        text = "1. search(\n" + '  "a", """b\n c""",\n' * lines + ")\n"
+        for chunks in ([text], [text[i : i + 7] for i in range(0, len(text), 7)]):
+            scanned = 0
+            result = outcome(chunks)
+            assert result[0] == "ok"
+            (task,) = result[1]
+            assert task.args == ("a", "b\n c") * lines
+            assert scanned <= len(text)  # each character once, however many lines
+
+
+def test_a_long_whitespace_prelude_is_not_sniffed_again_at_every_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import plait.plan as plan_module
+
+    calls = 0
+    sniff = plan_module._sniff
+
+    def counting(head: str) -> tuple[str, int]:
+        nonlocal calls
+        calls += 1
+        return sniff(head)
+
+    monkeypatch.setattr(plan_module, "_sniff", counting)
+    parser = PlanParser()
+    for _ in range(5000):
+        assert parser.feed("\n") == []
+    tasks = parser.feed('1. a("x")\n') + parser.close()
+    assert [(t.id, t.line) for t in tasks] == [(1, 5001)]
+    assert calls == 1

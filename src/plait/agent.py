@@ -58,7 +58,7 @@ class Outcome:
 
 def prepare_plan(text: str, tools: Tools) -> list[Task]:
     """A written plan's tasks, each checked against its tool: PlanError before anything runs."""
-    tasks = [tools.prepare(t) for t in parse_plan(text)]
+    tasks = [tools.prepare(t) for t in parse_plan(text, tools=tools)]
     if not tasks:
         raise PlanError("the plan has no tasks")
     return tasks
@@ -170,12 +170,12 @@ class Agent:
             session=self.run_id,
         )
         added: set[int] = set()
-        parser = PlanParser(known)
+        parser = PlanParser(known, self.scheduler.tools)
         reply: list[str] = []
 
         def restart() -> None:
             nonlocal parser
-            parser = PlanParser(known)
+            parser = PlanParser(known, self.scheduler.tools)
 
         def on_text(text: str) -> bool:
             for task in parser.feed(text):

@@ -2,8 +2,9 @@
 
 A plan is data. This module turns planner text into `Task` records and never evaluates
 anything: arguments go through `ast.parse` and `ast.literal_eval` only, so a plan can name
-no variable, call nothing and import nothing. It knows no tools and does no I/O; checking a
-task against a tool's signature is `tools.py`'s job.
+no variable, call nothing and import nothing. It does no I/O and knows tools only by name,
+when told them, so that a line calling one is never skipped; checking a task against a
+tool's signature is `tools.py`'s job.
 
 Text form (LLMCompiler's)::
 
@@ -12,12 +13,26 @@ Text form (LLMCompiler's)::
     2. compare(a=$1, b="height of ${2}")
     3. join()<END_OF_PLAN>
 
-JSON form, same meaning: ``{"tasks": [{"id": 1, "tool": "search", "args": ["x"]}, ...]}``.
+A task is `N. tool(arguments)`, on one line or continued while its parenthesis is open;
+`N)` or `N:` may stand for `N.`, and Markdown bullets and emphasis around it are ignored
+(`- 1. search("x")`, `**1. search("x")**`). Only whitespace or emphasis may follow the call.
+A line that starts like a call of a tool the parser was told of, but is no task
+(`2. search "b"`, `2. search`, an unnumbered `search("b")`), is an error naming the line.
+
+JSON form, same meaning: ``{"tasks": [{"id": 1, "tool": "search", "args": ["x"]}, ...]}``,
+or the bare array. Only the objects in "tasks" are tasks: another key, an entry that is not
+a task object, or a field of the wrong kind is an error naming the entry.
+
+Arguments are the values JSON can keep: str, int, float, bool, None, list, tuple (carried
+as a list, as JSON has none) and dict with string keys, at most `MAX_NESTING` deep. Anything
+else (`...`, a set, bytes, 1e999, a lone surrogate) is an error naming the line, so every
+accepted plan can be recorded, and read back as it was written.
 
 References: a string that is exactly ``$N`` or ``${N}`` (a bare ``$N`` in the text form is
 read as that string) stands for task N's result value; ``$N`` inside a longer string stands
 for the result's text. Whole references must point at a task emitted earlier; a ``$N``
-inside a longer string that names no earlier task is left as literal text ("costs $5").
+inside a longer string that names no earlier task is literal text ("costs $5"), and stays
+so: `resolve` substitutes a task's own inputs only, never whatever else has finished.
 """
 
 from __future__ import annotations
@@ -25,24 +40,39 @@ from __future__ import annotations
 import ast
 import json
 import keyword
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .backends.base import Remote
 from .errors import PlanError
 
 END_OF_PLAN = "<END_OF_PLAN>"
 JOIN = "join"
+# How deep lists and dicts may nest in one argument: far past any real plan, and well within
+# what the JSON encoders and decoders a run is recorded with accept (about 250 levels).
+MAX_NESTING = 100
+_MAX_INT = 10**4000  # JSON decoders refuse integers of more than about 4300 digits
+_MAX_ID = 10**18  # ids have at most 18 digits
 
 # Ids have at most 18 digits: a longer run of digits is no task's id, just text (and
 # int() of thousands of digits raises ValueError).
 _REF = re.compile(r"\$\{(\d{1,18})\}|\$(\d{1,18})(?!\d)")
 _WHOLE_REF = re.compile(r"\s*\$(?:\{(\d{1,18})\}|(\d{1,18}))\s*")
-_TASK_START = re.compile(r"\s*(\d+)\s*\.\s*([A-Za-z_][\w.]*)\s*\(")
-_BARE_JOIN = re.compile(r"\s*(\d+)\s*\.\s*join\s*$")
+# What may stand before a task: whitespace, Markdown bullets, quotes, emphasis, code marks.
+_DECOR = r"[\s*_`>+•-]*"
+# A task's id: `N.`, or `N)`, `N:`, `[N]`, `(N)`.
+_NUMBER = r"[\[(]?(\d+)(?:\s*[.):]|\])"
+# An id, emphasis, a name and, for a call, its opening parenthesis.
+_HEAD = re.compile(rf"{_DECOR}{_NUMBER}[\s*`]*([A-Za-z_][\w.]*)\s*(\(?)")
+_UNNUMBERED_CALL = re.compile(r"[\s*`>+•-]*([A-Za-z_][\w.]*)\s*\(")
+_JOIN_LINE = re.compile(rf"{_DECOR}(?:{_NUMBER}[\s*`]*)?join\s*(?:\(\s*\))?[\s*_`.,;]*")
+_AFTER_CALL = re.compile(r"[\s*_`.,;]*")  # what may follow a task's closing parenthesis
+_TOOL_NAME = re.compile(r"[A-Za-z_][\w.]*")
 _FENCE = re.compile(r"\s*```[\w-]*\s*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(slots=True)
@@ -142,18 +172,23 @@ def result_text(value: Any) -> str:
         return str(value)
 
 
-def resolve(value: Any, results: Mapping[int, Any]) -> Any:
-    """Replace references in `value` with results: whole refs by value, inner refs by text."""
+def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | None = None) -> Any:
+    """Replace references in `value` with results: whole refs by value, inner refs by text.
+
+    With `inputs` (a task's dependencies) only those ids are substituted: any other `$N`
+    stays as written whatever else has finished, so a task's arguments never depend on
+    which of its siblings happened to finish first (nor on whether the run was resumed).
+    """
     if isinstance(value, str):
         if "$" not in value:
             return value
         n = whole_ref(value)
-        if n is not None and n in results:
+        if n is not None and n in results and (inputs is None or n in inputs):
             return results[n]
 
         def sub(m: re.Match[str]) -> str:
             k = int(m.group(1) or m.group(2))
-            if k not in results:
+            if k not in results or (inputs is not None and k not in inputs):
                 return m.group(0)
             if isinstance(results[k], Remote):  # its text would be its description, not it
                 raise ValueError(
@@ -163,45 +198,89 @@ def resolve(value: Any, results: Mapping[int, Any]) -> Any:
 
         return _REF.sub(sub, value)
     if isinstance(value, list):
-        return [resolve(v, results) for v in value]
+        return [resolve(v, results, inputs) for v in value]
     if isinstance(value, tuple):
-        return tuple(resolve(v, results) for v in value)
+        return tuple(resolve(v, results, inputs) for v in value)
     if isinstance(value, dict):
-        return {k: resolve(v, results) for k, v in value.items()}
+        return {k: resolve(v, results, inputs) for k, v in value.items()}
     return value
 
 
 # -- text form ---------------------------------------------------------------------------
 
 
-# A string literal (any quote style; escapes skipped), a lone quote that opens a string never
-# closed, or a bracket. Scanning by these tokens keeps the parser in C for the long stretches.
+def _shown(text: str, limit: int = 60) -> str:
+    """Plan text as an error message shows it: trimmed, cut to `limit`, printable."""
+    text = text.strip()
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# A quote opening a string literal, or a bracket; and the rest of each kind of string
+# literal after its opening quote, through its closing one.
+_QUOTE_OR_BRACKET = re.compile(r"\"\"\"|'''|[\"'()\[\]{}]")
+_STRING_REST = {
+    '"': re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S),
+    "'": re.compile(r"[^'\\]*(?:\\.[^'\\]*)*'", re.S),
+    '"""': re.compile(r'[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*"""', re.S),
+    "'''": re.compile(r"[^'\\]*(?:(?:\\.|'(?!''))[^'\\]*)*'''", re.S),
+}
+
+
+class _CallScan:
+    """Finds the `)` closing a call's `(`, a line at a time, skipping string literals.
+
+    It keeps where it stopped (the bracket depth, a string still open), so a call spread
+    over many lines is read once, not again from its start at every line.
+    """
+
+    __slots__ = ("depth", "quote")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.quote = ""  # the quote of a string literal still open at the end of a line
+
+    def feed(self, text: str, pos: int = 0) -> int | None:
+        """Index of the closing `)` in `text`, or None while the call is still open.
+
+        Raises ValueError for a bracket that closes the call other than `)`, or arguments
+        nested deeper than MAX_NESTING.
+        """
+        n = len(text)
+        while pos < n:
+            if self.quote:
+                m = _STRING_REST[self.quote].match(text, pos)
+                if m is None:
+                    return None  # the string goes on past this line
+                pos, self.quote = m.end(), ""
+                continue
+            m = _QUOTE_OR_BRACKET.search(text, pos)
+            if m is None:
+                return None
+            c, pos = m.group(), m.end()
+            if c[0] in "\"'":
+                self.quote = c
+            elif c in "([{":
+                self.depth += 1
+                if self.depth > MAX_NESTING + 1:  # the call's own parenthesis is one
+                    raise ValueError(f"arguments nested deeper than {MAX_NESTING} levels")
+            else:
+                self.depth -= 1
+                if self.depth == 0:
+                    if c == ")":
+                        return m.start()
+                    raise ValueError(f"{c!r} closes the call's parenthesis")
+        return None
+
+
 _STRING = (
     r'"""(?:[^"\\]|\\.|"(?!""))*"""'
     r"|'''(?:[^'\\]|\\.|'(?!''))*'''"
     r'|"(?:[^"\\]|\\.)*"'
     r"|'(?:[^'\\]|\\.)*'"
 )
-_BRACKETS = re.compile(rf"{_STRING}|[\"']|[()\[\]{{}}]", re.S)
 _STRING_OR_REF = re.compile(rf"({_STRING})|(\$\{{\d+\}}|\$\d+)", re.S)
-
-
-def _scan_call(text: str, start: int) -> int | None:
-    """Index of the ')' closing the '(' at `start`, skipping string literals; None if open."""
-    depth = 0
-    for m in _BRACKETS.finditer(text, start):
-        c = m.group(0)
-        if len(c) > 1:
-            continue  # a whole string literal
-        if c in "\"'":
-            return None  # a string that never closes
-        if c in "([{":
-            depth += 1
-        else:
-            depth -= 1
-            if depth == 0:
-                return m.start() if c == ")" else None
-    return None
 
 
 def _quote_bare_refs(text: str) -> str:
@@ -349,6 +428,68 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (raw,), {}
 
 
+# -- what an argument may hold -----------------------------------------------------------
+
+_LITERAL_KINDS = "str, int, float, bool, None, list, tuple or dict"
+
+
+def carried(value: Any, where: str, line: int | None = None, depth: int = 0) -> Any:
+    """`value` as a plan carries it: JSON's values, a tuple as a list. PlanError otherwise.
+
+    What passes is recorded and read back unchanged, so a resumed run sees the arguments
+    the first session saw: no `...`, set, bytes or complex, no infinite float, no lone
+    surrogate, no integer JSON cannot read back, dict keys strings, nesting bounded.
+    """
+    kind = type(value)
+    if kind is str:
+        if not value.isascii() and _SURROGATE.search(value):
+            raise PlanError(f"{where}: a string holds a lone surrogate: {_shown(value)}", line=line)
+        return value
+    if kind is int:
+        if not -_MAX_INT < value < _MAX_INT:
+            raise PlanError(f"{where}: an integer of more than 4000 digits", line=line)
+        return value
+    if kind is bool or value is None:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise PlanError(f"{where}: {value!r} is not a finite number", line=line)
+        return value
+    if kind is list or kind is tuple or kind is dict:
+        if depth >= MAX_NESTING:
+            raise PlanError(f"{where}: nested deeper than {MAX_NESTING} levels", line=line)
+        if kind is not dict:
+            return [carried(v, where, line, depth + 1) for v in value]
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise PlanError(
+                    f"{where}: a dict key must be a string, not {_named(k)}",
+                    line=line,
+                )
+            out[carried(k, where, line)] = carried(v, where, line, depth + 1)
+        return out
+    raise PlanError(f"{where}: {_named(value)} is not a plan literal ({_LITERAL_KINDS})", line=line)
+
+
+def _named(value: Any) -> str:
+    if value is Ellipsis:
+        return "..."
+    return f"{_shown(repr(value), 40)} ({type(value).__name__})"
+
+
+@dataclass(slots=True)
+class _OpenCall:
+    """A task whose parenthesis is still open: its lines so far and where its scan stopped."""
+
+    id_text: str
+    name: str
+    line: int
+    lines: list[str]
+    start: int  # where its "(" is in lines[0]
+    scan: _CallScan = field(default_factory=_CallScan)
+
+
 class PlanParser:
     """Incremental plan parser: feed it text as it streams, get each task once its line is done.
 
@@ -356,17 +497,22 @@ class PlanParser:
     `<END_OF_PLAN>`, a `###` line, or the JSON array's close) `done` is True and further text
     is ignored, so a caller may stop the stream early. Errors raise PlanError naming the line;
     tasks returned before the error stay valid.
+
+    `tools`, the names of the tools a plan may call, makes a line that starts like a call of
+    one of them but is no task an error (`2. search "b"`); without it such lines are text.
     """
 
-    def __init__(self, known: Iterable[int] = ()) -> None:
+    def __init__(self, known: Iterable[int] = (), tools: Container[str] | None = None) -> None:
         self.known: set[int] = set(known)  # ids that references may point at
+        self.tools = tools
         self.done = False
         self.joined = False  # the plan ended with join()
         self._form = ""  # "", "text" or "json"
-        self._buf = ""
+        self._head: list[str] = []  # the text before the form is known
+        self._parts: list[str] = []  # the text of the line not yet complete
+        self._tail = ""  # the last characters fed, for an END_OF_PLAN split across chunks
         self._line = 0  # lines consumed so far (text form)
-        self._pending: list[str] = []  # lines of a task whose parenthesis is still open
-        self._pending_line = 0
+        self._call: _OpenCall | None = None  # a task whose parenthesis is still open
         self._json: _JsonTasks | None = None
 
     # public -----------------------------------------------------------------------------
@@ -375,210 +521,481 @@ class PlanParser:
         if self.done or not chunk:
             return []
         if not self._form:
-            self._buf += chunk
-            head = _FENCE.sub("", self._buf, count=1).lstrip()
-            if not head or "```".startswith(head):
-                return []  # nothing yet, or the start of a fence split across chunks
-            self._form = "json" if head[0] in "{[" else "text"
-            chunk, self._buf = self._buf, ""
-            if self._form == "json":
+            self._head.append(chunk)
+            if chunk.isspace():
+                return []  # whitespace cannot tell the form (nor make sniffing quadratic)
+            head = "".join(self._head)
+            form, start = _sniff(head)
+            if not form:
+                self._head = [head]
+                return []  # nothing yet, or too little to tell the form
+            self._form = form
+            chunk, self._head = head, []
+            if form == "json":
                 self._json = _JsonTasks()
+                chunk = chunk[start:]
         if self._json is not None:
-            return self._json_tasks(self._json.feed(chunk))
-        self._buf += chunk
-        if "\n" not in self._buf and END_OF_PLAN not in self._buf:
-            return []
-        lines = self._buf.split("\n")
-        self._buf = lines.pop()
-        tasks: list[Task] = []
-        for line in lines:
-            self._text_line(line, tasks)
-            if self.done:
-                self._buf = ""
-                return tasks
-        if END_OF_PLAN in self._buf:
-            self._text_line(self._buf, tasks)
-            self._buf = ""
-        return tasks
+            return self._json_feed(chunk)
+        return self._text(chunk)
 
     def close(self) -> list[Task]:
         """End of text: flush the last line and check nothing was left open."""
         tasks: list[Task] = []
+        if not self._form and self._head:  # too little to tell: read as text
+            self._form, self._parts, self._head = "text", self._head, []
         if self._json is not None:
             if not self.done:
-                tasks = self._json_tasks(self._json.close())
+                self._json.close()
         elif not self.done:
-            if self._buf:
-                self._text_line(self._buf, tasks)
-                self._buf = ""
-            if self._pending:
+            last = "".join(self._parts)
+            self._parts = []
+            if last:
+                self._text_line(last, tasks)
+            if self._call is not None and not self.done:
                 self._unclosed()
         self.done = True
         return tasks
 
     # text form ---------------------------------------------------------------------------
 
+    def _text(self, chunk: str) -> list[Task]:
+        """Complete lines of `chunk` (with what came before) as tasks; linear in the text."""
+        self._parts.append(chunk)
+        seen = self._tail + chunk
+        self._tail = seen[-len(END_OF_PLAN) :]
+        if "\n" not in chunk and END_OF_PLAN not in seen:
+            return []
+        lines = "".join(self._parts).split("\n")
+        last = lines.pop()
+        self._parts = [last] if last else []
+        tasks: list[Task] = []
+        for line in lines:
+            self._text_line(line, tasks)
+            if self.done:
+                self._parts = []
+                return tasks
+        if END_OF_PLAN in last:
+            self._parts = []
+            self._text_line(last, tasks)
+        return tasks
+
     def _text_line(self, line: str, out: list[Task]) -> None:
         self._line += 1
         end = line.find(END_OF_PLAN)
         if end >= 0:
             line = line[:end]
-        if self._pending:
-            if _TASK_START.match(line) or line.lstrip().startswith(("Thought", "###")):
-                self._unclosed()
-            self._pending.append(line)
-            self._try_task("\n".join(self._pending), self._pending_line, out)
+        if self._call is not None:
+            self._continue(line, out)
         elif line.lstrip().startswith("###"):
             self.done = True
             return
-        elif _TASK_START.match(line):
-            self._pending_line = self._line
-            self._pending = [line]
-            self._try_task(line, self._line, out)
-        elif _BARE_JOIN.match(line):
-            self.done = self.joined = True
-            return
+        else:
+            self._start(line, out)
         if end >= 0 and not self.done:
-            if self._pending:
+            if self._call is not None:
                 self._unclosed()
             self.done = True
 
-    def _try_task(self, text: str, line: int, out: list[Task]) -> None:
-        m = _TASK_START.match(text)
-        assert m is not None
-        close = _scan_call(text, m.end() - 1)
-        if close is None:
-            return  # parenthesis still open: wait for the next line
-        self._pending = []
-        if len(m.group(1)) > 18:
-            raise PlanError(f"task id {m.group(1)[:20]}... is too large", line=line)
-        task_id, name = int(m.group(1)), m.group(2)
-        if name == JOIN:
+    def _start(self, line: str, out: list[Task]) -> None:
+        """A line outside any task: a task's first line, the plan's end, an error, or text."""
+        if _JOIN_LINE.fullmatch(line):
             self.done = self.joined = True
             return
-        args, kwargs = parse_arguments(text[m.end() : close])
-        out.append(self._task(task_id, name, args, kwargs, line))
+        m = _HEAD.match(line)
+        if m is not None:
+            id_text, name, paren = m.groups()
+            if paren:
+                self._call = _OpenCall(id_text, name, self._line, [line], m.end() - 1)
+                self._advance(line, m.end() - 1, out)
+            elif self._calls_tool(name):
+                n = _shown(id_text, 20)
+                raise PlanError(
+                    f"task {n}: {name} is not called: write {n}. {name}(...)", line=self._line
+                )
+            return
+        m = _UNNUMBERED_CALL.match(line)
+        if m is not None and self._calls_tool(m.group(1)):
+            name = m.group(1)
+            raise PlanError(
+                f"{name}(...) has no task id: write N. {name}(...), N the next id",
+                line=self._line,
+            )
+
+    def _calls_tool(self, name: str) -> bool:
+        return name == JOIN or (self.tools is not None and name in self.tools)
+
+    def _continue(self, line: str, out: list[Task]) -> None:
+        """The next line of a task whose parenthesis is open."""
+        call = self._call
+        assert call is not None
+        if len(call.scan.quote) < 3:  # not inside a triple-quoted string
+            m = _HEAD.match(line)
+            if (m is not None and m.group(3)) or line.lstrip().startswith(("Thought", "###")):
+                self._unclosed()
+        call.lines.append(line)
+        self._advance(line, 0, out)
+
+    def _advance(self, line: str, pos: int, out: list[Task]) -> None:
+        """Scan the open task's new line from `pos`; finish the task if it closes there."""
+        call = self._call
+        assert call is not None
+        try:
+            close = call.scan.feed(line, pos)
+        except ValueError as e:
+            self._call = None
+            raise PlanError(f"task {_shown(call.id_text, 20)}: {e}", line=self._line) from None
+        if close is None:
+            return  # the parenthesis is still open: wait for the next line
+        self._call = None
+        if len(call.id_text) > 18:
+            raise PlanError(f"task id {call.id_text[:20]}... is too large", line=call.line)
+        task_id = int(call.id_text)
+        if call.name == JOIN:
+            self.done = self.joined = True
+            return
+        rest = line[close + 1 :]
+        if not _AFTER_CALL.fullmatch(rest):
+            raise PlanError(
+                f"task {task_id}: text after the call: {_shown(rest, 40)} (one task per line)",
+                line=self._line,
+            )
+        text = call.lines[0] if len(call.lines) == 1 else "\n".join(call.lines)
+        end = len(text) - len(line) + close
+        args, kwargs = parse_arguments(text[call.start + 1 : end])
+        out.append(self._task(task_id, call.name, args, kwargs, call.line))
 
     def _unclosed(self) -> None:
-        first = self._pending[0].strip()
-        snippet = first if len(first) <= 60 else first[:57] + "..."
-        self._pending = []
-        raise PlanError(f"unclosed parenthesis in task: {snippet}", line=self._pending_line)
+        call = self._call
+        assert call is not None
+        self._call = None
+        raise PlanError(f"unclosed parenthesis in task: {_shown(call.lines[0])}", line=call.line)
 
     # both forms ------------------------------------------------------------------------
 
     def _task(
-        self, task_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], line: int
+        self, task_id: int, name: str, args: Iterable[Any], kwargs: Mapping[str, Any], line: int
     ) -> Task:
         if task_id in self.known:
             raise PlanError(f"task id {task_id} is used twice", line=line)
+        where = f"task {task_id}"
+        args = tuple(carried(v, f"{where}: argument {i}", line) for i, v in enumerate(args, 1))
+        kwargs = {
+            carried(k, where, line): carried(v, f"{where}: argument {k!r}", line)
+            for k, v in kwargs.items()
+        }
         deps = dependencies(task_id, (*args, *kwargs.values()), self.known, line)
         self.known.add(task_id)
         return Task(task_id, name, args, kwargs, deps, line)
 
-    def _json_tasks(self, objects: list[tuple[str, int]]) -> list[Task]:
+    # JSON form -------------------------------------------------------------------------
+
+    def _json_feed(self, chunk: str) -> list[Task]:
+        assert self._json is not None
         tasks: list[Task] = []
-        for text, line in objects:
-            try:
-                obj = json.loads(text)
-            except ValueError as e:
-                raise PlanError(f"invalid JSON task: {e}", line=line) from None
-            task = self._json_task(obj, line)
-            if task is None:
-                self.done = self.joined = True
-                break
+
+        def take(text: str, line: int, index: int) -> bool:
+            where = f"tasks[{index}]"
+            task = self._json_task(_decode(text, where, line), where, line)
+            if task is None:  # join: the plan ends here
+                self.joined = True
+                return True
             tasks.append(task)
-        if self._json is not None and self._json.finished:
-            self.done = True
+            return False
+
+        self._json.feed(chunk, take)
+        self.done = self._json.finished
         return tasks
 
-    def _json_task(self, obj: Any, line: int) -> Task | None:
-        if not isinstance(obj, dict):
-            raise PlanError("a JSON task must be an object", line=line)
+    def _json_task(self, obj: dict[str, Any], where: str, line: int) -> Task | None:
+        unknown = sorted(set(obj) - {"id", "tool", "args", "kwargs"})
+        if unknown:
+            raise PlanError(
+                f'{where}: unknown key {_shown(repr(unknown[0]), 40)} (a task has "id", "tool",'
+                ' "args" and "kwargs")',
+                line=line,
+            )
         name = obj.get("tool")
-        if not isinstance(name, str) or not name:
-            raise PlanError('a JSON task needs a "tool" name', line=line)
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise PlanError(f'{where}: a JSON task needs a "tool" name', line=line)
         if name == JOIN:
             return None
         task_id = obj.get("id")
-        if not isinstance(task_id, int) or isinstance(task_id, bool):
-            raise PlanError(f'JSON task "{name}" needs an integer "id"', line=line)
-        raw = obj.get("args", [])
-        kwargs = obj.get("kwargs", {})
-        if isinstance(raw, dict):
-            args, kwargs = (), {**raw, **kwargs} if isinstance(kwargs, dict) else raw
-        elif isinstance(raw, list):
-            args = tuple(raw)
-        else:
-            raise PlanError(f'task {task_id}: "args" must be a list or an object', line=line)
+        if type(task_id) is not int or not 0 <= task_id < _MAX_ID:
+            raise PlanError(
+                f'{where}: JSON task "{name}" needs an integer "id" (0 to 18 digits)', line=line
+            )
+        args: Any = obj.get("args", [])
+        kwargs: Any = obj.get("kwargs", {})
         if not isinstance(kwargs, dict):
-            raise PlanError(f'task {task_id}: "kwargs" must be an object', line=line)
+            raise PlanError(f'{where}: "kwargs" must be an object', line=line)
+        if isinstance(args, dict):
+            both = sorted(args.keys() & kwargs.keys())
+            if both:
+                raise PlanError(
+                    f'{where}: argument {_shown(repr(both[0]), 40)} is in "args" and "kwargs"',
+                    line=line,
+                )
+            kwargs = {**args, **kwargs}
+            args = []
+        elif not isinstance(args, list):
+            raise PlanError(f'{where}: "args" must be a list or an object', line=line)
         return self._task(task_id, name, args, kwargs, line)
 
 
-class _JsonTasks:
-    """Finds each complete task object in a streaming JSON plan without parsing the rest.
+def _sniff(head: str) -> tuple[str, int]:
+    """The form of a plan starting with `head` ("json", "text", or "" until it can tell)
+    and where the JSON starts (after a Markdown fence).
 
-    Task objects are the objects directly inside the plan's array: `{"tasks": [ {..}, ..]}`
-    or a bare `[ {..}, ..]`. Each is handed out, with its line, the moment its brace closes.
+    JSON only when it looks like a plan: an object whose first key is a string, or an
+    array of objects. Text that merely starts with "[" or "{" is text.
+    """
+    fence = _FENCE.match(head)
+    start = fence.end() if fence else 0
+    rest = head[start:].lstrip()
+    if not rest or (not fence and "```".startswith(rest)):
+        return "", 0
+    if rest[0] not in "{[":
+        return "text", 0
+    after = rest[1:].lstrip()
+    if not after:
+        return "", 0
+    opens = '"}' if rest[0] == "{" else "{]"
+    return ("json", start) if after[0] in opens else ("text", 0)
+
+
+class _Refused(ValueError):
+    """JSON that `json` reads but a plan may not hold."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"key {_shown(repr(key), 40)} is repeated")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _decode(text: str, where: str, line: int) -> dict[str, Any]:
+    """One task object's JSON text, decoded; PlanError naming it if it is not valid."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _Refused as e:
+        raise PlanError(f"{where}: {e}", line=line) from None
+    except (ValueError, RecursionError) as e:
+        raise PlanError(f"{where}: invalid JSON: {_shown(str(e), 120)}", line=line) from None
+    if not isinstance(obj, dict):
+        raise PlanError(f"{where}: a JSON task must be an object", line=line)
+    return obj
+
+
+# States of _JsonTasks outside a task object.
+_ROOT, _KEY_OR_END, _KEY, _COLON, _TASKS, _ITEM_OR_END, _ITEM, _AFTER_ITEM, _AFTER_TASKS = range(9)
+_IN_KEY, _IN_TASK = 9, 10
+_EXPECTED = {
+    _KEY_OR_END: 'a key or "}"',
+    _KEY: "a key",
+    _COLON: '":"',
+    _AFTER_ITEM: '"," or "]"',
+    _AFTER_TASKS: '"," or "}"',
+}
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
+_JSON_STRUCT = re.compile(r'[{}\[\]"]')
+_JSON_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*')
+
+
+class _JsonTasks:
+    """Reads a streaming JSON plan just far enough to hand out each task object as it closes.
+
+    The plan is `{"tasks": [task, ...]}` or a bare `[task, ...]`; anything else outside the
+    task objects (another key, an entry that is not an object, a missing comma) is an error
+    naming where, at once. A task object's text is handed out whole, with its line and
+    index, once its brace closes; its nesting is bounded here, so decoding it cannot
+    recurse without limit. Every character is looked at once.
     """
 
     def __init__(self) -> None:
         self.finished = False
-        self._text: list[str] = []
-        self._obj: list[str] | None = None
-        self._obj_line = 0
+        self._state = _ROOT
+        self._bare = False  # the plan is a bare array of tasks
+        self._has_tasks = False
+        self._index = 0  # the next task object's index in the array
         self._line = 1
-        self._depth = 0
-        self._array_depth = 0  # depth at which task objects sit, once known
+        self._carry = ""  # a backslash ending a chunk inside a string: it escapes what follows
+        self._text: list[str] = []  # the task object (or root key) being read
+        self._text_line = 0
+        self._depth = 0  # inside the task object
         self._in_string = False
-        self._escape = False
-        self._started = False
 
-    def feed(self, chunk: str) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        for c in chunk:
-            if self.finished:
-                break
-            if self._obj is not None:
-                self._obj.append(c)
-            if c == "\n":
-                self._line += 1
+    def feed(self, chunk: str, take: Callable[[str, int, int], bool]) -> None:
+        """Read `chunk`; hand each task object that closes in it to `take` (its text, line
+        and index), which returns True when the plan ends there (a join)."""
+        text, self._carry = self._carry + chunk, ""
+        pos, n = 0, len(text)
+        while pos < n and not self.finished:
+            if self._state == _IN_TASK:
+                pos = self._read_task(text, pos, take)
+            elif self._state == _IN_KEY:
+                pos = self._read_key(text, pos)
+            else:
+                m = _JSON_SPACE.match(text, pos)
+                assert m is not None  # it matches the empty string
+                self._line += text.count("\n", pos, m.end())
+                pos = m.end()
+                if pos < n:
+                    pos = self._step(text, pos)
+
+    def close(self) -> None:
+        if self.finished:
+            return
+        if self._state == _IN_TASK:
+            raise PlanError(
+                f"JSON task object tasks[{self._index}] is not closed at the end of the text",
+                line=self._text_line,
+            )
+        raise PlanError("JSON plan is not closed at the end of the text", line=self._line)
+
+    # outside task objects: one structural character at a time ---------------------------
+
+    def _step(self, text: str, pos: int) -> int:
+        """Take the structural character at `pos`; return where reading goes on."""
+        c, state = text[pos], self._state
+        if state == _ROOT:  # the sniffer saw "{" or "["
+            self._bare = c == "["
+            self._state = _ITEM_OR_END if self._bare else _KEY_OR_END
+        elif state in (_KEY_OR_END, _KEY) and c == '"':
+            self._state, self._text, self._in_string = _IN_KEY, [], True
+        elif state == _KEY_OR_END and c == "}":
+            self._fail('a JSON plan needs a "tasks" array')
+        elif state == _COLON and c == ":":
+            self._state = _TASKS
+        elif state == _TASKS:
+            if c != "[":
+                self._fail(f'"tasks" must be an array, not {_json_kind(c)}')
+            self._state = _ITEM_OR_END
+        elif state in (_ITEM_OR_END, _ITEM):
+            if c == "]" and state == _ITEM_OR_END:
+                self._end_tasks()
+            elif c != "{":
+                self._fail(f"tasks[{self._index}] must be a task object, not {_json_kind(c)}")
+            else:  # a task object: read from its brace on
+                self._state, self._text, self._text_line = _IN_TASK, [], self._line
+                self._depth, self._in_string = 0, False
+                return pos
+        elif state == _AFTER_ITEM and c in ",]":
+            if c == ",":
+                self._state = _ITEM
+            else:
+                self._end_tasks()
+        elif state == _AFTER_TASKS and c in ",}":
+            if c == ",":
+                self._state = _KEY
+            else:
+                self.finished = True
+        else:
+            self._fail(f"expected {_EXPECTED[state]}, not {_shown(repr(c))}")
+        return pos + 1
+
+    def _end_tasks(self) -> None:
+        if self._bare:
+            self.finished = True
+        else:
+            self._state = _AFTER_TASKS
+
+    def _fail(self, message: str) -> NoReturn:
+        raise PlanError(f"invalid JSON plan: {message}", line=self._line)
+
+    def _read_key(self, text: str, pos: int) -> int:
+        """A key of the plan object: it must be "tasks", once."""
+        end = self._string_end(text, pos)
+        self._text.append(text[pos:end])
+        if self._in_string:
+            return len(text)
+        raw = "".join(self._text)
+        try:
+            key = json.loads(f'"{raw}"')
+        except ValueError:
+            self._fail(f"invalid key {_shown(raw, 40)}")
+        if key != "tasks":
+            self._fail(f'unknown key {_shown(repr(key), 40)}: a JSON plan has only "tasks"')
+        if self._has_tasks:
+            self._fail('"tasks" is given twice')
+        self._has_tasks = True
+        self._state = _COLON
+        return end + 1
+
+    def _string_end(self, text: str, pos: int) -> int:
+        """Where the string open at `pos` closes in `text` (its quote), else len(text) with
+        the string still open (a final lone backslash kept for the next chunk)."""
+        m = _JSON_STRING_REST.match(text, pos)
+        assert m is not None  # it matches the empty string
+        end = m.end()
+        self._line += text.count("\n", pos, end)
+        if end < len(text) and text[end] == '"':
+            self._in_string = False
+            return end
+        if end < len(text):  # a backslash, last: it escapes the next chunk's first character
+            self._carry = text[end:]
+        return end
+
+    # inside a task object: only brackets and strings matter here -------------------------
+
+    def _read_task(self, text: str, pos: int, take: Callable[[str, int, int], bool]) -> int:
+        start, n = pos, len(text)
+        while pos < n:
             if self._in_string:
-                if self._escape:
-                    self._escape = False
-                elif c == "\\":
-                    self._escape = True
-                elif c == '"':
-                    self._in_string = False
+                end = self._string_end(text, pos)
+                if self._in_string:
+                    self._text.append(text[start:end])
+                    return n
+                pos = end + 1
                 continue
+            m = _JSON_STRUCT.search(text, pos)
+            if m is None:
+                self._line += text.count("\n", pos, n)
+                pos = n
+                break
+            self._line += text.count("\n", pos, m.start())
+            c, pos = m.group(), m.end()
             if c == '"':
                 self._in_string = True
             elif c in "{[":
-                if not self._started:
-                    self._started = True
-                    self._array_depth = 1 if c == "[" else 2
                 self._depth += 1
-                if c == "{" and self._depth == self._array_depth + 1 and self._obj is None:
-                    self._obj = [c]
-                    self._obj_line = self._line
-            elif c in "}]":
+                if self._depth > MAX_NESTING + 2:  # the task object and its "args" are two
+                    raise PlanError(
+                        f"tasks[{self._index}]: nested deeper than {MAX_NESTING} levels",
+                        line=self._text_line,
+                    )
+            else:
                 self._depth -= 1
-                if self._obj is not None and self._depth == self._array_depth:
-                    out.append(("".join(self._obj), self._obj_line))
-                    self._obj = None
-                elif self._depth == 0:
-                    self.finished = True
-        return out
-
-    def close(self) -> list[tuple[str, int]]:
-        if not self.finished:
-            what = "task object" if self._obj is not None else "plan"
-            raise PlanError(f"JSON {what} is not closed at the end of the text", line=self._line)
-        return []
+                if self._depth == 0:
+                    self._text.append(text[start:pos])
+                    index, self._index = self._index, self._index + 1
+                    self._state = _AFTER_ITEM
+                    if take("".join(self._text), self._text_line, index):
+                        self.finished = True
+                    return pos
+        self._text.append(text[start:pos])
+        return pos
 
 
-def parse_plan(text: str, known: Iterable[int] = ()) -> list[Task]:
+def _json_kind(c: str) -> str:
+    """What a JSON value starting with `c` is, for an error message."""
+    kinds = {'"': "a string", "[": "an array", "{": "an object", "t": "true", "f": "false"}
+    if c in kinds:
+        return kinds[c]
+    if c == "n":
+        return "null"
+    return "a number" if c in "-0123456789" else _shown(repr(c))
+
+
+def parse_plan(
+    text: str, known: Iterable[int] = (), tools: Container[str] | None = None
+) -> list[Task]:
     """Parse a whole plan at once (same rules as streaming)."""
-    parser = PlanParser(known)
+    parser = PlanParser(known, tools)
     return [*parser.feed(text), *parser.close()]

@@ -344,7 +344,7 @@ class Scheduler:
     async def _call(self, tool: Tool, task: Task) -> Any:
         kwargs = task.kwargs
         if task.deps:
-            kwargs = resolve(kwargs, self.graph.results)
+            kwargs = resolve(kwargs, self.graph.results, task.deps)
         if holds_remote(kwargs):
             # A result kept on the cluster: the backend checks the arguments where the value is.
             return await self._timed(tool, kwargs)
