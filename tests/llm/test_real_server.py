@@ -72,7 +72,10 @@ class ForceReplanOnce:
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         self.requests.append(request)
-        if request.json_schema is None and not self.forced:
+        joiner = request.json_schema is None or "tasks" not in request.json_schema.get(
+            "properties", {}
+        )
+        if joiner and not self.forced:
             self.forced = True
             request = Request(
                 request.messages,
