@@ -140,3 +140,12 @@ async def test_nothing_to_answer_with_is_a_replan_naming_the_failure() -> None:
     chooser = DecisionChooser(Script(), [], ["task 1 search failed: nothing found for 'x'"])
     reply = "".join([d.text async for d in chooser.stream(Request([]))])
     assert reply == "Action: Replan(task 1 search failed: nothing found for 'x')"
+
+
+async def test_a_batch_on_a_scoring_model_chooses_too(tools: plait.Tools) -> None:
+    # The batch wraps the model (SharedLLM): scoring must pass through, not fall back.
+    script = ("search(", '"Eiffel Tower"', "search(", "extract_number(", "$1", "extract_number(")
+    llm = Script(*script, "calculate(", '"$3 - $4"', "237 metres")
+    items = [{"id": 1, "question": QUESTION}]
+    results = [r async for r in plait.batch.abatch(items, tools=tools, model=llm)]
+    assert [(r.status, r.answer) for r in results] == [("done", "237 metres")]

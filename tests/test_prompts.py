@@ -25,6 +25,11 @@ from plait.prompts import (
         ("action : finish( Paris )", "finish", "Paris"),
         ('{"action": "Finish", "text": "237"}', "finish", "237"),
         ('{"action": "Replan", "text": "look up K2"}', "replan", "look up K2"),
+        (
+            '{ "action": "Finish", "text" : "The tower is 330 metres tall; it',
+            "finish",
+            "The tower is 330 metres tall; it",
+        ),
         # cut off at max tokens: what came is kept
         (
             "Thought: ok\nAction: Finish(The Eiffel Tower is taller",

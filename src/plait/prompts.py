@@ -255,6 +255,7 @@ class Decision:
 
 
 _ACTION = re.compile(r"Action\s*:\s*(Finish|Replan)\s*\(", re.IGNORECASE)
+_CUT_JSON = re.compile(r'\s*\{\s*"action"\s*:\s*"(\w+)"\s*,\s*"text"\s*:\s*"((?:[^"\\]|\\.)*)')
 _THOUGHT = re.compile(r"Thought\s*:\s*(.*)", re.IGNORECASE)
 # What an echoed template looks like in place of a decision: `...`, `…`, `<the final answer>`,
 # `(answer)`-style words from our own instructions, or nothing at all.
@@ -297,8 +298,9 @@ def parse_decision(reply: str) -> Decision | None:
     if reply.strip().startswith("{"):  # a reply under JOIN_SCHEMA
         try:
             loaded = json.loads(reply)
-        except ValueError:
-            loaded = None
+        except ValueError:  # cut off at max tokens: keep what came, as for the text form
+            cut = _CUT_JSON.match(reply)
+            loaded = {"action": cut.group(1), "text": cut.group(2)} if cut else None
         if isinstance(loaded, dict):
             action, body = str(loaded.get("action", "")), str(loaded.get("text", "")).strip()
             if action.lower() not in ("finish", "replan") or is_placeholder(body):
