@@ -173,6 +173,7 @@ async def main() -> None:
         help="configuration (repeatable); default every one",
     )
     p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--sample", type=int, metavar="N", help="only N questions, evenly spaced")
     p.add_argument("--failures", action="store_true", help="print each wrong answer")
     p.add_argument("--batch", type=int, metavar="N", help="only: N questions, batch vs one by one")
     p.add_argument("--concurrency", type=int, default=8, help="with --batch (default 8)")
@@ -180,6 +181,9 @@ async def main() -> None:
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line]
     if args.limit:
         questions = questions[: args.limit]
+    if args.sample:
+        step = len(questions) / args.sample
+        questions = [questions[int(i * step)] for i in range(args.sample)]
     names = args.config or ["every"]
     if "every" in names:
         names = list(CONFIGS)
