@@ -51,7 +51,9 @@ async def test_the_plan_and_the_answer_are_chosen_among_grounded_candidates(
     tools: plait.Tools,
 ) -> None:
     llm = Script(
-        "search(", '"Eiffel Tower"',  # only the question's phrases are offered
+        # 1. search( is all there is: nothing else can start, and join() must wait until
+        # every name of the question was looked up
+        '"Eiffel Tower"',  # only the question's phrases are offered
         "search(",  # one phrase left: not asked
         "extract_number(", "$1",
         "extract_number(",  # one result left: not asked
@@ -69,7 +71,8 @@ async def test_the_plan_and_the_answer_are_chosen_among_grounded_candidates(
     ]
     assert not llm.choices
     offered = dict(llm.offered)
-    assert offered["1. "] == ["search(", "join()\n"]  # nothing else can start a plan
+    assert "1. " not in offered
+    assert offered['1. search("Eiffel Tower")\n2. '] == ["search(", "extract_number("]
     assert offered["1. search("] == ['"Eiffel Tower")\n', '"Statue of Liberty")\n']
     formulas = offered[next(p for p in offered if p.endswith("5. calculate("))]
     # operands in the question's order; no result taken twice
@@ -144,7 +147,7 @@ async def test_nothing_to_answer_with_is_a_replan_naming_the_failure() -> None:
 
 async def test_a_batch_on_a_scoring_model_chooses_too(tools: plait.Tools) -> None:
     # The batch wraps the model (SharedLLM): scoring must pass through, not fall back.
-    script = ("search(", '"Eiffel Tower"', "search(", "extract_number(", "$1", "extract_number(")
+    script = ('"Eiffel Tower"', "search(", "extract_number(", "$1", "extract_number(")
     llm = Script(*script, "calculate(", '"$3 - $4"', "237 metres")
     items = [{"id": 1, "question": QUESTION}]
     results = [r async for r in plait.batch.abatch(items, tools=tools, model=llm)]

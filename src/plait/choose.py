@@ -13,8 +13,9 @@ llama.cpp in-process), the planner and the joiner are run as a sequence of such 
   from a phrase the question names before `b`'s (so `$3 - $4` reads as the question
   does); any other required parameter takes a reference `$N` to an earlier result of its
   type (a str parameter a str result, a number parameter a number). Optional parameters
-  keep their defaults; no call is repeated, no call takes one result twice, and a result
-  feeds one later task. If no tool can start a plan, the agent plans freely.
+  keep their defaults; no call is repeated, no call takes one result twice, a result
+  feeds one later task, and `join()` is offered only once every name of the question has
+  been looked up. If no tool can start a plan, the agent plans freely.
 - **Decision**: `Action: Replan(reason)` when the outputs hold no answer; otherwise
   `Action: Finish(answer)`, or, when a task failed, Replan if the model prefers it to every
   answer. An answer is a number among the plan's outputs (the results no later task took;
@@ -263,7 +264,10 @@ class PlanChooser:
                     offered = self.arguments(shape)
                     if offered:
                         heads[f"{shape.name}("] = offered
-            head = await self._choose(request, prefix, [*heads, "join()\n"], usage)
+            # A plan looks up every name the question gives before it may end.
+            unnamed = any(any(p.kind == "span" for p in self.shapes[h[:-1]].params) for h in heads)
+            ends = [] if unnamed else ["join()\n"]
+            head = await self._choose(request, prefix, [*heads, *ends], usage)
             if head == "join()\n":
                 line = f"{n}. join()\n"
                 yield Delta(line, Usage(usage.prompt_tokens, usage.completion_tokens))

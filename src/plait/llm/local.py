@@ -52,7 +52,7 @@ INSTALL_HINT = "pip install 'plait[local]'"
 
 SCORE_CTX = 8192  # the scoring context's cells, shared by the cached prompts and candidates
 SCORE_BATCH = 1024  # tokens decoded at once when scoring
-SCORE_SLOTS = 6  # run prompts kept cached for scoring (one sequence each)
+SCORE_SLOTS = 8  # run prompts kept cached for scoring (one sequence each)
 SCORE_SEQS = 64  # sequences in the scoring context: the slots, then candidates
 
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
