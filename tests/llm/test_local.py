@@ -65,7 +65,12 @@ def test_cli_run_with_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> 
     out = json.loads(capsys.readouterr().out)
     assert e.value.code in (0, 1), out
     assert out["tasks"], out
-    assert {t["tool"] for t in out["tasks"]} <= {"search", "extract_number", "calculate"}
+    assert {t["tool"] for t in out["tasks"]} <= {
+        "search",
+        "extract_number",
+        "calculate",
+        "which_larger",
+    }
     calls = out["usage"]["calls"]
     assert calls[0]["role"] == "planner" and calls[0]["completion_tokens"] > 0
     assert out["usage"]["prompt_tokens"] > 0

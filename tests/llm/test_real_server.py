@@ -20,7 +20,7 @@ from plait.llm.base import Delta, Request
 from plait.llm.openai import OpenAILLM
 
 pytestmark = pytest.mark.real_llm
-TOOL_NAMES = {"search", "extract_number", "calculate"}
+TOOL_NAMES = {"search", "extract_number", "calculate", "which_larger"}
 QUESTION = "How much taller is the Eiffel Tower than the Statue of Liberty?"
 
 
