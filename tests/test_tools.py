@@ -323,7 +323,7 @@ def test_load_tools_from_a_path(tmp_path: Path):
 
 def test_load_the_example_tools(example_tools: Path):
     tools = load_tools(str(example_tools))
-    assert sorted(tools) == ["calculate", "extract_number", "search"]
+    assert sorted(tools) == ["calculate", "extract_number", "search", "which_larger"]
     assert tools.examples and "join()" in tools.examples
 
 

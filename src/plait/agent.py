@@ -12,26 +12,63 @@ Resuming is replaying: the loop runs again from the start, with the replies a st
 (`replies`, by call number) given back instead of asking the model, and the scheduler's
 journal settling recorded tasks without running them. Given the same replies the loop makes
 the same calls, so a resumed run picks up exactly where the log ends.
+
+How the model is asked depends on what it can do (`Tactics` switches each technique off for
+bench/answers.py): a model that scores text (llama.cpp in-process) makes the plan's and the
+decision's choices among candidates (choose.py); one that follows a JSON Schema writes the
+plan as JSON under the plan schema, its lookups limited to phrases of the question, and the
+joiner's decision under a pattern; any other writes free text. The joiner's reply is read
+strictly: a reply with no decision, or an echo of the instructions' template, is a failed
+call, asked again up to `JOIN_RETRIES` times and never taken as the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from . import events as ev
+from .choose import CALIBRATION, DecisionChooser, Earlier, PlanChooser, render, shapes
 from .errors import PlaitError, PlanError
-from .llm.base import LLM, LLMError, Request
+from .llm.base import LLM, Delta, LLMError, Request, Scorer
 from .plan import PlanParser, Task, parse_plan, result_text
 from .planschema import plan_schema
-from .prompts import join_turn, observations, parse_decision, planner_messages, replan_turn
+from .prompts import (
+    JOIN_SCHEMA,
+    Decision,
+    ask_again_turn,
+    join_turn,
+    observations,
+    parse_decision,
+    planner_messages,
+    replan_turn,
+    select_examples,
+)
 from .scheduler import Scheduler
 from .tools import Tools
 
 STOP = ("<END_OF_PLAN>",)
+JOIN_RETRIES = 2  # joiner replies without a decision asked again, after the first
+
+
+@dataclass(frozen=True, slots=True)
+class Tactics:
+    """The techniques that help a small model, each on by default (off: for measuring)."""
+
+    choose: bool = True  # score candidates where the model can (choose.py)
+    ground: bool = True  # a Span parameter takes only phrases of the question (JSON plans)
+    similar_examples: bool = True  # show the few-shot examples most like the question
+    examples: int = 2  # how many of them
+    strict_join: bool = True  # no decision is a failed call (else the reply is the answer)
+    constrain_join: bool = True  # the joiner's decision under a pattern, where supported
+    calibrate: bool = True  # chosen decisions: scores calibrated against a bare prompt
+
+
+TACTICS: contextvars.ContextVar[Tactics] = contextvars.ContextVar("plait_tactics")
 
 
 @dataclass(slots=True)
@@ -109,12 +146,16 @@ class Agent:
         self.max_replans = max_replans
         self.examples = examples
         self.retry = retry or RetryPolicy()
+        self.tactics = TACTICS.get(Tactics())
         self.drain = 1.0  # seconds to keep reading a reply after it gave all we needed
         self._conversation: list[dict[str, str]] = []  # every call extends this prefix
         self._reported: set[int] = set()  # tasks whose results the conversation shows
         self._calls = 0
+        self._question = ""
+        self._choosing = False  # this run's plans are chosen among candidates
 
     async def answer(self, question: str, outcome: Outcome) -> None:
+        self._question = question
         reason: str | None = None
         for round_ in range(self.max_replans + 1):
             if round_:
@@ -122,7 +163,7 @@ class Agent:
             try:
                 error = await self._plan(question, reason)
                 await self.scheduler.wait()
-                reply = None if error is not None else await self._join(question)
+                decision = None if error is not None else await self._decide(question, outcome)
             except LLMError as e:
                 outcome.error = f"{self.llm.name}: {e}"
                 return
@@ -131,16 +172,34 @@ class Agent:
                 reason = f"the previous plan could not be run: {error}. Write a valid plan"
                 outcome.error = f"invalid plan: {error}"
                 continue
-            assert reply is not None
-            decision = parse_decision(reply)
+            if decision is None:
+                return  # outcome.error says why
             if decision.action == "finish":
                 outcome.answer, outcome.error = decision.text, None
                 self.emit(ev.Answered(self.clock(), decision.text))
                 return
             reason = decision.text or "the joiner asked for a new plan"
-            outcome.error = f"no answer after {self.max_replans} replans: {reason}"
+            times = "once" if round_ == 0 else f"{round_ + 1} times"
+            outcome.error = f"the joiner asked for a new plan {times}: {reason}"
         if outcome.error is None:
             outcome.error = "no answer"
+
+    async def _decide(self, question: str, outcome: Outcome) -> Decision | None:
+        """The joiner's decision, asked again while a reply holds none; None if it never did."""
+        reply = await self._join(question)
+        decision = parse_decision(reply)
+        if not self.tactics.strict_join:
+            return decision or Decision("finish", reply.strip())
+        asked = 1
+        while decision is None and asked <= JOIN_RETRIES:
+            self._conversation = [*self._conversation, ask_again_turn()]
+            reply = await self._join_call()
+            decision = parse_decision(reply)
+            asked += 1
+        if decision is None:
+            excerpt = " ".join(reply.split())[:120] or "(empty)"
+            outcome.error = f"the joiner gave no decision in {asked} replies; the last: {excerpt}"
+        return decision
 
     # planner ---------------------------------------------------------------------------
 
@@ -155,10 +214,18 @@ class Agent:
         graph = self.scheduler.graph
         known = set(graph.nodes)
         next_id = max(known, default=0) + 1
-        json_form = self.llm.supports_json_schema
+        chooser = self._plan_chooser(question, next_id)
+        json_form = self.llm.supports_json_schema and chooser is None
         if not self._conversation:
+            shots = self.examples
+            if shots and self.tactics.similar_examples:
+                shots = select_examples(shots, question, self.tactics.examples)
             self._conversation = planner_messages(
-                question, self.scheduler.tools, examples=self.examples, json_form=json_form
+                question,
+                self.scheduler.tools,
+                examples=shots,
+                json_form=json_form,
+                compact=chooser is not None,
             )
         else:
             turn = replan_turn(reason or "", self._unreported(), next_id)
@@ -166,7 +233,13 @@ class Agent:
         request = Request(
             self._conversation,
             stop=() if json_form else STOP,
-            json_schema=plan_schema(self.scheduler.tools, next_id) if json_form else None,
+            json_schema=plan_schema(
+                self.scheduler.tools,
+                next_id,
+                question=question if self.tactics.ground else None,
+            )
+            if json_form
+            else None,
             session=self.run_id,
         )
         added: set[int] = set()
@@ -191,7 +264,8 @@ class Agent:
 
         try:
             try:
-                await self._complete("planner", request, on_text, restart, reply)
+                source = chooser.stream if chooser is not None else None
+                await self._complete("planner", request, on_text, restart, reply, source)
                 on_text("")
                 for task in parser.close():
                     if task.id not in added:
@@ -207,14 +281,67 @@ class Agent:
             return "the plan has no tasks and no join()"
         return None
 
+    def _scorer(self) -> Scorer | None:
+        return self.llm if self.tactics.choose and isinstance(self.llm, Scorer) else None
+
+    def _plan_chooser(self, question: str, next_id: int) -> PlanChooser | None:
+        """A candidate planner, if the model scores and some tool can be called at once."""
+        scorer = self._scorer()
+        if scorer is None:
+            return None
+        tools = self.scheduler.tools
+        known = shapes(tools)
+        earlier = [
+            Earlier(
+                n.task.id,
+                n.task.tool,
+                known[n.task.tool].returns,
+                render(n.task.tool, [*n.task.args, *n.task.kwargs.values()]),
+            )  # a new plan may take any result and phrase again, but repeats no call
+            for n in self.scheduler.graph.nodes.values()
+            if n.status == "done" and n.task.tool in known
+        ]
+        chooser = PlanChooser(scorer, tools, question, next_id, earlier)
+        if not self._conversation:  # the first plan decides how the run plans
+            self._choosing = any(chooser.arguments(shape) for shape in known.values())
+        # If no tool can start a plan, the model plans freely.
+        return chooser if self._choosing else None
+
     async def _join(self, question: str) -> str:
         self._conversation = [
             *self._conversation,
             join_turn(question, self._unreported()),
         ]
+        return await self._join_call()
+
+    async def _join_call(self) -> str:
         parts: list[str] = []
-        request = Request(self._conversation, session=self.run_id)
-        await self._complete("joiner", request, lambda text: False, lambda: None, parts)
+        scorer = self._scorer()
+        source: Callable[[Request], AsyncIterator[Delta]] | None = None
+        schema = None
+        if scorer is not None:
+            nodes = list(self.scheduler.graph.nodes.values())
+            consumed = {d for n in nodes for d in n.task.deps}
+            # The plan's outputs are the results no later task took.
+            outputs = [n.result for n in nodes if n.status == "done" and n.task.id not in consumed]
+            texts = [n.result for n in nodes if n.status == "done" and isinstance(n.result, str)]
+            failures = [
+                f"task {n.task.id} {n.task.tool} {n.status}: {n.error}"
+                for n in nodes
+                if n.status != "done"
+            ]
+            source = DecisionChooser(
+                scorer,
+                outputs,
+                failures,
+                texts,
+                question=self._question,
+                calibration=CALIBRATION if self.tactics.calibrate else 0.0,
+            ).stream
+        elif self.tactics.constrain_join and self.llm.supports_json_schema:
+            schema = JOIN_SCHEMA
+        request = Request(self._conversation, json_schema=schema, session=self.run_id)
+        await self._complete("joiner", request, lambda text: False, lambda: None, parts, source)
         reply = "".join(parts)
         self._say(reply)
         return reply
@@ -232,6 +359,7 @@ class Agent:
         on_text: Callable[[str], bool],
         restart: Callable[[], None],
         reply: list[str],
+        source: Callable[[Request], AsyncIterator[Delta]] | None = None,
     ) -> None:
         """Stream a reply into `on_text` (True when it needs no more), retrying lost replies.
 
@@ -255,7 +383,7 @@ class Agent:
 
         while True:
             try:
-                stream = self.llm.stream(request)
+                stream = (source or self.llm.stream)(request)
                 satisfied = False
                 async with contextlib.aclosing(stream):  # type: ignore[type-var]
                     async for delta in stream:
@@ -317,4 +445,14 @@ class Agent:
         await asyncio.sleep(0)
 
 
-__all__ = ["Agent", "Outcome", "PlaitError", "RetryPolicy", "Task", "execute_plan", "prepare_plan"]
+__all__ = [
+    "TACTICS",
+    "Agent",
+    "Outcome",
+    "PlaitError",
+    "RetryPolicy",
+    "Tactics",
+    "Task",
+    "execute_plan",
+    "prepare_plan",
+]

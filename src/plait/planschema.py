@@ -13,6 +13,13 @@ tasks that name a real tool with arguments of the right shape:
   rule, so the schema (and the grammar llama.cpp derives from it) stays small: O(tools ×
   max_tasks) rules, plus the tuples' references.
 
+Grounded arguments. A tool parameter annotated `Span` (``query: Span``, an
+``Annotated[str, ...]`` that marks its JSON Schema with ``"x-plait": "question-span"``) takes
+a phrase of the question: a lookup names what the question names, never an entity the model
+invented. Given the question, `plan_schema` limits such a parameter to the question's
+phrases (`question_spans`) or a reference. `Formula` marks a parameter that takes arithmetic
+over earlier results (``"$3 - $4"``); the candidate planner (choose.py) uses both marks.
+
 Only constructs that llama.cpp's json-schema-to-grammar converter understands are used
 (``$ref`` to ``$defs``, ``anyOf``, ``const``, ``pattern``, ``prefixItems``, objects with
 ``additionalProperties: false``); tests check the converter accepts the result.
@@ -22,14 +29,108 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import pydantic
 
 from .tools import Tools
+
+MARK = "x-plait"  # the JSON Schema keyword that carries a parameter's grounding
+Span = Annotated[str, pydantic.Field(json_schema_extra={MARK: "question-span"})]
+Formula = Annotated[str, pydantic.Field(json_schema_extra={MARK: "formula"})]
+
+
+# Words that hold a question together rather than name a thing in it: a phrase of the
+# question that a lookup may take never contains one, nor starts or ends with an EDGE word
+# ("Statue of Liberty" is a phrase, "the Statue" and "taller than" are not).
+def _vocabulary(*lines: str) -> frozenset[str]:
+    return frozenset(w for line in lines for w in line.split())
+
+
+FUNCTION_WORDS = _vocabulary(
+    "how much many what which who whom whose when where why is are was were be been do does",
+    "did than times more less taller higher longer shorter larger smaller bigger farther",
+    "further older newer tall high long far and or vs versus between combined total",
+    "together sum difference ratio compared compare with from",
+    "wrote write written built completed open opened founded published dedicated",
+    # what is measured, not what is named
+    "height length population distance size area age speed weight depth width number",
+    "people live lives",
+)
+EDGE_WORDS = _vocabulary("the a an of in on at to for from by its their his her")
+_WORD = re.compile(r"[\w][\w'.\-]*[\w]|[\w]")
 
 REF_PATTERN = (
     r"^[$]([{][0-9]+[}]|[0-9]+)$"  # "$N" or "${N}"; char classes: the converter mis-escapes \$
 )
 MAX_TASKS = 8  # tasks per plan (not counting join); grammar cost grows with it on llama.cpp
+
+
+def words(text: str) -> list[str]:
+    """The words of a text, punctuation dropped (``"Tiffany's"`` and ``"42.195"`` kept whole)."""
+    return _WORD.findall(text)
+
+
+def phrase_spans(
+    text: str,
+    max_words: int = 5,
+    taken: Sequence[tuple[int, int]] = (),
+    *,
+    maximal: bool = False,
+) -> list[tuple[int, int, str]]:
+    """Phrases of `text`, as (first word, end word, phrase): 1 to `max_words` consecutive
+    words, none a function word, not starting or ending with an edge word, overlapping no
+    `taken` range; in order. `maximal`: only the longest such phrases, those no neighbouring
+    word could extend ("Statue of Liberty", not "Statue" nor "Liberty"), unless that is
+    longer than `max_words`."""
+    ws = words(text)
+    if maximal:
+        every = phrase_spans(text, len(ws), taken)
+        found: list[tuple[int, int, str]] = []
+        for i, j, phrase in every:
+            if any(a <= i and j <= b and (a, b) != (i, j) for a, b, _ in every):
+                continue  # a neighbouring word extends it
+            if j - i <= max_words:
+                found.append((i, j, phrase))
+            else:  # too long to be a name: its parts
+                found += [
+                    (a, b, p) for a, b, p in every if i <= a and b <= j and b - a <= max_words
+                ]
+        return sorted(found)
+    out: list[tuple[int, int, str]] = []
+    seen: set[str] = set()
+    for i in range(len(ws)):
+        for j in range(i + 1, min(len(ws), i + max_words) + 1):
+            low = [w.lower() for w in ws[i:j]]
+            if low[-1] in FUNCTION_WORDS:
+                break
+            if low[0] in EDGE_WORDS or low[-1] in EDGE_WORDS:
+                continue
+            if any(a < j and i < b for a, b in taken):
+                continue
+            phrase = " ".join(ws[i:j])
+            if phrase not in seen:
+                seen.add(phrase)
+                out.append((i, j, phrase))
+    return out
+
+
+def phrases(text: str, max_words: int = 5) -> list[str]:
+    """The phrases of `phrase_spans`, as text."""
+    return [p for _, _, p in phrase_spans(text, max_words)]
+
+
+def question_spans(question: str) -> list[str]:
+    """The phrases of the question a `Span` parameter may take (maximal ones)."""
+    return [p for _, _, p in phrase_spans(question, maximal=True)]
+
+
+def mark(prop: dict[str, Any]) -> str | None:
+    """A parameter schema's grounding mark: "question-span", "formula" or None."""
+    value = prop.get(MARK)
+    return value if isinstance(value, str) else None
 
 
 def _rename_refs(node: Any, prefix: str) -> Any:
@@ -53,15 +154,22 @@ def _strip(node: Any) -> Any:
         return {
             k: _strip(v)
             for k, v in node.items()
-            if k not in ("title", "description", "default", "examples")
+            if k not in ("title", "description", "default", "examples", MARK)
         }
     if isinstance(node, list):
         return [_strip(v) for v in node]
     return node
 
 
-def _args_schema(raw: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
-    schema = _strip(copy.deepcopy(raw))
+def _args_schema(
+    raw: dict[str, Any], prefix: str, defs: dict[str, Any], spans: list[str] | None
+) -> dict[str, Any]:
+    schema = copy.deepcopy(raw)
+    if spans:
+        for prop in (schema.get("properties") or {}).values():
+            if mark(prop) == "question-span":
+                prop["enum"] = spans
+    schema = _strip(schema)
     for name, sub in (schema.pop("$defs", None) or {}).items():
         defs[prefix + name] = _rename_refs(sub, prefix)
     schema = _rename_refs(schema, prefix)
@@ -80,12 +188,16 @@ def _has_var_keyword(raw: dict[str, Any]) -> bool:
     return extra is True or isinstance(extra, dict)
 
 
-def plan_schema(tools: Tools, next_id: int, max_tasks: int = MAX_TASKS) -> dict[str, Any]:
+def plan_schema(
+    tools: Tools, next_id: int, max_tasks: int = MAX_TASKS, *, question: str | None = None
+) -> dict[str, Any]:
     """JSON Schema of a plan whose tasks can only name the given tools with fitting arguments,
-    numbered `next_id`, `next_id + 1`, … and ending with a `join` task."""
+    numbered `next_id`, `next_id + 1`, … and ending with a `join` task. Given the question,
+    a `Span` parameter takes only a phrase of it (or a reference)."""
     defs: dict[str, Any] = {"ref": {"type": "string", "pattern": REF_PATTERN}}
+    spans = question_spans(question) if question else None
     for t in tools.values():
-        defs[f"args-{t.name}"] = _args_schema(t.schema(), f"{t.name}-", defs)
+        defs[f"args-{t.name}"] = _args_schema(t.schema(), f"{t.name}-", defs, spans)
 
     def task(position: int, name: str, args: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, overload
+from typing import Annotated, Any, get_args, get_origin, overload
 
 import pydantic
 
@@ -268,6 +268,8 @@ def _type_adapter(ann: Any) -> pydantic.TypeAdapter[Any]:
 
 
 def _type_name(ann: Any) -> str:
+    if get_origin(ann) is Annotated:  # Annotated[str, plait.planschema.Span]: show str
+        ann = get_args(ann)[0]
     return ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
 
 

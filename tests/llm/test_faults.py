@@ -45,7 +45,8 @@ async def test_runs_survive_injected_faults(server: str) -> None:
     # until the budget is spent, faults or not; never by a fault.)
     for r in results:
         assert not [c.error for c in r.llm_calls if c.error], (r.status, r.error)
-        assert r.status == "done" or r.error.startswith(("no answer", "invalid plan")), r.error
+        model_said = ("no answer", "invalid plan", "the joiner asked", "the joiner gave no")
+        assert r.status == "done" or r.error.startswith(model_said), r.error
         assert r.tasks
         for t in r.tasks:  # correct results: what the tool gives for those arguments
             if t.status == "done" and t.tool == "search":

@@ -20,7 +20,7 @@ from plait.llm.base import Delta, Request
 from plait.llm.openai import OpenAILLM
 
 pytestmark = pytest.mark.real_llm
-TOOL_NAMES = {"search", "extract_number", "calculate"}
+TOOL_NAMES = {"search", "extract_number", "calculate", "which_larger"}
 QUESTION = "How much taller is the Eiffel Tower than the Statue of Liberty?"
 
 
@@ -72,7 +72,10 @@ class ForceReplanOnce:
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         self.requests.append(request)
-        if request.json_schema is None and not self.forced:
+        joiner = request.json_schema is None or "tasks" not in request.json_schema.get(
+            "properties", {}
+        )
+        if joiner and not self.forced:
             self.forced = True
             request = Request(
                 request.messages,

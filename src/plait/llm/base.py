@@ -5,17 +5,22 @@ A client turns a `Request` into a stream of `Delta`s: text as it arrives, and th
 to `LLMError` right here at the seam (retryable or not, with the server's Retry-After), so
 nothing above ever catches an httpx or openai type. Retrying is not a client's job: the
 agent retries a lost reply and knows what of it was already used.
+
+A client that can also *score* text (`Scorer`: the log-probability of each of a few
+candidate continuations of a reply) lets the agent make a plan's discrete choices — which
+tool, which span of the question, which operator, Finish or Replan — by comparing the
+candidates instead of taking the greedy token; a tiny model is far better at the first.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..events import Usage
 
-__all__ = ["LLM", "Delta", "LLMError", "Message", "Request", "Usage"]
+__all__ = ["LLM", "Delta", "LLMError", "Message", "Request", "Scorer", "Usage"]
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -63,4 +68,16 @@ class LLM(Protocol):
 
     def stream(self, request: Request) -> AsyncIterator[Delta]:
         """Stream the reply. Raise LLMError on failure, even after some text was sent."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A model that can compare candidate continuations (llama.cpp in-process)."""
+
+    async def score(
+        self, request: Request, prefix: str, candidates: Sequence[str]
+    ) -> tuple[list[float], Usage]:
+        """The log-probability of each candidate following the assistant's `prefix`, after
+        `request.messages`; and the tokens evaluated (prompt) and candidates' (completion)."""
         ...

@@ -19,6 +19,14 @@ Options ride on the spec as a query: `local:/models/x.gguf?n_ctx=8192&n_threads=
   `response_format={"type": "json_object", "schema": ...}` (the form llama-cpp-python 0.3.x
   understands), which it compiles to a grammar, so even the tiny model writes only
   registered tools with fitting arguments.
+- Scoring (`score`, the `Scorer` seam): the log-probability of each of a few candidate
+  continuations, from a second llama.cpp context on the same weights whose one unified KV
+  cache holds several sequences. The prompts of the last few runs (`session`) stay cached,
+  each in a sequence of its own, so runs that take turns on the model never evaluate their
+  prefix again, and a new run starts from the longest prefix any cached run shares with it
+  (the system prompt). The candidates of one call are decoded together in one batch, each
+  in its own sequence that shares the prompt's cells; a candidate's last token needs no
+  evaluation at all.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import asyncio
 import atexit
 import os
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -41,8 +50,14 @@ N_THREADS = 2  # the CI machine's cores; more threads than cores only spin
 MAX_TOKENS = 768  # a reply longer than this is a runaway, not a plan
 INSTALL_HINT = "pip install 'plait[local]'"
 
+SCORE_CTX = 8192  # the scoring context's cells, shared by the cached prompts and candidates
+SCORE_BATCH = 1024  # tokens decoded at once when scoring
+SCORE_SLOTS = 8  # run prompts kept cached for scoring (one sequence each)
+SCORE_SEQS = 64  # sequences in the scoring context: the slots, then candidates
+
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
+_scorers: dict[int, _ScoringContext] = {}  # id(Llama) -> its scoring context
 
 
 @atexit.register
@@ -52,6 +67,9 @@ def _close_models() -> None:
     with _models_lock:
         for llm, lock in _models.values():
             with lock:
+                scorer = _scorers.pop(id(llm), None)
+                if scorer is not None:
+                    scorer.close()
                 llm.close()
         _models.clear()
 
@@ -103,6 +121,139 @@ def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
         return _models[key]
 
 
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _log_softmax_at(row: Any, token: int) -> float:
+    import numpy as np
+
+    top = float(row.max())
+    return float(row[token] - top - np.log(np.exp(row - top).sum()))
+
+
+class _ScoringContext:
+    """A llama.cpp context for scoring candidates, with the prompts of recent runs cached.
+
+    Sequence ids 0..SCORE_SLOTS-1 are slots, each holding one run's prompt (`tokens[s]`);
+    the ids after them hold one candidate each for the length of one `score` call. Used only
+    under the model's lock.
+    """
+
+    def __init__(self, llm: Any, n_threads: int) -> None:
+        import llama_cpp
+
+        self.lib = llama_cpp
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = SCORE_CTX
+        params.n_batch = SCORE_BATCH
+        params.n_ubatch = min(512, SCORE_BATCH)
+        params.n_seq_max = SCORE_SEQS
+        params.kv_unified = True
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        self.ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not self.ctx:
+            raise PlaitError("cannot create llama.cpp's scoring context")
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(SCORE_BATCH, 0, 1)
+        self.n_vocab = llm.n_vocab()
+        self.tokens: list[list[int]] = [[] for _ in range(SCORE_SLOTS)]
+        self.owner: list[str | None] = [None] * SCORE_SLOTS
+        self.used = [0.0] * SCORE_SLOTS
+
+    def close(self) -> None:
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        b = self.batch
+        b.n_tokens = len(items)
+        for i, (tok, pos, seq, logits) in enumerate(items):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.seq_id[i][0] = seq
+            b.n_seq_id[i] = 1
+            b.logits[i] = logits
+        rc = self.lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} (context full?)")
+
+    def _row(self, i: int) -> Any:
+        import numpy as np
+
+        ptr = self.lib.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def _slot(self, session: str | None, prompt: list[int]) -> tuple[int, int]:
+        """The slot to hold `prompt`, and how many of its tokens are already there."""
+        mine = [s for s in range(SCORE_SLOTS) if session is not None and self.owner[s] == session]
+        slot = mine[0] if mine else min(range(SCORE_SLOTS), key=lambda s: self.used[s])
+        have = _lcp(self.tokens[slot], prompt)
+        donor = max(range(SCORE_SLOTS), key=lambda s: _lcp(self.tokens[s], prompt))
+        shared = _lcp(self.tokens[donor], prompt)
+        rm = self.lib.llama_memory_seq_rm
+        if donor != slot and shared > have:
+            rm(self.mem, slot, -1, -1)
+            self.lib.llama_memory_seq_cp(self.mem, donor, slot, 0, shared)
+            have = shared
+        have = min(have, len(prompt) - 1)  # the last prompt token's logits are needed
+        rm(self.mem, slot, have, -1)
+        self.tokens[slot] = prompt[:have]
+        self.owner[slot] = session
+        self.used[slot] = time.monotonic()
+        return slot, have
+
+    def score(
+        self, session: str | None, prompt: list[int], candidates: list[list[int]]
+    ) -> tuple[list[float], int]:
+        """Log-probabilities of each candidate after `prompt`; and prompt tokens evaluated."""
+        if len(prompt) + max(map(len, candidates), default=0) >= SCORE_CTX // 2:
+            raise RuntimeError(f"prompt of {len(prompt)} tokens is too long to score")
+        slot, have = self._slot(session, prompt)
+        evaluated = len(prompt) - have
+        for start in range(have, len(prompt), SCORE_BATCH):
+            chunk = prompt[start : start + SCORE_BATCH]
+            last = start + len(chunk) == len(prompt)
+            self._decode(
+                [
+                    (tok, start + i, slot, last and i == len(chunk) - 1)
+                    for i, tok in enumerate(chunk)
+                ]
+            )
+        first = self._row(-1)
+        self.tokens[slot] = list(prompt)
+        n = len(prompt)
+        scores = [_log_softmax_at(first, c[0]) if c else 0.0 for c in candidates]
+        pending = [k for k, c in enumerate(candidates) if len(c) > 1]
+        while pending:
+            group: list[int] = []
+            items: list[tuple[int, int, int, bool]] = []
+            while pending and len(group) < SCORE_SEQS - SCORE_SLOTS:
+                k = pending[0]
+                need = len(candidates[k]) - 1  # the last token predicts nothing we need
+                if items and len(items) + need > SCORE_BATCH:
+                    break
+                pending.pop(0)
+                seq = SCORE_SLOTS + len(group)
+                self.lib.llama_memory_seq_cp(self.mem, slot, seq, 0, n)
+                items += [(tok, n + i, seq, True) for i, tok in enumerate(candidates[k][:need])]
+                group.append(k)
+            self._decode(items)
+            at = 0
+            for j, k in enumerate(group):
+                cand = candidates[k]
+                for i in range(1, len(cand)):
+                    scores[k] += _log_softmax_at(self._row(at), cand[i])
+                    at += 1
+                self.lib.llama_memory_seq_rm(self.mem, SCORE_SLOTS + j, -1, -1)
+        return scores, evaluated
+
+
 class LocalLLM:
     supports_json_schema = True
 
@@ -145,6 +296,46 @@ class LocalLLM:
             self._llm, self._lock = _load(self.path, self.n_ctx, self.n_threads)
         assert self._lock is not None
         return self._llm, self._lock
+
+    def _chat_prompt(self, llm: Any, messages: list[dict[str, str]]) -> str:
+        """The messages as the model's chat template lays them out, ready for its reply."""
+        from llama_cpp import llama_chat_format
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            return text + "assistant: "
+        eos = llm._model.token_get_text(llm.token_eos())
+        bos = llm._model.token_get_text(llm.token_bos())
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=eos, bos_token=bos
+        )
+        return str(formatter(messages=messages).prompt)  # type: ignore[arg-type]
+
+    async def score(
+        self, request: Request, prefix: str, candidates: Sequence[str]
+    ) -> tuple[list[float], Usage]:
+        """Log-probability of each candidate continuing the reply `prefix` (see the module)."""
+        loop = asyncio.get_running_loop()
+        if self._llm is None:
+            await loop.run_in_executor(None, self._model)
+        llm, lock = self._model()
+
+        def work() -> tuple[list[float], Usage]:
+            with lock:
+                scorer = _scorers.get(id(llm))
+                if scorer is None:
+                    scorer = _scorers[id(llm)] = _ScoringContext(llm, self.n_threads)
+                text = self._chat_prompt(llm, request.messages) + prefix
+                prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+                cands = [llm.tokenize(c.encode(), add_bos=False, special=False) for c in candidates]
+                scores, _ = scorer.score(request.session, prompt, cands)
+                return scores, Usage(len(prompt), sum(map(len, cands)))
+
+        try:
+            return await loop.run_in_executor(None, work)
+        except (RuntimeError, ValueError) as e:
+            raise LLMError(f"{self.name}: scoring failed: {e}") from None
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .base import LLM, Delta, Request
+from .base import LLM, Delta, Request, Usage
 
 
 def prompt_text(request: Request) -> str:
@@ -50,6 +50,10 @@ class _Waiter:
 
 
 class PrefixOrdered:
+    # Present only when the wrapped model scores (llm.base.Scorer): scoring passes through
+    # (an in-process model serialises its own calls).
+    score: Callable[..., Awaitable[tuple[list[float], Usage]]]
+
     def __init__(
         self, llm: LLM, *, slots: int = 1, order: str = "prefix", linger: float = 0.05
     ) -> None:
@@ -58,6 +62,9 @@ class PrefixOrdered:
         if order not in ("prefix", "arrival"):
             raise ValueError("order must be 'prefix' or 'arrival'")
         self.llm = llm
+        inner_score = getattr(llm, "score", None)
+        if inner_score is not None:
+            self.score = inner_score
         self.name = llm.name
         self.supports_json_schema = llm.supports_json_schema
         self.order = order

@@ -12,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .base import LLM, Delta, Request, Usage
 
 
 class SharedLLM:
+    # Present only when the wrapped model scores (llm.base.Scorer): scoring passes through.
+    score: Callable[..., Awaitable[tuple[list[float], Usage]]]
+
     def __init__(self, llm: LLM, size: int = 10_000) -> None:
         self.llm = llm
+        inner_score = getattr(llm, "score", None)
+        if inner_score is not None:
+            self.score = inner_score
         self.name = llm.name
         self.supports_json_schema = llm.supports_json_schema
         self.size = size
