@@ -281,3 +281,26 @@ def test_a_text_plan_starting_with_a_bracket_runs_as_text(head):
     assert result.status == "done"
     assert [(t.id, t.result) for t in result.tasks] == [(1, "A")]
     assert calls == [("search", "a")]
+
+
+# -- model replies that cannot be encoded -------------------------------------------------------
+
+
+async def test_a_reply_holding_a_lone_surrogate_is_recorded_and_resumed(store_url):
+    # A server's JSON may carry a lone `\udcff` escape: the seam makes it U+FFFD, so the
+    # reply can be recorded (it crashed the run log before) and replayed on resume.
+    tools, calls = counting_tools()
+    plan = '1. search("a\udcff")\n2. join()\n<END_OF_PLAN>'
+    result = await plait.arun(
+        "a?",
+        tools=tools,
+        model=ReplayLLM([plan, "Action: Finish(A\udcff)"]),
+        store=store_url,
+        run_id="surrogate",
+    )
+    assert result.status == "done", result.error
+    assert result.answer == "A\ufffd"
+    assert calls == [("search", "a\ufffd")]
+    again = await plait.aresume("surrogate", tools=tools, store=store_url)
+    assert (again.status, again.answer) == ("done", "A\ufffd")
+    assert calls == [("search", "a\ufffd")]  # nothing ran again

@@ -14,6 +14,7 @@ candidates instead of taking the greedy token; a tiny model is far better at the
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -35,10 +36,21 @@ class Request:
     temperature: float = 0.0
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @dataclass(slots=True)
 class Delta:
+    """A piece of a reply. Its text is always encodable: a lone surrogate (a JSON `\\udcff`
+    escape from a server, half of a pair split across chunks) becomes U+FFFD here, at the
+    seam, so a reply can always be recorded and replayed as it was used."""
+
     text: str = ""
     usage: Usage | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text.isascii():
+            self.text = _LONE_SURROGATE.sub("\ufffd", self.text)
 
 
 @dataclass(slots=True)
