@@ -122,9 +122,13 @@ def _tool(server: Server, t: mt.Tool, name: str, note: str) -> SchemaTool:
     hints = t.annotations
     pure = bool(hints and hints.read_only_hint and hints.idempotent_hint)
     remote = t.name
+    wrapped = _wraps_result(t.output_schema)
 
     async def call(arguments: dict[str, Any]) -> Any:
-        return await server.call(remote, arguments)
+        value = await server.call(remote, arguments)
+        if wrapped and isinstance(value, dict) and list(value) == ["result"]:
+            return value["result"]  # a plain value, wrapped as the SDKs do for the wire
+        return value
 
     return SchemaTool(
         call,
@@ -135,6 +139,17 @@ def _tool(server: Server, t: mt.Tool, name: str, note: str) -> SchemaTool:
         source=f"mcp:{server.name}",
         note=note,
     )
+
+
+def _wraps_result(schema: dict[str, Any] | None) -> bool:
+    """Whether the tool's output schema is the SDKs' wrapper of a plain value:
+    `{"result": VALUE}`, declared as the one required property."""
+    if not isinstance(schema, dict):
+        return False
+    props = schema.get("properties")
+    return isinstance(props, dict) and list(props) == ["result"] and schema.get("required") == [
+        "result"
+    ]
 
 
 def result_value(name: str, result: mt.CallToolResult) -> Any:
@@ -182,7 +197,9 @@ class Server:
         try:
             session = await self._open()
         except Exception as e:
-            raise ToolError(f"MCP server {self.name!r} ({self.config}): {_why(e)}") from None
+            raise ToolError(
+                f"MCP server {self.name!r} ({self.config}): cannot start: {_why(e)}"
+            ) from None
         found: list[mt.Tool] = []
         cursor: str | None = None
         while True:
