@@ -13,10 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-
-from plait.stores import open_store
 from tests.hostile.plaitproc import SRC
 from tests.mcp.mcpsupport import PYTOOLS, config, faults
+
+from plait.stores import open_store
 
 mcp = pytest.importorskip("mcp")
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402

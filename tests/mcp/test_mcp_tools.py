@@ -9,14 +9,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from tests.hostile.plaitproc import plait as plait_cli
+from tests.hostile.plaitproc import spawn
+from tests.mcp.mcpsupport import PYTOOLS, RAW, config, faults, start_http, time_spec, wait_for
 
 import plait
 from plait.errors import PlanError, ToolError
 from plait.mcp.client import load_config, servers
-from tests.hostile.plaitproc import plait as plait_cli
-from tests.hostile.plaitproc import spawn
-
-from tests.mcp.mcpsupport import PYTOOLS, RAW, config, faults, start_http, time_spec, wait_for
 
 pytest.importorskip("mcp")
 
@@ -149,7 +148,7 @@ def test_server_that_cannot_start_is_one_line_exit_2(tmp_path: Path) -> None:
     cfg = config(tmp_path / "c.json", gone={"command": str(tmp_path / "no-such-server")})
     plan = tmp_path / "p.plan"
     plan.write_text("1. x()\n2. join()\n")
-    code, out, err = plait_cli("exec", plan, "--tools", cfg, "--store", "memory://")
+    code, _, err = plait_cli("exec", plan, "--tools", cfg, "--store", "memory://")
     assert code == 2
     assert err.count("\n") == 1 and "MCP server 'gone'" in err and "cannot start" in err
     with pytest.raises(ToolError, match="not an MCP config"):

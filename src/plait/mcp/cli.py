@@ -112,8 +112,6 @@ def mcp_cmd(
     except ImportError as e:
         raise PlaitError(f"plait mcp needs plait[mcp]: pip install 'plait[mcp]' ({e})") from None
     registry: Tools = load_tools(tools)
-    server = build(
-        registry, model=model, base_url=base_url, store=store_url or default_store_url()
-    )
+    server = build(registry, model=model, base_url=base_url, store=store_url or default_store_url())
     asyncio.run(serve(server, http_port))
     return 0

@@ -147,9 +147,11 @@ def _wraps_result(schema: dict[str, Any] | None) -> bool:
     if not isinstance(schema, dict):
         return False
     props = schema.get("properties")
-    return isinstance(props, dict) and list(props) == ["result"] and schema.get("required") == [
-        "result"
-    ]
+    return (
+        isinstance(props, dict)
+        and list(props) == ["result"]
+        and schema.get("required") == ["result"]
+    )
 
 
 def result_value(name: str, result: mt.CallToolResult) -> Any:
@@ -370,4 +372,4 @@ def _errlog() -> Any:
                 return stream
         except (OSError, ValueError, AttributeError):
             continue
-    return open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    return open(os.devnull, "w")  # lives as long as the process

@@ -60,19 +60,19 @@ class SchemaTool(Tool):
         self.is_async = True
         self.source = source  # where it comes from, as `plait tools` shows it
         self.note = note  # e.g. why it was renamed
-        self._schema = dict(schema) or {"type": "object"}
+        self._input_schema = dict(schema) or {"type": "object"}
         try:
-            cls = jsonschema.validators.validator_for(self._schema)
-            cls.check_schema(self._schema)
+            cls = jsonschema.validators.validator_for(self._input_schema)
+            cls.check_schema(self._input_schema)
         except jsonschema.SchemaError as e:
             raise ToolError(f"tool {name}: invalid input schema: {e.message}") from None
-        self._validator = cls(self._schema)
+        self._validator = cls(self._input_schema)
         # Literals are checked without `required`: the others may come from references.
-        self._partial = cls({k: v for k, v in self._schema.items() if k != "required"})
-        props = self._schema.get("properties")
+        self._partial = cls({k: v for k, v in self._input_schema.items() if k != "required"})
+        props = self._input_schema.get("properties")
         self._properties: dict[str, Any] = dict(props) if isinstance(props, Mapping) else {}
-        self._required = [r for r in self._schema.get("required", []) if isinstance(r, str)]
-        self._open = self._schema.get("additionalProperties", True) is not False
+        self._required = [r for r in self._input_schema.get("required", []) if isinstance(r, str)]
+        self._open = self._input_schema.get("additionalProperties", True) is not False
 
     def options(self) -> dict[str, Any]:
         return {
@@ -90,7 +90,7 @@ class SchemaTool(Tool):
     def renamed(self, name: str) -> SchemaTool:
         if name == self.name:
             return self
-        return SchemaTool(self.fn, self._schema, **{**self.options(), "name": name})
+        return SchemaTool(self.fn, self._input_schema, **{**self.options(), "name": name})
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise ToolError(f"tool {self.name} ({self.source}) runs in this process only")
@@ -102,7 +102,7 @@ class SchemaTool(Tool):
         return f"<SchemaTool {self.signature()}>"
 
     def schema(self) -> dict[str, Any]:
-        return copy.deepcopy(self._schema)
+        return copy.deepcopy(self._input_schema)
 
     def signature(self) -> str:
         """`name(a: string, b: integer = 3)`: required parameters first, as the schema lists."""
@@ -136,9 +136,7 @@ class SchemaTool(Tool):
         for pname in self._required:
             if pname not in bound:
                 raise PlanError(f"{where}: missing argument {pname!r}", line=task.line)
-        literal = {
-            k: v for k, v in bound.items() if not task.deps or not mentions_reference(v)
-        }
+        literal = {k: v for k, v in bound.items() if not task.deps or not mentions_reference(v)}
         error = _first_error(self._partial, literal)
         if error is not None:
             raise PlanError(f"{where}: {error}", line=task.line)
@@ -154,9 +152,7 @@ class SchemaTool(Tool):
 
 def _first_error(validator: Any, instance: dict[str, Any]) -> str | None:
     """The first schema violation in words, `argument 'x': ...`, or None."""
-    best: ValidationError | None = jsonschema.exceptions.best_match(
-        validator.iter_errors(instance)
-    )
+    best: ValidationError | None = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if best is None:
         return None
     path = list(best.absolute_path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import mcp.types as mt
 from mcp.server import MCPServer
@@ -35,7 +34,7 @@ RUN_DOC = (
 )
 EXECUTE_DOC = (
     "Run a written plait plan without a planner: numbered tasks, one a line, "
-    '`N. tool(args)`, `$N` for task N\'s result, ending with `join()`; e.g. '
+    "`N. tool(args)`, `$N` for task N's result, ending with `join()`; e.g. "
     '`1. search("a")\\n2. search("b")\\n3. join()`. Returns the run as JSON.'
 )
 
