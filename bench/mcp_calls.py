@@ -171,7 +171,7 @@ async def main(repeat: int, calls: int) -> None:
             ]
             total = pair[0]
             for value in pair[1:]:
-                total = (await sdk.call_tool("combine", {"a": total, "b": value}))
+                total = await sdk.call_tool("combine", {"a": total, "b": value})
                 total = total.structured_content["result"]
 
         c_react = await median(react, repeat)
