@@ -21,3 +21,10 @@ async def block(tag: str) -> str:
     Path(os.environ["FAULT_DIR"], f"started-{tag}").write_text("1")
     await asyncio.sleep(3600)
     return tag
+
+
+@plait.tool
+def shout(text: str) -> str:
+    """Print to stdout (which under `plait mcp` must not reach the protocol), return text."""
+    print(f"SHOUTING {text}")
+    return text.upper()

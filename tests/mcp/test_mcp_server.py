@@ -51,12 +51,12 @@ async def test_execute_returns_the_run_and_reports_progress(tmp_path: Path) -> N
         async def on_progress(p: float, total: float | None, message: str | None) -> None:
             progress.append((p, total, message))
 
-        plan = "1. add(2, 3)\n2. double($1)\n3. echo('side')\n4. join()"
+        plan = "1. add(2, 3)\n2. double($1)\n3. shout('side')\n4. join()"
         result = await session.call_tool("execute", {"plan": plan}, progress_callback=on_progress)
     assert not result.is_error
     run = result.structured_content
     assert run["status"] == "done"
-    assert [t["result"] for t in run["tasks"]] == [5, 10, "side"]
+    assert [t["result"] for t in run["tasks"]] == [5, 10, "SIDE"]  # a print() did not break it
     assert json.loads(result.content[0].text) == run
     messages = {m for _, _, m in progress}
     assert {"task 1 done", "task 2 done", "task 3 done"} <= messages

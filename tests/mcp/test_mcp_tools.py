@@ -212,3 +212,29 @@ def test_durable_run_interrupted_then_resumed_with_mcp_tools(tmp_path: Path) -> 
     result = json.loads(out)
     assert [t["result"] for t in result["tasks"]] == [3, "unblocked r"]
     assert counted(tmp_path, "add") == 1  # settled before the interrupt: not called again
+
+
+async def test_pure_mcp_tool_runs_once_across_a_batch_impure_every_time(tmp_path: Path) -> None:
+    from plait.batch import abatch
+
+    cfg = config(tmp_path / "c.json", faults=faults(tmp_path))
+    items, replies = [], {}
+    for i in range(6):
+        items.append({"id": f"q{i}", "question": f"[q{i}] same?"})
+        replies[f"[q{i}]"] = ['1. echo("shared")\n2. add(1, 2)\njoin()\n', "Action: Finish(yes)"]
+    path = _json(tmp_path / "replies.json", replies)
+    results = [r async for r in abatch(items, tools=cfg, model=f"replay:{path}", concurrency=3)]
+    assert sorted(r.status for r in results) == ["done"] * 6
+    assert counted(tmp_path, "echo") == 1  # readOnlyHint + idempotentHint: pure, shared
+    assert counted(tmp_path, "add") == 6  # not annotated: never merged
+
+
+def test_slow_call_times_out_and_the_session_goes_on(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "c.json", faults=faults(tmp_path, timeout=1))
+    result = plait.execute('1. wait_forever("slow")\n2. add(1, 1)\n3. join()', tools=cfg)
+    assert result.tasks[0].status == "failed"
+    assert result.tasks[0].error == "timed out after 1s"
+    assert result.tasks[1].result == 2
+    assert plait.execute("1. add(2, 2)\n2. join()", tools=cfg).tasks[0].result == 4
+    with pytest.raises(ToolError, match="'timeout' must be"):
+        plait.load_tools(config(tmp_path / "bad.json", faults=faults(tmp_path, timeout=0)))

@@ -5,7 +5,8 @@ The config is the one MCP clients already use:
     {"mcpServers": {"time": {"command": "mcp-server-time", "args": [], "env": {}},
                     "docs": {"url": "http://127.0.0.1:8000/mcp", "headers": {...}}}}
 
-plus an optional `"max_concurrency": N` per server (calls in flight to it at once).
+plus, per server, optional `"max_concurrency": N` (calls in flight to it at once) and
+`"timeout": SECONDS` (a call that takes longer fails, and its request is cancelled).
 
 Every server gets one session per process, opened once and shared by every run and batch
 item. Sessions live on one event loop of their own, on a daemon thread (the hub): a tools
@@ -85,6 +86,9 @@ def load_config(path: str) -> dict[str, dict[str, Any]]:
         n = spec.get("max_concurrency")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ToolError(f"{where}: 'max_concurrency' must be an integer >= 1")
+        t = spec.get("timeout")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or t <= 0):
+            raise ToolError(f"{where}: 'timeout' must be a number of seconds > 0")
     return servers
 
 
@@ -136,6 +140,7 @@ def _tool(server: Server, t: mt.Tool, name: str, note: str) -> SchemaTool:
         name=name,
         description=(t.description or "").strip(),
         pure=pure,
+        timeout=server.spec.get("timeout"),
         source=f"mcp:{server.name}",
         note=note,
     )
@@ -244,8 +249,12 @@ class Server:
             self._closing = asyncio.Event()
             self._owner = asyncio.create_task(self._own(ready, self._closing))
             self.starts += 1
-            async with asyncio.timeout(START_TIMEOUT):
-                self._session = await ready
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    self._session = await ready
+            except BaseException:
+                await self.aclose()  # a server that hangs while starting is stopped
+                raise
             return self._session
 
     async def _own(self, ready: asyncio.Future[mcp.ClientSession], closing: asyncio.Event) -> None:
