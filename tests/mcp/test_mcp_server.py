@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,3 +111,31 @@ async def test_client_cancellation_cancels_the_run(tmp_path: Path) -> None:
         ok = await session.call_tool("execute", {"plan": "1. double(4)\n2. join()"})
         assert ok.structured_content["tasks"][0]["result"] == 8
     assert len(runs) == 1 and runs[0].state == "cancelled"
+
+
+async def test_plait_mcp_over_streamable_http(tmp_path: Path) -> None:
+    from mcp.client.streamable_http import streamable_http_client
+    from tests.hostile.plaitproc import spawn
+    from tests.mcp.mcpsupport import free_port
+
+    port = free_port()
+    proc = spawn("mcp", "--tools", PYTOOLS, "--store", "memory://", "--http", port)
+    try:
+        for _ in range(1200):  # a handshake: wait until it listens
+            assert proc.poll() is None, proc.communicate()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with (
+            streamable_http_client(url) as streams,
+            mcp.ClientSession(streams[0], streams[1]) as session,
+        ):
+            await session.initialize()
+            result = await session.call_tool("execute", {"plan": "1. double(21)\n2. join()"})
+        assert result.structured_content["tasks"][0]["result"] == 42
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)

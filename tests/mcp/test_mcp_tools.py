@@ -238,3 +238,41 @@ def test_slow_call_times_out_and_the_session_goes_on(tmp_path: Path) -> None:
     assert plait.execute("1. add(2, 2)\n2. join()", tools=cfg).tasks[0].result == 4
     with pytest.raises(ToolError, match="'timeout' must be"):
         plait.load_tools(config(tmp_path / "bad.json", faults=faults(tmp_path, timeout=0)))
+
+
+async def _nothing(arguments: dict) -> dict:
+    return arguments
+
+
+def test_schema_tool_checks_what_the_schema_says() -> None:
+    from plait.mcp.schematool import SchemaTool
+    from plait.prompts import tool_lines
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "when": {"$ref": "#/$defs/when"},
+            "units": {"enum": ["metric", "imperial"], "default": "metric"},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+        "$defs": {"when": {"type": "array", "items": {"type": "integer"}}},
+    }
+    t = SchemaTool(_nothing, schema, name="weather", description="The weather.")
+    assert t.signature() == (
+        "weather(city: string, when: array[integer], units: 'metric' | 'imperial' = 'metric')"
+    )
+    tools = plait.Tools([t])
+    for plan, why in [
+        ("1. weather(city=3)\n2. join()", "argument 'city': 3 is not of type 'string'"),
+        ('1. weather("Oslo", country="NO")\n2. join()', "unknown argument 'country'"),
+        ('1. weather("Oslo", when=[1, "x"])\n2. join()', "argument 'when'\\[1\\]"),
+        ('1. weather("Oslo", units="kelvin")\n2. join()', "argument 'units'"),
+    ]:
+        with pytest.raises(PlanError, match=why):
+            plait.execute(plan, tools=tools)
+    result = plait.execute('1. weather("Oslo", [1, 2])\n2. join()', tools=tools)
+    assert result.tasks[0].result == {"city": "Oslo", "when": [1, 2]}
+    assert "weather(city: string" in tool_lines(tools)
+    assert "The weather." in tool_lines(tools)

@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -338,6 +339,8 @@ class Hub:
         async def close_all() -> None:
             await asyncio.gather(*(s.aclose() for s in self._servers.values()))
 
+        # A server already gone cannot be told the session ends: nothing to say about it.
+        logging.getLogger("mcp").setLevel(logging.CRITICAL)
         with contextlib.suppress(Exception):
             self.submit(close_all()).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)

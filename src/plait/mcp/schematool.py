@@ -110,7 +110,7 @@ class SchemaTool(Tool):
         order = self._required + [p for p in self._properties if p not in self._required]
         for pname in order:
             prop = self._properties.get(pname)
-            kind = _type_name(prop) if isinstance(prop, Mapping) else ""
+            kind = _type_name(prop, self._input_schema) if isinstance(prop, Mapping) else ""
             part = f"{pname}: {kind}" if kind else pname
             if pname not in self._required and isinstance(prop, Mapping) and "default" in prop:
                 part += f" = {prop['default']!r}"
@@ -162,18 +162,27 @@ def _first_error(validator: Any, instance: dict[str, Any]) -> str | None:
     return best.message
 
 
-def _type_name(prop: Mapping[str, Any]) -> str:
+def _type_name(prop: Mapping[str, Any], root: Mapping[str, Any], depth: int = 0) -> str:
+    """A short type for the signature line: `string`, `array[integer]`, `'a' | 'b'`."""
+    ref = prop.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/") and depth < 8:
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, Mapping) else None
+        return _type_name(target, root, depth + 1) if isinstance(target, Mapping) else ""
     kind = prop.get("type")
     if isinstance(kind, list):
         return " | ".join(str(k) for k in kind)
     if isinstance(kind, str):
         if kind == "array" and isinstance(prop.get("items"), Mapping):
-            inner = _type_name(prop["items"])
+            inner = _type_name(prop["items"], root, depth + 1)
             return f"array[{inner}]" if inner else "array"
         return kind
     if "enum" in prop:
         return " | ".join(repr(v) for v in prop["enum"])
     for key in ("anyOf", "oneOf"):
         if isinstance(prop.get(key), list):
-            return " | ".join(_type_name(p) or "any" for p in prop[key] if isinstance(p, Mapping))
+            return " | ".join(
+                _type_name(p, root, depth + 1) or "any" for p in prop[key] if isinstance(p, Mapping)
+            )
     return ""
