@@ -541,8 +541,8 @@ def _read_plan(path: str) -> str:
 class Again:
     """How to name this run's command again: the flags a resume hint must repeat."""
 
-    def __init__(self, tools: tuple[str, ...], store_url: str | None, backend: str) -> None:
-        self.tools = tools
+    def __init__(self, tools: str | tuple[str, ...], store_url: str | None, backend: str) -> None:
+        self.tools = (tools,) if isinstance(tools, str) else tools  # each --tools given
         self.store_url = store_url  # as given: None means the default, which a resume uses too
         self.backend = backend
 

@@ -202,12 +202,14 @@ def test_durable_run_interrupted_then_resumed_with_mcp_tools(tmp_path: Path) -> 
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     plan = tmp_path / "p.plan"
     plan.write_text('1. add(1, 2)\n2. block_once("r")\n3. join()\n')
-    proc = spawn("exec", plan, "--tools", cfg, "--store", store, "--run-id", "r1", "--json")
+    tools = ("--tools", cfg, "--tools", PYTOOLS)
+    proc = spawn("exec", plan, *tools, "--store", store, "--run-id", "r1", "--json")
     wait_for(tmp_path / "started-r", proc)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    code, out, err = plait_cli("resume", "r1", "--tools", cfg, "--store", store, "--json")
+    assert f"plait resume r1 --tools {cfg} --tools {PYTOOLS} --store" in err  # every --tools
+    code, out, err = plait_cli("resume", "r1", *tools, "--store", store, "--json")
     assert code == 0, err
     result = json.loads(out)
     assert [t["result"] for t in result["tasks"]] == [3, "unblocked r"]
