@@ -48,9 +48,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_http(fault_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_http(fault_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """The fault server over streamable HTTP on 127.0.0.1; (process, URL) once it listens."""
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, str(FAULTS), "--http", str(port)],
         env={"FAULT_DIR": str(fault_dir), "PATH": "/usr/bin:/bin"},

@@ -197,6 +197,23 @@ def test_streamable_http_server_by_url(tmp_path: Path) -> None:
         proc.wait()
 
 
+def test_http_server_restarted_gets_a_new_session_and_the_call_retried(tmp_path: Path) -> None:
+    proc, url = start_http(tmp_path)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    cfg = config(tmp_path / "c.json", web={"url": url})
+    try:
+        assert plait.execute("1. add(1, 1)\n2. join()", tools=cfg).tasks[0].result == 2
+        proc.kill()
+        proc.wait()
+        proc, _ = start_http(tmp_path, port)  # knows nothing of plait's session
+        result = plait.execute("1. add(1, 2)\n2. join()", tools=cfg)
+        assert result.tasks[0].result == 3, result.tasks[0].error
+        assert servers().get("web", load_config(cfg)["web"], cfg).starts == 2
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_durable_run_interrupted_then_resumed_with_mcp_tools(tmp_path: Path) -> None:
     cfg = config(tmp_path / "c.json", faults=faults(tmp_path))
     store = f"sqlite:///{tmp_path / 'runs.db'}"

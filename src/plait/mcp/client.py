@@ -309,6 +309,8 @@ class Hub:
     """The process's MCP sessions, on an event loop of their own on a daemon thread."""
 
     def __init__(self) -> None:
+        # Closing a session its HTTP server no longer knows (it restarted) is expected here.
+        logging.getLogger("mcp.client.streamable_http").setLevel(logging.ERROR)
         self.loop = asyncio.new_event_loop()
         self._servers: dict[str, Server] = {}
         self._lock = threading.Lock()
@@ -360,8 +362,13 @@ def servers() -> Hub:
 
 
 def _closed(e: MCPError) -> bool:
+    """Whether the SDK's error says the session is gone (the transport closed, or an HTTP
+    server that restarted no longer knows the session): the call was lost, not refused."""
     text = str(e).lower()
-    return "closed" in text or "disconnect" in text or "terminated" in text
+    return any(
+        words in text
+        for words in ("connection closed", "disconnect", "session not found", "terminated")
+    )
 
 
 def _why(e: BaseException) -> str:
