@@ -30,7 +30,7 @@ from .stores import LEASE_SECONDS, RunInfo, RunNotFound, Store, StoreError, open
 from .stores.base import new_holder
 from .tools import Tool, Tools
 
-ToolsLike = Tools | Iterable[Tool | Callable[..., Any]] | Mapping[str, Any] | str
+ToolsLike = Tools | Iterable[Tool | Callable[..., Any] | Tools | str] | Mapping[str, Any] | str
 DEFAULT_MODEL = "local"
 
 

@@ -34,7 +34,7 @@ from .tools import load_tools
 def run_batch(
     input_path: str,
     *,
-    tools: str,
+    tools: str | tuple[str, ...],
     model: str,
     base_url: str | None,
     out_path: str,

@@ -30,6 +30,7 @@ from . import api
 from . import events as ev
 from .errors import PlaitError, PlanError
 from .liveview import LiveView
+from .mcp import cli as mcp_cli
 from .result import RunResult
 from .stores import RunExists, default_store_url, open_store, redact_url
 from .trace import TraceRecorder
@@ -183,13 +184,19 @@ def _common(f: Any) -> Any:
         help="Write a Chrome trace-event JSON file (open it in Perfetto).",
     )(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
-    f = click.option(
+    f = _tools_option(f)
+    return _backend_option(f)
+
+
+def _tools_option(f: Any) -> Any:
+    return click.option(
         "--tools",
         required=True,
+        multiple=True,
         metavar="TOOLS",
-        help="A .py file or importable module; its @plait.tool functions are used.",
+        help="A .py file or importable module (its @plait.tool functions), or an MCP config "
+        '(.json with "mcpServers"); give it several times to use them all.',
     )(f)
-    return _backend_option(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=ENVIRONMENT)
@@ -204,7 +211,7 @@ def cli() -> None:
 @_durable
 def exec_cmd(
     plan: str,
-    tools: str,
+    tools: tuple[str, ...],
     as_json: bool,
     trace_path: str | None,
     debug: bool,
@@ -261,7 +268,7 @@ def exec_cmd(
 @_durable
 def run_cmd(
     question: str,
-    tools: str,
+    tools: tuple[str, ...],
     as_json: bool,
     trace_path: str | None,
     debug: bool,
@@ -313,7 +320,7 @@ def run_cmd(
 @click.option("--base-url", default=None, help="Override the server URL for openai: models.")
 def resume_cmd(
     run_id: str,
-    tools: str,
+    tools: tuple[str, ...],
     as_json: bool,
     trace_path: str | None,
     debug: bool,
@@ -344,12 +351,7 @@ def resume_cmd(
 
 @cli.command("batch")
 @click.argument("input_path", metavar="INPUT.jsonl")
-@click.option(
-    "--tools",
-    required=True,
-    metavar="TOOLS",
-    help="A .py file or importable module; its @plait.tool functions are used.",
-)
+@_tools_option
 @click.option(
     "--model",
     default=api.DEFAULT_MODEL,
@@ -404,7 +406,7 @@ def resume_cmd(
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def batch_cmd(
     input_path: str,
-    tools: str,
+    tools: tuple[str, ...],
     model: str,
     base_url: str | None,
     temperature: float | None,
@@ -539,13 +541,13 @@ def _read_plan(path: str) -> str:
 class Again:
     """How to name this run's command again: the flags a resume hint must repeat."""
 
-    def __init__(self, tools: str, store_url: str | None, backend: str) -> None:
-        self.tools = tools
+    def __init__(self, tools: str | tuple[str, ...], store_url: str | None, backend: str) -> None:
+        self.tools = (tools,) if isinstance(tools, str) else tools  # each --tools given
         self.store_url = store_url  # as given: None means the default, which a resume uses too
         self.backend = backend
 
     def flags(self, tools: bool = True) -> str:
-        parts = [f" --tools {shlex.quote(self.tools)}"] if tools else []
+        parts = [f" --tools {shlex.quote(t)}" for t in self.tools] if tools else []
         if self.store_url is not None:
             parts.append(f" --store {shlex.quote(redact_url(self.store_url))}")
         if self.backend != "local" and tools:
@@ -661,6 +663,10 @@ def _summary(result: RunResult) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+cli.add_command(mcp_cli.tools_cmd)
+cli.add_command(mcp_cli.mcp_cmd)
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -344,10 +344,9 @@ class Tools(Mapping[str, Tool]):
         return task
 
     @classmethod
-    def coerce(
-        cls, tools: Tools | Iterable[Tool | Callable[..., Any]] | Mapping[str, Any] | str
-    ) -> Tools:
-        """Accept a Tools, tools, a {name: tool} mapping, or a module / .py path to load."""
+    def coerce(cls, tools: Any) -> Tools:
+        """Accept a Tools, a {name: tool} mapping, a module / .py path / MCP config to load,
+        or a list mixing tools, functions, Tools and such paths."""
         if isinstance(tools, Tools):
             return tools
         if isinstance(tools, str):
@@ -356,11 +355,28 @@ class Tools(Mapping[str, Tool]):
             return cls(
                 v.renamed(k) if isinstance(v, Tool) else Tool(v, name=k) for k, v in tools.items()
             )
-        return cls(tools)
+        return _merged([t if isinstance(t, Tools | str) else cls([t]) for t in tools])
 
 
-def load_tools(spec: str) -> Tools:
-    """Every `@tool` in a `.py` file or an importable module, under its function name."""
+def _merged(parts: Iterable[Tools | str]) -> Tools:
+    """One registry of several: paths loaded, examples joined; a name twice is an error."""
+    loaded = [load_tools(p) if isinstance(p, str) else p for p in parts]
+    if len(loaded) == 1:
+        return loaded[0]
+    examples = "\n\n".join(t.examples for t in loaded if t.examples)
+    return Tools((t for part in loaded for t in part.values()), examples=examples or None)
+
+
+def load_tools(spec: str | Iterable[str]) -> Tools:
+    """Every `@tool` in a `.py` file or an importable module, under its function name; the
+    tools of every server in an MCP config file (`.json` with "mcpServers"); or, given
+    several such specs, all of their tools together."""
+    if not isinstance(spec, str):
+        return _merged(list(spec))
+    if spec.endswith(".json"):
+        from .mcp.client import load_config_tools  # needs plait[mcp]; imported when used
+
+        return load_config_tools(spec)
     path = Path(spec)
     try:
         if spec.endswith(".py") or path.exists():
