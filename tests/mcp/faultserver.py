@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from pathlib import Path
 
 from mcp.server import MCPServer
@@ -17,14 +18,16 @@ server = MCPServer("faults", log_level="CRITICAL")
 DIR = Path(os.environ.get("FAULT_DIR", "."))
 in_flight = 0
 peak = 0
+_counting = threading.Lock()  # sync tools may run in worker threads at once
 
 
 def count(name: str) -> int:
     """How many calls of `name` reached a server so far, this one included."""
-    path = DIR / f"{name}.count"
-    n = int(path.read_text()) + 1 if path.exists() else 1
-    path.write_text(str(n))
-    return n
+    with _counting:
+        path = DIR / f"{name}.count"
+        n = int(path.read_text()) + 1 if path.exists() else 1
+        path.write_text(str(n))
+        return n
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True))

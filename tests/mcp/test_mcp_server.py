@@ -75,7 +75,7 @@ async def test_failed_run_is_an_error_with_the_run(tmp_path: Path) -> None:
 
 
 async def test_run_plans_with_the_model(tmp_path: Path, replies) -> None:
-    model = replies("1. add(20, 1)\n2. double($1)\n3. join()", "Answer: 42")
+    model = replies("1. add(20, 1)\n2. double($1)\n3. join()", "Action: Finish(42)")
     async with plait_mcp(tmp_path, "--store", "memory://", "--model", model) as session:
         result = await session.call_tool("run", {"question": "What is twice 20+1?"})
     run = result.structured_content
