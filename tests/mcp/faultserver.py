@@ -26,7 +26,11 @@ def count(name: str) -> int:
     with _counting:
         path = DIR / f"{name}.count"
         n = int(path.read_text()) + 1 if path.exists() else 1
-        path.write_text(str(n))
+        # Written whole or not at all: crash_once may kill this process mid-write, and the
+        # next server must not read a truncated count.
+        part = path.with_name(f"{path.name}.{os.getpid()}")
+        part.write_text(str(n))
+        part.replace(path)
         return n
 
 
