@@ -14,6 +14,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 FAULTS = HERE / "faultserver.py"
 RAW = HERE / "rawserver.py"
+ODD = HERE / "oddnames.py"
 PYTOOLS = HERE / "pytools.py"
 
 

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Coroutine, Mapping
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ToolError, WorkerLost
+from ..plan import JOIN
 from ..tools import Tools
 from .schematool import SchemaTool
 
@@ -95,32 +97,57 @@ def load_config(path: str) -> dict[str, dict[str, Any]]:
 
 def load_config_tools(path: str) -> Tools:
     """The tools of every server in the config at `path`, each under its own name, or
-    `SERVER_NAME` where two servers offer the same one."""
+    `SERVER_NAME` where two servers offer the same one. A name a plan cannot call (`x-y`,
+    `join`) is made one (`x_y`, `SERVER_join`); the server is still called with its own."""
     specs = load_config(path)
     listed: dict[str, list[mt.Tool]] = {}
     for name, spec in specs.items():
         listed[name] = servers().get(name, spec, path).tools()
-    counts: dict[str, int] = {}
-    for tools in listed.values():
-        for t in tools:
-            counts[t.name] = counts.get(t.name, 0) + 1
-    out = []
+    named: list[tuple[str, mt.Tool, str, str]] = []  # server, tool, plait name, note
     for name, tools in listed.items():
-        server = servers().get(name, specs[name], path)
         for t in tools:
-            clash = counts[t.name] > 1
-            others = sorted(s for s, ts in listed.items() if any(u.name == t.name for u in ts))
-            out.append(
-                _tool(
-                    server,
-                    t,
-                    f"{name}_{t.name}" if clash else t.name,
-                    f"renamed from {t.name}: servers {', '.join(others)} all offer it"
-                    if clash
-                    else "",
+            if not t.name:
+                print(
+                    f"plait: MCP server {name!r} ({path}): a tool with no name, skipped",
+                    file=sys.stderr,
                 )
-            )
+                continue
+            plan_name = _plan_name(name, t.name)
+            note = "" if plan_name == t.name else f"renamed from {t.name!r}: not a plan name"
+            named.append((name, t, plan_name, note))
+    counts: dict[str, int] = {}
+    for _, _, plan_name, _ in named:
+        counts[plan_name] = counts.get(plan_name, 0) + 1
+    out, taken = [], set()
+    for name, t, plan_name, note in named:
+        if counts[plan_name] > 1:
+            others = sorted({s for s, _, n, _ in named if n == plan_name})
+            note = f"renamed from {t.name}: servers {', '.join(others)} all offer it"
+            plan_name = _plan_name(name, f"{name}_{plan_name}", prefix=False)
+        unique, n = plan_name, 1
+        while unique in taken:  # `x-y` and `x_y` from one server
+            n += 1
+            unique = f"{plan_name}_{n}"
+        taken.add(unique)
+        out.append(_tool(servers().get(name, specs[name], path), t, unique, note))
     return Tools(out)
+
+
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_.]")
+_PLAN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def _plan_name(server: str, name: str, prefix: bool = True) -> str:
+    """`name` if a plan can call it, else one it can: other characters become `_`, and one
+    that would not start with a letter, or is `join`, gets `SERVER_` before it."""
+    if _PLAN_NAME.fullmatch(name) and name != JOIN:
+        return name
+    safe = _NOT_NAME.sub("_", name)
+    if prefix and (not safe[:1].isascii() or not safe[:1].isalpha() or safe == JOIN):
+        safe = f"{_NOT_NAME.sub('_', server)}_{safe}"
+    if not _PLAN_NAME.fullmatch(safe):  # a server whose name starts with a digit
+        safe = f"mcp_{safe}"
+    return safe
 
 
 def _tool(server: Server, t: mt.Tool, name: str, note: str) -> SchemaTool:
