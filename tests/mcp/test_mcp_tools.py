@@ -295,3 +295,45 @@ def test_schema_tool_checks_what_the_schema_says() -> None:
     assert result.tasks[0].result == {"city": "Oslo", "when": [1, 2]}
     assert "weather(city: string" in tool_lines(tools)
     assert "The weather." in tool_lines(tools)
+
+
+def test_names_a_plan_cannot_call_are_renamed_and_called_by_their_own(tmp_path: Path) -> None:
+    import sys
+
+    from tests.mcp.mcpsupport import ODD
+
+    cfg = config(tmp_path / "c.json", odd={"command": sys.executable, "args": [str(ODD)]})
+    code, out, err = plait_cli("tools", "--tools", cfg, "--json")
+    assert code == 0, err
+    listed = {t["name"]: t for t in json.loads(out)}
+    assert set(listed) == {"x_y", "odd__vil", "my_tool", "odd_join", "odd_1st", "fine"}
+    assert "renamed from 'x-y'" in listed["x_y"]["note"]
+    assert err.count("\n") == 1 and "'odd'" in err and "no name" in err
+    plan = tmp_path / "p.plan"
+    plan.write_text("1. x_y(v=1)\n2. odd_join(2)\n3. odd__vil(3)\n4. my_tool(4)\n5. join()\n")
+    code, out, err = plait_cli("exec", plan, "--tools", cfg, "--store", "memory://", "--json")
+    assert code == 0, err
+    assert [t["result"] for t in json.loads(out)["tasks"]] == [
+        "called x-y 1",
+        "called join 2",
+        "called évil 3",
+        "called my tool 4",
+    ]
+
+
+def test_an_argument_the_schema_does_not_name_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "c.json", faults=faults(tmp_path))
+    plan = tmp_path / "p.json"
+    plan.write_text('{"tasks":[{"id":1,"tool":"add","args":{"a":1,"bb":2}}]}')
+    code, _, err = plait_cli("exec", plan, "--tools", cfg, "--store", "memory://")
+    assert code == 2 and "unknown argument 'bb'" in err
+    assert counted(tmp_path, "add") == 0
+    from plait.mcp.schematool import SchemaTool
+
+    for extra in (True, {"type": "integer"}):
+        schema = {"type": "object", "properties": {"a": {}}, "additionalProperties": extra}
+        t = SchemaTool(_nothing, schema, name="open")
+        assert plait.execute("1. open(a=1, b=2)\n2. join()", tools=[t]).tasks[0].result == {
+            "a": 1,
+            "b": 2,
+        }

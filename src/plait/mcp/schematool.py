@@ -11,6 +11,7 @@ references are resolved, before the call.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -72,7 +73,15 @@ class SchemaTool(Tool):
         props = self._input_schema.get("properties")
         self._properties: dict[str, Any] = dict(props) if isinstance(props, Mapping) else {}
         self._required = [r for r in self._input_schema.get("required", []) if isinstance(r, str)]
-        self._open = self._input_schema.get("additionalProperties", True) is not False
+        # An argument the schema does not name is refused unless the schema says others are
+        # welcome: servers built on the SDKs leave `additionalProperties` out, and ignore a
+        # misspelled one, which would answer as if it had not been given.
+        extra = self._input_schema.get("additionalProperties")
+        self._open = extra is True or isinstance(extra, Mapping)
+        patterns = self._input_schema.get("patternProperties")
+        self._patterns = (
+            [p for p in patterns if isinstance(p, str)] if isinstance(patterns, Mapping) else []
+        )
 
     def options(self) -> dict[str, Any]:
         return {
@@ -130,7 +139,7 @@ class SchemaTool(Tool):
         for key, value in task.kwargs.items():
             if key in bound:
                 raise PlanError(f"{where}: argument {key!r} given twice", line=task.line)
-            if key not in self._properties and not self._open:
+            if key not in self._properties and not self._open and not self._matches(key):
                 raise PlanError(f"{where}: unknown argument {key!r}", line=task.line)
             bound[key] = value
         for pname in self._required:
@@ -141,6 +150,16 @@ class SchemaTool(Tool):
         if error is not None:
             raise PlanError(f"{where}: {error}", line=task.line)
         return bound
+
+    def _matches(self, key: str) -> bool:
+        """Whether a `patternProperties` pattern of the schema admits argument `key`."""
+        for pattern in self._patterns:
+            try:
+                if re.search(pattern, key):
+                    return True
+            except re.error:
+                continue
+        return False
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(arguments)
