@@ -139,3 +139,72 @@ async def test_plait_mcp_over_streamable_http(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+async def test_invalid_plan_is_the_plan_errors_one_line(tmp_path: Path) -> None:
+    async with plait_mcp(tmp_path, "--store", "memory://") as session:
+        result = await session.call_tool("execute", {"plan": "1. nosuch(1)\n2. join()"})
+        ok = await session.call_tool("execute", {"plan": "1. double(4)\n2. join()"})
+    assert result.is_error
+    text = result.content[0].text
+    assert "unknown tool 'nosuch'" in text and "\n" not in text
+    assert ok.structured_content["tasks"][0]["result"] == 8  # the server goes on
+
+
+def test_what_tools_print_never_reaches_the_stdio_protocol(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.mcp.mcpsupport import HERE
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait.cli", "mcp", "--tools", str(HERE / "loudtools.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PYTHONPATH": str(SRC), "PATH": os.environ["PATH"]},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "execute", "arguments": {"plan": "1. scale(2)\n2. join()"}},
+        },
+    ]
+    try:
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+        proc.stdin.flush()
+        lines = []
+        while not any(m.get("id") == 2 for m in lines):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            lines.append(json.loads(line))  # every line on stdout is the protocol's
+        reply = next(m for m in lines if m.get("id") == 2)["result"]
+        assert reply["structuredContent"]["tasks"][0]["result"] == 4
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert b"LOUD AT IMPORT" in err and b"LOUD IN A CALL" in err
+
+
+def test_plait_tools_json_is_only_strict_json(tmp_path: Path) -> None:
+    from tests.hostile.plaitproc import plait as plait_cli
+    from tests.mcp.mcpsupport import HERE
+
+    code, out, err = plait_cli("tools", "--tools", HERE / "loudtools.py", "--json")
+    assert code == 0, err
+    listed = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert listed[0]["parameters"]["properties"]["by"]["default"] is None
+    assert "LOUD AT IMPORT" in err

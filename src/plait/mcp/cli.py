@@ -4,12 +4,15 @@ server). Registered on the main group in plait/cli.py; `plait mcp` needs plait[m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 from typing import Any
 
 import click
 
 from ..errors import PlaitError
+from ..result import finite
 from ..tools import Tool, Tools, load_tools
 
 
@@ -31,10 +34,11 @@ def _tools_option(f: Any) -> Any:
 def tools_cmd(tools: tuple[str, ...], as_json: bool, debug: bool) -> int:
     """List every tool of TOOLS: its parameters, description, whether it is pure, and where
     it comes from (a Python module, or mcp:SERVER)."""
-    registry = load_tools(tools)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the list's (or the JSON's)
+        registry = load_tools(tools)
     described = [describe(t) for t in registry.values()]
-    if as_json:
-        click.echo(json.dumps(described, ensure_ascii=False))
+    if as_json:  # strict JSON: a default of NaN or Infinity is null
+        click.echo(json.dumps(finite(described), ensure_ascii=False, allow_nan=False))
         return 0
     for d in described:
         pure = "  [pure]" if d["pure"] else ""
@@ -111,7 +115,9 @@ def mcp_cmd(
         from .server import build, serve
     except ImportError as e:
         raise PlaitError(f"plait mcp needs plait[mcp]: pip install 'plait[mcp]' ({e})") from None
-    registry: Tools = load_tools(tools)
+    # Over stdio, stdout is the protocol's: what a tools module prints as it loads is not.
+    with contextlib.redirect_stdout(sys.stderr):
+        registry: Tools = load_tools(tools)
     server = build(registry, model=model, base_url=base_url, store=store_url or default_store_url())
     asyncio.run(serve(server, http_port))
     return 0

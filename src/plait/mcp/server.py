@@ -15,8 +15,11 @@ server among them that cannot start, stops `plait mcp` with one line, exit 2.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import mcp.types as mt
 from mcp.server import MCPServer
@@ -24,6 +27,7 @@ from mcp.server.mcpserver import Context
 
 from .. import api
 from .. import events as ev
+from ..errors import PlaitError
 from ..result import RunResult
 from ..tools import Tools
 
@@ -81,7 +85,12 @@ async def _reported(
     progress = Progress(ctx)
     sender = asyncio.create_task(progress.send())
     try:
-        result = await start(progress)
+        with _quiet_stdout():
+            result = await start(progress)
+    except PlaitError as e:  # a plan that cannot run, a store that cannot open: one line
+        return mt.CallToolResult(
+            content=[mt.TextContent(type="text", text=" ".join(str(e).split()))], is_error=True
+        )
     finally:
         progress.done()
         try:
@@ -128,9 +137,37 @@ def _instructions(tools: Tools) -> str:
     return f"plait runs task graphs over these tools: {names}."
 
 
+_stdio = False  # serving over stdio: stdout is the protocol's
+_running = 0  # runs going now, in this process's one event loop
+_saved: list[Any] = []  # the stdout they replaced
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """While runs go over stdio, what their tools print goes to stderr, not into the
+    protocol stream: stdout is swapped when the first run starts, back when the last ends
+    (runs overlap, so not one redirect_stdout each)."""
+    global _running
+    if not _stdio:
+        yield
+        return
+    if _running == 0:
+        _saved.append(sys.stdout)
+        sys.stdout = sys.stderr
+    _running += 1
+    try:
+        yield
+    finally:
+        _running -= 1
+        if _running == 0:
+            sys.stdout = _saved.pop()
+
+
 async def serve(server: MCPServer, http_port: int | None) -> None:
     """Serve over stdio, or streamable HTTP on 127.0.0.1:PORT/mcp."""
+    global _stdio
     if http_port is None:
+        _stdio = True
         await server.run_stdio_async()
     else:
         await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
