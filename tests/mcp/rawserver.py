@@ -1,5 +1,6 @@
 """A hand-written stdio MCP server (no SDK) that answers `tools/call` with a malformed
-result: `content` is not a list. What a buggy server in another language may send."""
+result: `content` is not a list. What a buggy server in another language may send. With
+`--bad-list`, its tools/list result is invalid too (an inputSchema that is not an object)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ for line in sys.stdin:
             },
         )
     elif method == "tools/list":
-        reply(msg_id, {"tools": [TOOL]})
+        bad = {**TOOL, "inputSchema": "not a schema"}
+        reply(msg_id, {"tools": [bad if "--bad-list" in sys.argv else TOOL]})
     elif method == "tools/call":
         reply(msg_id, {"content": "not a list", "isError": "maybe"})
     else:

@@ -337,3 +337,15 @@ def test_an_argument_the_schema_does_not_name_is_refused(tmp_path: Path) -> None
             "a": 1,
             "b": 2,
         }
+
+
+def test_invalid_tools_list_is_one_line_naming_the_server_exit_2(tmp_path: Path) -> None:
+    import sys
+
+    cfg = config(
+        tmp_path / "c.json", raw={"command": sys.executable, "args": [str(RAW), "--bad-list"]}
+    )
+    code, out, err = plait_cli("tools", "--tools", cfg)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "MCP server 'raw'" in err and "cannot list" in err
+    assert "internal error" not in err and out == ""

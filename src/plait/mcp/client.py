@@ -239,7 +239,12 @@ class Server:
         cursor: str | None = None
         while True:
             params = mt.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page = await session.list_tools(params=params)
+            try:
+                page = await session.list_tools(params=params)
+            except Exception as e:  # e.g. a tool's inputSchema that is not a schema object
+                raise ToolError(
+                    f"MCP server {self.name!r} ({self.config}): cannot list its tools: {_why(e)}"
+                ) from None
             found.extend(page.tools)
             cursor = page.next_cursor
             if not cursor:
