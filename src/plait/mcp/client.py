@@ -113,7 +113,11 @@ def load_config_tools(path: str) -> Tools:
                 )
                 continue
             plan_name = _plan_name(name, t.name)
-            note = "" if plan_name == t.name else f"renamed from {t.name!r}: not a plan name"
+            note = (
+                ""
+                if plan_name == t.name
+                else f"renamed from {t.name!r}: a plan cannot call that name"
+            )
             named.append((name, t, plan_name, note))
     counts: dict[str, int] = {}
     for _, _, plan_name, _ in named:
