@@ -532,7 +532,7 @@ class PlanParser:
             self._form = form
             chunk, self._head = head, []
             if form == "json":
-                self._json = _JsonTasks()
+                self._json = _JsonTasks(line=1 + chunk.count("\n", 0, start))  # after a fence
                 chunk = chunk[start:]
         if self._json is not None:
             return self._json_feed(chunk)
@@ -818,18 +818,20 @@ class _JsonTasks:
     recurse without limit. Every character is looked at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, line: int = 1) -> None:
         self.finished = False
         self._state = _ROOT
         self._bare = False  # the plan is a bare array of tasks
         self._has_tasks = False
         self._index = 0  # the next task object's index in the array
-        self._line = 1
+        self._line = line
         self._carry = ""  # a backslash ending a chunk inside a string: it escapes what follows
         self._text: list[str] = []  # the task object (or root key) being read
         self._text_line = 0
         self._depth = 0  # inside the task object
         self._in_string = False
+        self.rest = ""  # the text fed after the plan's end, in the chunk that ended it
+        self.rest_line = 0  # the line that text starts on
 
     def feed(self, chunk: str, take: Callable[[str, int, int], bool]) -> None:
         """Read `chunk`; hand each task object that closes in it to `take` (its text, line
@@ -848,6 +850,8 @@ class _JsonTasks:
                 pos = m.end()
                 if pos < n:
                     pos = self._step(text, pos)
+        if self.finished:
+            self.rest, self.rest_line = text[pos:], self._line
 
     def close(self) -> None:
         if self.finished:
@@ -996,6 +1000,33 @@ def _json_kind(c: str) -> str:
 def parse_plan(
     text: str, known: Iterable[int] = (), tools: Container[str] | None = None
 ) -> list[Task]:
-    """Parse a whole plan at once (same rules as streaming)."""
+    """Parse a whole plan at once (same rules as streaming), except that a JSON plan's text
+    must end with it: anything after it but a closing code fence or `<END_OF_PLAN>` (a
+    second plan, a task line) is a PlanError naming its line, not dropped."""
     parser = PlanParser(known, tools)
-    return [*parser.feed(text), *parser.close()]
+    tasks = [*parser.feed(text), *parser.close()]
+    if parser._json is not None:
+        _nothing_after(parser._json, parser.joined)
+    return tasks
+
+
+# What may follow a whole JSON plan: the closing brackets left after a join task, then a
+# closing code fence and/or END_OF_PLAN.
+_JOIN_CLOSE = {True: re.compile(r"\s*\]"), False: re.compile(r"\s*\]\s*\}")}
+_PLAN_TAIL = re.compile(r"(?:\s*(?:```|" + re.escape(END_OF_PLAN) + r"))*\s*")
+
+
+def _nothing_after(plan: _JsonTasks, joined: bool) -> None:
+    rest, line = plan.rest, plan.rest_line
+    if joined:
+        m = _JOIN_CLOSE[plan._bare].match(rest)
+        if m is not None:
+            line += rest.count("\n", 0, m.end())
+            rest = rest[m.end() :]
+    m = _PLAN_TAIL.match(rest)
+    assert m is not None  # it matches the empty string
+    if m.end() < len(rest):
+        at = m.end()
+        line += rest.count("\n", 0, at)
+        shown = _shown(rest[at:].split("\n", 1)[0], 40)
+        raise PlanError(f"text after the end of the JSON plan: {shown}", line=line)
