@@ -404,6 +404,9 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Arguments of a call as Python literals; anything else is one string, as LLMCompiler does.
 
     `search(In Cold Blood)` gives ("In Cold Blood",): the tool's schema decides whether that fits.
+    But arguments that start like keyword arguments (`name=` at the start of an argument)
+    and are not valid ones (`x="a", x="b"`) are a PlanError saying why: read as one string,
+    they would silently become a different call.
     """
     raw = text.strip()
     if not raw:
@@ -421,11 +424,50 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if kw.arg is None:
                 raise ValueError("** is not a literal")
             if kw.arg in kwargs:
-                raise ValueError(f"keyword argument {kw.arg} repeated")  # as Python says
+                raise ValueError(f"keyword argument repeated: {kw.arg}")  # as Python says
             kwargs[kw.arg] = ast.literal_eval(kw.value)
         return args, kwargs
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, AssertionError):
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, AssertionError) as e:
+        if _KEYWORD_START.search(_top_level(raw)):
+            why = e.msg if isinstance(e, SyntaxError) and e.msg else str(e)
+            if not why.startswith("keyword argument") or len(why) > 80:
+                why = f"invalid arguments: {_shown(raw, 40)}"
+            raise PlanError(why) from None
         return (raw,), {}
+
+
+# `name=` (not `==`) starting an argument: arguments meant as keyword arguments.
+_KEYWORD_START = re.compile(r"(?:^|,)\s*[A-Za-z_]\w*\s*=(?!=)")
+
+
+def _top_level(raw: str) -> str:
+    """`raw` with every string literal and bracketed part cut out: what separates the
+    arguments. An unclosed string or bracket cuts out the rest."""
+    out: list[str] = []
+    pos, depth, n = 0, 0, len(raw)
+    while pos < n:
+        m = _QUOTE_OR_BRACKET.search(raw, pos)
+        if m is None:
+            if depth == 0:
+                out.append(raw[pos:])
+            break
+        if depth == 0:
+            out.append(raw[pos : m.start()])
+        c, pos = m.group(), m.end()
+        if c[0] in "\"'":
+            rest = _STRING_REST[c].match(raw, pos)
+            if rest is None:
+                break
+            pos = rest.end()
+            if depth == 0:
+                out.append('""')
+        elif c in "([{":
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if depth == 0:
+                out.append("()")
+    return "".join(out)
 
 
 # -- what an argument may hold -----------------------------------------------------------
@@ -661,7 +703,10 @@ class PlanParser:
             )
         text = call.lines[0] if len(call.lines) == 1 else "\n".join(call.lines)
         end = len(text) - len(line) + close
-        args, kwargs = parse_arguments(text[call.start + 1 : end])
+        try:
+            args, kwargs = parse_arguments(text[call.start + 1 : end])
+        except PlanError as e:
+            raise PlanError(f"task {task_id}: {e.message}", line=call.line) from None
         out.append(self._task(task_id, call.name, args, kwargs, call.line))
 
     def _unclosed(self) -> None:
