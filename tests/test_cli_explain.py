@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from plait import events as ev
 from plait.liveview import LiveView
+from plait.terminal import terminal_text
 from test_cli import FINISH, PLAN, QUESTION, REPLAN, plait_main
 from test_cli_store import db
 
@@ -101,3 +102,52 @@ def test_live_view_shows_the_line_being_written_and_forgets_a_lost_reply():
         assert view._render().plain == ""
     finally:
         view.stop()
+
+
+# -- what tools and models say cannot act on the terminal ------------------------------------
+
+HOSTILE = "ok\x1b]0;pwned\x07\x1b[2J\x9b31m\rgone\tend"
+
+
+def test_terminal_text_shows_every_control_character_as_its_escape():
+    assert terminal_text(HOSTILE) == "ok\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x0dgone end"
+    assert terminal_text("a\nb") == "a b"
+    assert terminal_text("a\nb\x00", newlines=True) == "a\nb\\x00"
+    assert terminal_text("Eiffel — 330 m ✓") == "Eiffel — 330 m ✓"
+
+
+def test_live_view_prints_no_escape_a_tool_or_model_wrote(capsys):
+    view = LiveView(verbose=True)
+    try:
+        view(ev.TaskStarted(0.0, 1, "echo\x1b[2J"))
+        assert "\x1b" not in view._render().plain
+        view(ev.TaskFinished(0.1, 1, "done", result=HOSTILE))
+        view(ev.TaskStarted(0.1, 2, "echo"))
+        view(ev.TaskFinished(0.2, 2, "failed", error=HOSTILE))
+        view(ev.LLMStarted(0.2, 3, "joiner", "m"))
+        view(ev.LLMToken(0.3, 3, HOSTILE))
+        assert "\x1b" not in view._render().plain
+        view(ev.LLMFinished(0.4, 3, text=HOSTILE + "\n" + HOSTILE))
+        view(ev.PlanInvalid(0.5, HOSTILE))
+    finally:
+        view.stop()
+    err = capsys.readouterr().err
+    assert "ok\\x1b]0;pwned\\x07\\x1b[2J" in err  # shown, not acted on
+    assert not set(err) & {"\x1b", "\x07", "\x9b", "\r"}
+
+
+def test_show_prints_no_escape_a_tool_or_model_wrote(capsys, tmp_path):
+    tools = tmp_path / "tools.py"
+    tools.write_text(
+        f"import plait\n\n@plait.tool\ndef echo(w: str) -> str:\n    return {HOSTILE!r}\n"
+    )
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    plan = tmp_path / "plan.txt"
+    plan.write_text('1. echo("a")\n2. echo("b\\x1b[2J")\n')
+    code, _, _ = plait_main(capsys, "exec", plan, "--tools", tools, "--store", url, "--run-id", "E")
+    assert code == 0
+    code, out, _ = plait_main(capsys, "show", "E", "--store", url)
+    assert code == 0
+    assert "answer: ok\\x1b]0;pwned\\x07\\x1b[2J" in out  # shown, not acted on
+    assert "ok\\u001b]0;pwned" in out  # a task's result is shown as JSON
+    assert not set(out) & {"\x1b", "\x07", "\x9b", "\r"}

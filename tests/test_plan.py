@@ -212,14 +212,26 @@ def test_bare_text_with_a_reference():
 
 
 def test_unparsable_arguments_become_one_string():
-    (t,) = parse_plan("1. f(x = 1 +, 2)")
-    assert t.args == ("x = 1 +, 2",)
+    (t,) = parse_plan("1. f(1 +, 2)")
+    assert t.args == ("1 +, 2",)
+    (t,) = parse_plan("1. f(what is x = 4?, y == 2)")  # `=` inside text: not keywords
+    assert t.args == ("what is x = 4?, y == 2",)
 
 
-def test_repeated_keyword_is_not_silently_dropped():
-    (t,) = parse_plan("1. f(x=1, x=2)")
-    assert t.kwargs != {"x": 2}  # Python rejects it; plait must not keep just the last one
-    assert t.args == ("x=1, x=2",)
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ('echo(x="a", x="b")', "line 2: task 2: keyword argument repeated: x"),
+        ("f(x=1, x=2)", "line 2: task 2: keyword argument repeated: x"),
+        ('f("a", q=foo bar)', 'line 2: task 2: invalid arguments: "a", q=foo bar'),
+        ("f(x = 1 +, 2)", "line 2: task 2: invalid arguments: x = 1 +, 2"),
+    ],
+)
+def test_broken_keyword_arguments_are_a_plan_error_not_one_string(call, message):
+    # Read as one string they would be a different call, run with exit 0.
+    with pytest.raises(PlanError) as info:
+        parse_plan(f'1. f("ok")\n2. {call}\n')
+    assert str(info.value) == message
 
 
 def test_multi_line_task():
@@ -507,7 +519,7 @@ def test_code_in_a_plan_is_never_run(tmp_path: Path):
     text = (
         f"1. shell({code_call})\n"
         f"2. read(open('{marker}', 'w'))\n"
-        f"3. f(x={code_call}, y=[open('{marker}', 'w')])\n"
+        f"3. f([open('{marker}', 'w')], {code_call})\n"
         f'4. g(*[1], **{{"a": exec("open({str(marker)!r}, \'w\')")}})\n'
         f"5. h(lambda: {code_call})\n"
         f'{{"id": 6, "tool": "{code_call}"}}\n'
@@ -524,6 +536,10 @@ def test_code_in_a_plan_is_never_run(tmp_path: Path):
     for task in tasks:
         for value in (*task.args, *task.kwargs.values()):
             assert isinstance(value, str)
+    # Keyword arguments that are code: a plan error, and still nothing run.
+    result = parse_watched(f"1. f(x={code_call}, y=[open('{marker}', 'w')])\n", [9, 20])
+    assert _seen == [] and not marker.exists()
+    assert result[0] == "error" and "invalid arguments" in str(result[1])
 
 
 literals = st.recursive(

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plait.errors import PlanError
 from plait.plan import _fast_arguments, _NotSimple, _quote_bare_refs, parse_arguments
 
 
@@ -81,8 +82,12 @@ def test_fast_path_agrees_with_ast(args, kwargs):
 def test_fast_path_leaves_the_odd_cases_to_ast(raw):
     with pytest.raises((_NotSimple, TypeError, ValueError)):
         _fast_arguments(raw)
-    # and the full reader still gives a definite answer without raising
-    parse_arguments(raw)
+    # and the full reader still gives a definite answer: arguments, or (for ones that start
+    # like keyword arguments but are not valid ones) a PlanError saying why
+    try:
+        parse_arguments(raw)
+    except PlanError as e:
+        assert raw in ("True=1", "class=2", "1, x=2, 3"), e
 
 
 def test_fast_path_reads_the_common_shapes():

@@ -180,6 +180,16 @@ def test_runs_prune_with_a_bad_age_exits_2(capsys, tmp_path, age):
     assert "--older-than" in assert_one_line(err)
 
 
+@pytest.mark.parametrize("age", ["99999999999999999999w", "9" * 400 + "s", "2000000w", "3200w"])
+def test_runs_prune_with_an_age_older_than_the_epoch_exits_2(capsys, tmp_path, age):
+    # 99999999999999999999w was an internal error (OverflowError); 3200w is before 1970.
+    code, out, err = plait_main(
+        capsys, "runs", "prune", "--older-than", age, "--store", f"sqlite:///{tmp_path}/r.db"
+    )
+    assert (code, out) == (2, "")
+    assert "older than the epoch" in assert_one_line(err)
+
+
 def test_plain_runs_keeps_its_flags(capsys, tmp_path):
     # `runs` became a group: its own flags, and no subcommand, still list the runs.
     url = f"sqlite:///{tmp_path}/r.db"

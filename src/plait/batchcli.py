@@ -3,7 +3,8 @@
 The output file is the batch's record for the user: a line per item, written and flushed as
 each item finishes, so a batch killed at any point loses no finished item, and started again
 on the same file it skips the items already there (a last line cut by the kill is dropped and
-its item done again) and the bad input lines already reported (by their `bad_line`). Exit 0
+its item done again) and the bad input lines already reported (by their `bad_line`; only on
+plait's own bad-line records, never an item's field of that name). Exit 0
 when every item is done, 1 when some failed, 130 interrupted.
 
 Input lines are read as bytes and decoded one by one: a line that is not UTF-8, not JSON
@@ -165,7 +166,7 @@ def _written(out: Path) -> tuple[list[Any], set[int]]:
                 raise PlaitError(f"{out} line {n} is not a result line; fix or move the file")
             break
         if isinstance(record, dict):
-            if isinstance(record.get("bad_line"), int) and record.get("status") == "failed":
+            if _is_bad_line(record):
                 bad_lines.add(record["bad_line"])
             elif record.get("id") is not None:
                 ids.append(record["id"])
@@ -174,6 +175,26 @@ def _written(out: Path) -> tuple[list[Any], set[int]]:
         with out.open("r+b") as f:
             f.truncate(good)
     return ids, bad_lines
+
+
+# The keys of the line `batch` writes for a bad input line: it carries none of the item's
+# fields, so an item's own field named `bad_line` never makes its line one.
+_BAD_LINE_KEYS = frozenset({"id", "status", "answer", "error", "usage", "bad_line"})
+
+
+def _is_bad_line(record: dict[str, Any]) -> bool:
+    """Whether an output line is plait's report of a bad input line (not an item's result
+    that happens to have a field called `bad_line`): only its keys, failed, no answer, and
+    an error naming that very line ("FILE line N: ...")."""
+    line, error = record.get("bad_line"), record.get("error")
+    return (
+        set(record) == _BAD_LINE_KEYS
+        and type(line) is int
+        and record.get("status") == "failed"
+        and record.get("answer") is None
+        and isinstance(error, str)
+        and f" line {line}: " in error
+    )
 
 
 def _count_lines(path: Path) -> int:

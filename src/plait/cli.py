@@ -103,7 +103,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     parts = DURATION.findall(text)
     if not parts or DURATION.sub("", text).strip():
         raise click.BadParameter(f"{value!r} is not an age: use e.g. 30s, 15m, 12h, 7d, 2w")
-    return sum(float(n) * SECONDS[unit] for n, unit in parts)
+    seconds = sum(float(n) * SECONDS[unit] for n, unit in parts)
+    if not seconds <= time.time():  # inf too: no run, nor unix time, is older than 1970
+        raise click.BadParameter(f"{value!r} is older than the epoch (1970): use a smaller age")
+    return seconds
 
 
 def _utf8_error(raw: bytes) -> UnicodeDecodeError:
@@ -486,7 +489,8 @@ def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | N
     required=True,
     metavar="AGE",
     callback=_duration,
-    help="Delete runs last updated longer ago than AGE: 30s, 15m, 12h, 7d, 2w.",
+    help="Delete runs last updated longer ago than AGE: 30s, 15m, 12h, 7d, 2w. "
+    "An AGE reaching before 1970 is an error.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the runs that would go; delete nothing.")
 @_store_option

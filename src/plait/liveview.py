@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from . import events as ev
+from .terminal import terminal_text
 
 
 class LiveView:
@@ -68,16 +69,17 @@ class LiveView:
         for call in list(self.llm.values()):
             last = _one_line(call.partial or call.last)
             last = last if len(last) <= 60 else "…" + last[-59:]
-            lines.append(f"  … {call.role} writing ({call.tokens} tokens) {last}".rstrip())
+            role = terminal_text(call.role)
+            lines.append(f"  … {role} writing ({call.tokens} tokens) {last}".rstrip())
         shown = sorted(list(self.running.items()))[:12]
-        lines += [f"  ▶ {i}. {name}" for i, (name, _) in shown]
+        lines += [f"  ▶ {i}. {terminal_text(name)}" for i, (name, _) in shown]
         if len(self.running) > len(shown):
             lines.append(f"  … and {len(self.running) - len(shown)} more running")
         return Text("\n".join(lines), style="dim")
 
     def _reply_lines(self, role: str, lines: list[str]) -> None:
         for line in lines:
-            self._print(f"[dim]  {role} │[/] {_esc(line)}", whole=True)
+            self._print(f"[dim]  {_esc(role)} │[/] {_esc(line)}", whole=True)
 
     def __call__(self, e: ev.Event) -> None:
         p = self._print
@@ -89,14 +91,14 @@ class LiveView:
             case ev.TaskFinished(t=t, id=i, status=status, result=result, error=error):
                 tool, t0 = self.running.pop(i, ("", t))
                 if status == "done":
-                    text = " ".join(str(result).split())
+                    text = _one_line(str(result))
                     text = text if len(text) <= 70 else text[:67] + "..."
-                    p(f"[green]✓[/] {i}. {tool} [dim]{t - t0:.2f}s[/] → {_esc(text)}")
+                    p(f"[green]✓[/] {i}. {_esc(tool)} [dim]{t - t0:.2f}s[/] → {_esc(text)}")
                 else:
                     mark = {"failed": "[red]✗[/]", "skipped": "[yellow]-[/]"}.get(
                         status, "[dim]○[/]"
                     )
-                    p(f"{mark} {i}. {tool or 'task'} {status}: {_esc(error or '')}")
+                    p(f"{mark} {i}. {_esc(tool or 'task')} {status}: {_esc(error or '')}")
             case ev.TaskRetrying(id=i, attempt=a, error=error):
                 p(f"[yellow]↻[/] {i}. retry {a}: {_esc(error)}")
             case ev.LLMStarted(restored=True, call=c, role=role):
@@ -119,14 +121,14 @@ class LiveView:
                 call = self.llm.pop(c, None) or Reply("llm", t)
                 if restored:  # a reply replayed from the store: nothing was asked
                     if self.verbose:
-                        p(f"[dim]↺ {call.role} reply, from the store[/]")
+                        p(f"[dim]↺ {_esc(call.role)} reply, from the store[/]")
                         self._reply_lines(call.role, text.splitlines())
                     return
                 if self.verbose and call.partial:
                     self._reply_lines(call.role, [call.partial])
                 n = u.completion_tokens or call.tokens
                 status = f"[red]{_esc(error)}[/]" if error else f"{n} tokens"
-                line = f"[cyan]●[/] {call.role} {t - call.started:.2f}s, {status}"
+                line = f"[cyan]●[/] {_esc(call.role)} {t - call.started:.2f}s, {status}"
                 if call.role == "joiner" and not error and not self.verbose:
                     reply = _one_line(text)
                     reply = reply if len(reply) <= 300 else reply[:299] + "…"
@@ -167,10 +169,11 @@ class Reply:
 
 
 def _esc(text: str) -> str:
+    """Tool- or model-derived text as rich markup: no markup of its own, no control codes."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(terminal_text(text))
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return terminal_text(" ".join(text.split()))

@@ -404,6 +404,9 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Arguments of a call as Python literals; anything else is one string, as LLMCompiler does.
 
     `search(In Cold Blood)` gives ("In Cold Blood",): the tool's schema decides whether that fits.
+    But arguments that start like keyword arguments (`name=` at the start of an argument)
+    and are not valid ones (`x="a", x="b"`) are a PlanError saying why: read as one string,
+    they would silently become a different call.
     """
     raw = text.strip()
     if not raw:
@@ -421,11 +424,50 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if kw.arg is None:
                 raise ValueError("** is not a literal")
             if kw.arg in kwargs:
-                raise ValueError(f"keyword argument {kw.arg} repeated")  # as Python says
+                raise ValueError(f"keyword argument repeated: {kw.arg}")  # as Python says
             kwargs[kw.arg] = ast.literal_eval(kw.value)
         return args, kwargs
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, AssertionError):
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, AssertionError) as e:
+        if _KEYWORD_START.search(_top_level(raw)):
+            why = e.msg if isinstance(e, SyntaxError) and e.msg else str(e)
+            if not why.startswith("keyword argument") or len(why) > 80:
+                why = f"invalid arguments: {_shown(raw, 40)}"
+            raise PlanError(why) from None
         return (raw,), {}
+
+
+# `name=` (not `==`) starting an argument: arguments meant as keyword arguments.
+_KEYWORD_START = re.compile(r"(?:^|,)\s*[A-Za-z_]\w*\s*=(?!=)")
+
+
+def _top_level(raw: str) -> str:
+    """`raw` with every string literal and bracketed part cut out: what separates the
+    arguments. An unclosed string or bracket cuts out the rest."""
+    out: list[str] = []
+    pos, depth, n = 0, 0, len(raw)
+    while pos < n:
+        m = _QUOTE_OR_BRACKET.search(raw, pos)
+        if m is None:
+            if depth == 0:
+                out.append(raw[pos:])
+            break
+        if depth == 0:
+            out.append(raw[pos : m.start()])
+        c, pos = m.group(), m.end()
+        if c[0] in "\"'":
+            rest = _STRING_REST[c].match(raw, pos)
+            if rest is None:
+                break
+            pos = rest.end()
+            if depth == 0:
+                out.append('""')
+        elif c in "([{":
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if depth == 0:
+                out.append("()")
+    return "".join(out)
 
 
 # -- what an argument may hold -----------------------------------------------------------
@@ -532,7 +574,7 @@ class PlanParser:
             self._form = form
             chunk, self._head = head, []
             if form == "json":
-                self._json = _JsonTasks()
+                self._json = _JsonTasks(line=1 + chunk.count("\n", 0, start))  # after a fence
                 chunk = chunk[start:]
         if self._json is not None:
             return self._json_feed(chunk)
@@ -661,7 +703,10 @@ class PlanParser:
             )
         text = call.lines[0] if len(call.lines) == 1 else "\n".join(call.lines)
         end = len(text) - len(line) + close
-        args, kwargs = parse_arguments(text[call.start + 1 : end])
+        try:
+            args, kwargs = parse_arguments(text[call.start + 1 : end])
+        except PlanError as e:
+            raise PlanError(f"task {task_id}: {e.message}", line=call.line) from None
         out.append(self._task(task_id, call.name, args, kwargs, call.line))
 
     def _unclosed(self) -> None:
@@ -818,18 +863,20 @@ class _JsonTasks:
     recurse without limit. Every character is looked at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, line: int = 1) -> None:
         self.finished = False
         self._state = _ROOT
         self._bare = False  # the plan is a bare array of tasks
         self._has_tasks = False
         self._index = 0  # the next task object's index in the array
-        self._line = 1
+        self._line = line
         self._carry = ""  # a backslash ending a chunk inside a string: it escapes what follows
         self._text: list[str] = []  # the task object (or root key) being read
         self._text_line = 0
         self._depth = 0  # inside the task object
         self._in_string = False
+        self.rest = ""  # the text fed after the plan's end, in the chunk that ended it
+        self.rest_line = 0  # the line that text starts on
 
     def feed(self, chunk: str, take: Callable[[str, int, int], bool]) -> None:
         """Read `chunk`; hand each task object that closes in it to `take` (its text, line
@@ -848,6 +895,8 @@ class _JsonTasks:
                 pos = m.end()
                 if pos < n:
                     pos = self._step(text, pos)
+        if self.finished:
+            self.rest, self.rest_line = text[pos:], self._line
 
     def close(self) -> None:
         if self.finished:
@@ -996,6 +1045,33 @@ def _json_kind(c: str) -> str:
 def parse_plan(
     text: str, known: Iterable[int] = (), tools: Container[str] | None = None
 ) -> list[Task]:
-    """Parse a whole plan at once (same rules as streaming)."""
+    """Parse a whole plan at once (same rules as streaming), except that a JSON plan's text
+    must end with it: anything after it but a closing code fence or `<END_OF_PLAN>` (a
+    second plan, a task line) is a PlanError naming its line, not dropped."""
     parser = PlanParser(known, tools)
-    return [*parser.feed(text), *parser.close()]
+    tasks = [*parser.feed(text), *parser.close()]
+    if parser._json is not None:
+        _nothing_after(parser._json, parser.joined)
+    return tasks
+
+
+# What may follow a whole JSON plan: the closing brackets left after a join task, then a
+# closing code fence and/or END_OF_PLAN.
+_JOIN_CLOSE = {True: re.compile(r"\s*\]"), False: re.compile(r"\s*\]\s*\}")}
+_PLAN_TAIL = re.compile(r"(?:\s*(?:```|" + re.escape(END_OF_PLAN) + r"))*\s*")
+
+
+def _nothing_after(plan: _JsonTasks, joined: bool) -> None:
+    rest, line = plan.rest, plan.rest_line
+    if joined:
+        m = _JOIN_CLOSE[plan._bare].match(rest)
+        if m is not None:
+            line += rest.count("\n", 0, m.end())
+            rest = rest[m.end() :]
+    m = _PLAN_TAIL.match(rest)
+    assert m is not None  # it matches the empty string
+    if m.end() < len(rest):
+        at = m.end()
+        line += rest.count("\n", 0, at)
+        shown = _shown(rest[at:].split("\n", 1)[0], 40)
+        raise PlanError(f"text after the end of the JSON plan: {shown}", line=line)

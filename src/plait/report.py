@@ -19,7 +19,13 @@ from . import events as ev
 from .errors import PlaitError
 from .runlog import replay_events, stored_result
 from .stores import RunInfo, Store
+from .terminal import terminal_text
 from .trace import TraceRecorder
+
+
+def _say(text: str, err: bool = False) -> None:
+    """A line for people: what runs, tools and models wrote in it cannot act on a terminal."""
+    click.echo(terminal_text(text, newlines=True), err=err)
 
 
 def print_runs(store: Store, limit: int, as_json: bool) -> None:
@@ -31,7 +37,7 @@ def print_runs(store: Store, limit: int, as_json: bool) -> None:
         click.echo(json.dumps([_summary(i) for i in infos], allow_nan=False))
         return
     if not infos:
-        click.echo(f"no runs in {store.url}", err=True)
+        _say(f"no runs in {store.url}", err=True)
         return
     rows = [
         (
@@ -48,7 +54,7 @@ def print_runs(store: Store, limit: int, as_json: bool) -> None:
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header) - 1)]
     for r in [header, *rows]:
         cells = [str(v).ljust(w) for v, w in zip(r, widths, strict=False)]
-        click.echo("  ".join([*cells, str(r[-1])]).rstrip())
+        _say("  ".join([*cells, str(r[-1])]).rstrip())
 
 
 def show_run(store: Store, run_id: str, trace_path: str | None, as_json: bool) -> None:
@@ -69,38 +75,36 @@ def show_run(store: Store, run_id: str, trace_path: str | None, as_json: bool) -
         click.echo(result.to_json())
         return
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created))
-    click.echo(
-        f"run {info.id}: {info.state}, {info.kind}, created {created} ({_age(info.created)})"
-    )
+    _say(f"run {info.id}: {info.state}, {info.kind}, created {created} ({_age(info.created)})")
     if info.kind == "question":
-        click.echo(f"question: {info.source}")
-        click.echo(f"model: {info.model}")
-    click.echo(f"tools: {', '.join(info.tools)}")
-    click.echo(f"tasks: {info.tasks_done}/{info.tasks_total} done")
+        _say(f"question: {info.source}")
+        _say(f"model: {info.model}")
+    _say(f"tools: {', '.join(info.tools)}")
+    _say(f"tasks: {info.tasks_done}/{info.tasks_total} done")
     if result.answer is not None:
-        click.echo(f"answer: {result.answer}")
+        _say(f"answer: {result.answer}")
     if info.error:
-        click.echo(f"error: {info.error}")
-    click.echo("\ntasks")
+        _say(f"error: {info.error}")
+    _say("\ntasks")
     for t in result.tasks:
         outcome = (
             t.error if t.status != "done" else _one_line(json.dumps(t.result, default=str), 60)
         )
         tries = f" ×{t.attempts}" if t.attempts > 1 else ""
-        click.echo(f"  {t.id:>4}. {t.tool}{tries}  {t.status}  {outcome or ''}".rstrip())
+        _say(f"  {t.id:>4}. {t.tool}{tries}  {t.status}  {outcome or ''}".rstrip())
     replies = _replies(replay_events(info, records))
     if replies:
-        click.echo("\nreplies")
+        _say("\nreplies")
         for role, call, text, error in replies:
             head = f"  {role} (call {call})"
-            click.echo(f"{head}: error: {error}" if error else head)
+            _say(f"{head}: error: {error}" if error else head)
             for said in text.splitlines() or ([] if error else ["(empty)"]):
-                click.echo(f"    │ {said}")
-    click.echo("\ntimeline (seconds since created)")
+                _say(f"    │ {said}")
+    _say("\ntimeline (seconds since created)")
     for e in replay_events(info, records):
         line = _timeline(e)
         if line is not None:
-            click.echo(f"  {e.t:9.3f}  {line}")
+            _say(f"  {e.t:9.3f}  {line}")
 
 
 def _replies(events: Any) -> list[tuple[str, int, str, str | None]]:
@@ -131,8 +135,8 @@ def remove_runs(store: Store, run_ids: list[str]) -> None:
     finally:
         store.close()
     for run_id in gone:
-        click.echo(run_id)
-    click.echo(f"plait runs rm: deleted {len(gone)} run{'s' * (len(gone) != 1)}", err=True)
+        _say(run_id)
+    _say(f"plait runs rm: deleted {len(gone)} run{'s' * (len(gone) != 1)}", err=True)
 
 
 def prune_runs(store: Store, before: float, dry_run: bool) -> None:
@@ -143,13 +147,11 @@ def prune_runs(store: Store, before: float, dry_run: bool) -> None:
     finally:
         store.close()
     for run_id in gone:
-        click.echo(run_id)
+        _say(run_id)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))
     verb = "would delete" if dry_run else "deleted"
     n = len(gone)
-    click.echo(
-        f"plait runs prune: {verb} {n} run{'s' * (n != 1)} last updated before {when}", err=True
-    )
+    _say(f"plait runs prune: {verb} {n} run{'s' * (n != 1)} last updated before {when}", err=True)
 
 
 ALL = 2**62  # `runs(limit)` for every run
@@ -206,5 +208,5 @@ def _age(t: float) -> str:
 
 
 def _one_line(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = terminal_text(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -176,3 +176,26 @@ def test_a_batch_input_that_does_not_exist_is_one_line_exit_2(setup, tmp_path):
     assert code == 2
     assert "nope.jsonl" in one_line(err)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_items_own_bad_line_field_is_not_a_resume_marker(setup, tmp_path):
+    """An item passing through a field named `bad_line` is still that item's result: run
+    again, the batch skips the item (not the input line its field names) and runs the rest."""
+    tools, model = setup
+    inp = tmp_path / "in.jsonl"
+    out = tmp_path / "out.jsonl"
+    a = {"id": "a", "question": "[a] ?", "bad_line": 2}
+    inp.write_text(json.dumps(a) + "\n")
+    unreachable = ("--model", "openai:x", "--base-url", "http://127.0.0.1:9/v1")
+    code, _, err = plait("batch", inp, "--tools", tools, *unreachable, "--out", out)
+    assert code == 1, err
+    [first] = records(out)
+    assert (first["id"], first["status"], first["bad_line"]) == ("a", "failed", 2)
+
+    inp.write_text(json.dumps(a) + "\n" + json.dumps({"id": "b", "question": "[b] ?"}) + "\n")
+    code, stdout, err = plait("batch", inp, "--tools", tools, "--model", model, "--out", out)
+    assert code == 0, err
+    got = records(out)
+    assert [(r["id"], r["status"]) for r in got] == [("a", "failed"), ("b", "done")]
+    assert got[1]["answer"] == "answer b"
+    assert (json.loads(stdout)["done"], json.loads(stdout)["failed"]) == (1, 0)

@@ -211,6 +211,44 @@ def test_exec_of_a_malformed_json_plan_runs_nothing(plan, message):
     assert calls == []
 
 
+JSON_TASK = '{"id": 1, "tool": "search", "args": ["a"]}'
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        (
+            f'{{"tasks": [{JSON_TASK}]}}\n2. search("x")\n',
+            'line 2: text after the end of the JSON plan: 2. search("x")',
+        ),
+        (f"[{JSON_TASK}]\n\n[{JSON_TASK}]", "line 3: text after the end of the JSON plan: [{"),
+        (f'```json\n[{JSON_TASK}]\n```\nmore', "line 4: text after the end of the JSON plan: more"),
+        (f'[{JSON_TASK}, {{"tool": "join"}}, {JSON_TASK}]', "line 1: text after the end"),
+    ],
+)  # fmt: skip
+def test_exec_of_a_json_plan_with_text_after_it_runs_nothing(plan, message, capsys, tmp_path):
+    tools, calls = counting_tools()
+    with pytest.raises(PlanError) as info:
+        plait.execute(plan, tools=tools)
+    assert message in str(info.value)
+    assert calls == []
+    # The CLI says so in one line, exit 2, instead of running the first plan alone.
+    code, err = exec_cli(capsys, tmp_path, plan)
+    assert code == 2 and message in one_line(err)
+
+
+@pytest.mark.parametrize(
+    "tail", ["", "\n\n", "\n```\n", "\n```\n<END_OF_PLAN>\n", "<END_OF_PLAN>", ', {"tool": "join"}']
+)
+def test_a_json_plan_may_end_with_a_fence_or_end_of_plan(tail):
+    tools, calls = counting_tools()
+    head = "```json\n" if "```" in tail else ""
+    plan = f"{head}[{JSON_TASK}{tail}]" if tail.startswith(",") else f"{head}[{JSON_TASK}]{tail}"
+    result = plait.execute(plan, tools=tools)
+    assert [(t.id, t.result) for t in result.tasks] == [(1, "A")]
+    assert calls == [("search", "a")]
+
+
 # -- literals a run could not record: plan errors, never internal errors ----------------------
 
 HOSTILE_LITERALS = [
