@@ -185,6 +185,21 @@ def test_plait_tools_json_lists_python_and_mcp_tools(tmp_path: Path) -> None:
     assert code == 0 and "get_current_time(timezone: string)  [pure]  (mcp:time)" in out
 
 
+def test_plait_tools_prints_no_escape_a_tool_wrote(tmp_path: Path) -> None:
+    tools = tmp_path / "loud.py"
+    tools.write_text(
+        "import plait\n\n"
+        "@plait.tool\n"
+        "def paint(x: int) -> int:\n"
+        '    """\x1b[31mred\x1b]0;title\x07 text"""\n'
+        "    return x\n"
+    )
+    code, out, err = plait_cli("tools", "--tools", tools)
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out
+    assert "red" in out and "paint(x: int)" in out
+
+
 def test_streamable_http_server_by_url(tmp_path: Path) -> None:
     proc, url = start_http(tmp_path)
     try:

@@ -13,6 +13,7 @@ import click
 
 from ..errors import PlaitError
 from ..result import finite
+from ..terminal import terminal_text
 from ..tools import Tool, Tools, load_tools
 
 
@@ -42,11 +43,11 @@ def tools_cmd(tools: tuple[str, ...], as_json: bool, debug: bool) -> int:
         return 0
     for d in described:
         pure = "  [pure]" if d["pure"] else ""
-        click.echo(f"{d['signature']}{pure}  ({d['source']})")
+        click.echo(terminal_text(f"{d['signature']}{pure}  ({d['source']})"))
         if d["description"]:
-            click.echo(f"    {d['description'].splitlines()[0]}")
+            click.echo(terminal_text(f"    {d['description'].splitlines()[0]}"))
         if d["note"]:
-            click.echo(f"    note: {d['note']}")
+            click.echo(terminal_text(f"    note: {d['note']}"))
     return 0
 
 
