@@ -31,6 +31,7 @@ from . import events as ev
 from .errors import PlaitError, PlanError
 from .liveview import LiveView
 from .mcp import cli as mcp_cli
+from .mcp.cli import tools_option as _tools_option
 from .result import RunResult
 from .stores import RunExists, default_store_url, open_store, redact_url
 from .trace import TraceRecorder
@@ -189,17 +190,6 @@ def _common(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
     f = _tools_option(f)
     return _backend_option(f)
-
-
-def _tools_option(f: Any) -> Any:
-    return click.option(
-        "--tools",
-        required=True,
-        multiple=True,
-        metavar="TOOLS",
-        help="A .py file or importable module (its @plait.tool functions), or an MCP config "
-        '(.json with "mcpServers"); give it several times to use them all.',
-    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=ENVIRONMENT)

@@ -17,7 +17,8 @@ from ..terminal import terminal_text
 from ..tools import Tool, Tools, load_tools
 
 
-def _tools_option(f: Any) -> Any:
+def tools_option(f: Any) -> Any:
+    """`--tools`, as every command that loads tools takes it (plait/cli.py uses this one)."""
     return click.option(
         "--tools",
         required=True,
@@ -29,7 +30,7 @@ def _tools_option(f: Any) -> Any:
 
 
 @click.command("tools")
-@_tools_option
+@tools_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of the tools.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def tools_cmd(tools: tuple[str, ...], as_json: bool, debug: bool) -> int:
@@ -75,7 +76,7 @@ def _python_source(t: Tool) -> str:
 
 
 @click.command("mcp")
-@_tools_option
+@tools_option
 @click.option(
     "--model",
     default="local",
