@@ -2,7 +2,7 @@
 
     python bench/affinity.py [--groups 3] [--concurrency 2]
 
-A run is one conversation (plait/prompts.py): the joiner's prompt is the planner's prompt
+A run is one conversation (plait/agent/prompts.py): the joiner's prompt is the planner's prompt
 plus the plan and the results, so a server that still holds the run's KV state evaluates
 only the new part. Affinity is what keeps that state: on llama.cpp's llama-server, the
 run's slot (`id_slot`); on llama-cpp-python's server, which has one context and no slots,

@@ -14,7 +14,7 @@ options (`not`). Reported per configuration: accuracy, seconds per question (mea
 worst), and tokens per question (prompt + completion as the model client reports them;
 scored calls count the context and the candidates' tokens).
 
-Configurations switch the techniques of plait.agent.Tactics off one at a time, from
+Configurations switch the techniques of plait.agent.loop.Tactics off one at a time, from
 `none` (free JSON plans under the plan schema, all examples, the joiner read leniently) to
 `all` (the default). Timings are wall-clock on whatever else the machine is doing.
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import plait
-from plait.agent import TACTICS, Tactics
+from plait.agent.loop import TACTICS, Tactics
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = str(ROOT / "examples" / "tools.py")

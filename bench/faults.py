@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import plait
-from plait.agent import RetryPolicy
+from plait.agent.loop import RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "llm"))

@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from pydantic_core import from_json, to_json
 
+from plait.agent.parse import PlanParser
+from plait.core.task import Task
 from plait.errors import PlanError
-from plait.plan import PlanParser, Task
 
 TOOLS = ("search", "compare", "calculate")
 ARGS = [

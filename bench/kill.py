@@ -61,7 +61,7 @@ _SCRIPT = Path(sys.executable).with_name("plait")
 PLAIT = (
     [str(_SCRIPT)]
     if _SCRIPT.is_file()
-    else [sys.executable, "-c", "from plait.cli import main; main()"]
+    else [sys.executable, "-c", "from plait.cli.main import main; main()"]
 )
 TIMEOUT = 120.0
 

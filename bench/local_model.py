@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import plait
-from plait import events as ev
+from plait.core import events as ev
 
 TOOLS = str(Path(__file__).resolve().parents[1] / "examples" / "tools.py")
 QUESTIONS = [

@@ -4,7 +4,7 @@ Nothing here is canned: `search` ranks the facts in facts.jsonl against the quer
 `extract_number`, `calculate` and `which_larger` compute from whatever text comes back.
 
 The annotations say where an argument comes from, for models that plan by choosing among
-candidates (plait.planschema): `search` takes a phrase of the question (`Span`), so a small
+candidates (plait.agent.schema): `search` takes a phrase of the question (`Span`), so a small
 model looks up what the question names; `calculate` takes arithmetic over earlier results
 (`Formula`). To any other model they are plain `str` parameters.
 """
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 import plait
-from plait.planschema import Formula, Span
+from plait.agent.schema import Formula, Span
 
 FACTS = [
     json.loads(line)

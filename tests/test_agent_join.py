@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait.agent import JOIN_RETRIES
+from plait.agent.loop import JOIN_RETRIES
 from plait.llm.replay import ReplayLLM
 
 QUESTION = "How tall is the Eiffel Tower?"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait import events as ev
+from plait.core import events as ev
 from plait.errors import PlanError
 from plait.llm.base import Delta, LLMError, Request, Usage
 from plait.llm.replay import ReplayLLM

@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from plait import events as ev
-from plait.backends.base import Backend, Remote
+from plait.agent.parse import parse_plan
 from plait.backends.local import LocalBackend
+from plait.core import events as ev
+from plait.core.backend import Backend
+from plait.core.context import current_task
+from plait.core.remote import Remote
+from plait.core.scheduler import Scheduler
+from plait.core.tools import Tools, tool
 from plait.errors import PlaitError
-from plait.plan import parse_plan
-from plait.scheduler import Scheduler, current_task
-from plait.tools import Tools, tool
 
 LIMIT = 30.0  # seconds a handshake may take before the test gives up (Ray starts workers)
 
@@ -396,7 +398,7 @@ async def test_a_kept_result_is_recorded_by_summary_and_made_again_on_resume(
     ray_backend: Backend, tmp_path: Path
 ):
     from plait import aexecute, open_store
-    from plait.runlog import Restored
+    from plait.runs.runlog import Restored
 
     n = 2 * 2**20
     store = f"sqlite:///{tmp_path / 'runs.db'}"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait.choose import DecisionChooser, answers, fmt_number
+from plait.agent.choose import DecisionChooser, answers, fmt_number
+from plait.agent.schema import phrase_spans, plan_schema, question_spans
 from plait.llm.base import Delta, LLMError, Request, Usage
-from plait.planschema import phrase_spans, plan_schema, question_spans
 
 QUESTION = "How much taller is the Eiffel Tower than the Statue of Liberty?"
 
@@ -87,7 +87,7 @@ async def test_the_plan_and_the_answer_are_chosen_among_grounded_candidates(
 async def test_a_scoring_model_is_asked_to_generate_when_the_technique_is_off(
     tools: plait.Tools,
 ) -> None:
-    from plait.agent import TACTICS, Tactics
+    from plait.agent.loop import TACTICS, Tactics
 
     token = TACTICS.set(Tactics(choose=False))
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plait.cli import main
+from plait.cli.main import main
 
 TASK_KEYS = {"id", "tool", "args", "status", "result", "error", "started", "finished"}
 
@@ -250,7 +250,16 @@ def test_trace_file_for_exec(capsys, tmp_path, example_plan, example_tools):
 def test_subprocess_exec_from_stdin(tmp_path, example_tools):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "plait.cli", "exec", "-", "--tools", str(example_tools), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "plait.cli",
+            "exec",
+            "-",
+            "--tools",
+            str(example_tools),
+            "--json",
+        ],
         input='1. calculate("2 ** 10")\n2. join()\n',
         capture_output=True,
         text=True,

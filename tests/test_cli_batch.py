@@ -11,7 +11,7 @@ import time
 import pytest
 
 from plait.batch import BatchStats
-from plait.batchcli import Progress, _clock, _rate
+from plait.cli.batch import Progress, _clock, _rate
 from test_cli import plait_main
 
 

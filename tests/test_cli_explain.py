@@ -4,9 +4,9 @@ replies with the tasks, and a run without an answer ends with the reason in word
 
 from __future__ import annotations
 
-from plait import events as ev
-from plait.liveview import LiveView
-from plait.terminal import terminal_text
+from plait.cli.live import LiveView
+from plait.cli.terminal import terminal_text
+from plait.core import events as ev
 from test_cli import FINISH, PLAN, QUESTION, REPLAN, plait_main
 from test_cli_store import db
 

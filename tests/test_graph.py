@@ -1,4 +1,4 @@
-"""The task graph's pure state transitions (plait.graph): no event loop involved."""
+"""The task graph's pure state transitions (plait.core.graph): no event loop involved."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plait.graph import (
+from plait.core.graph import (
     CANCELLED,
     DONE,
     FAILED,
@@ -18,7 +18,7 @@ from plait.graph import (
     Graph,
     GraphError,
 )
-from plait.plan import Task
+from plait.core.task import Task
 
 
 def t(task_id: int, *deps: int) -> Task:

@@ -52,7 +52,7 @@ _SCRIPT = Path(sys.executable).with_name("plait")
 PLAIT = (
     [str(_SCRIPT)]
     if _SCRIPT.is_file()
-    else [sys.executable, "-c", "from plait.cli import main; main()"]
+    else [sys.executable, "-c", "from plait.cli.main import main; main()"]
 )
 SEED = 20261125
 TIMED_POINTS = 3  # plus one kill right after the first task starts

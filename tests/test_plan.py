@@ -1,4 +1,4 @@
-"""The plan format and its streaming parser (plait.plan)."""
+"""The plan format and its streaming parser (plait.agent.parse)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from plait.agent.parse import MAX_NESTING, PlanParser, _CallScan, parse_plan
+from plait.core.task import Task, references, resolve, whole_ref
 from plait.errors import PlanError
-from plait.plan import (
-    MAX_NESTING,
-    PlanParser,
-    Task,
-    _CallScan,
-    parse_plan,
-    references,
-    resolve,
-    whole_ref,
-)
 
 ISSUE_PLAN = """\
 Thought: free text, ignored
@@ -900,7 +892,7 @@ def test_a_task_over_many_lines_is_scanned_once(monkeypatch: pytest.MonkeyPatch)
 def test_a_long_whitespace_prelude_is_not_sniffed_again_at_every_chunk(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    import plait.plan as plan_module
+    import plait.agent.parse as plan_module
 
     calls = 0
     sniff = plan_module._sniff

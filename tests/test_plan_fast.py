@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plait.agent.parse import _fast_arguments, _NotSimple, _quote_bare_refs, parse_arguments
 from plait.errors import PlanError
-from plait.plan import _fast_arguments, _NotSimple, _quote_bare_refs, parse_arguments
 
 
 def slow(raw: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait.prompts import (
+from plait.agent.prompts import (
     parse_decision,
     planner_messages,
     select_examples,

@@ -23,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import plait
-from plait import events as ev
+from plait.agent.parse import PlanParser
+from plait.core import events as ev
+from plait.core.task import Task
 from plait.errors import PlanError
 from plait.llm.replay import ReplayLLM
-from plait.plan import PlanParser, Task
 
 TOOLS = ("search", "compare", "echo")
 

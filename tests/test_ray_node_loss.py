@@ -16,7 +16,7 @@ import pytest
 
 from plait import aexecute, open_store
 from plait.backends.ray import RayBackend
-from plait.tools import tool
+from plait.core.tools import tool
 
 pytestmark = pytest.mark.ray
 

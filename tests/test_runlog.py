@@ -1,4 +1,4 @@
-"""The resume rules (plait.runlog with plait.api): what a stored run does again and what not."""
+"""The resume rules (plait.runs.runlog with plait.api): what a stored run does again, and not."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait import events as ev
+from plait.core import events as ev
 from plait.errors import PlanError
 from plait.llm.base import Delta
 from plait.llm.replay import ReplayLLM
-from plait.runlog import RunLog
+from plait.runs.runlog import RunLog
 from plait.stores import RunExists, RunHeld, RunInfo, RunNotFound, Store, StoreError, open_store
 
 

@@ -1,4 +1,4 @@
-"""The dataflow scheduler (plait.scheduler): ordering, limits, failures, cancellation, edits.
+"""The dataflow scheduler (plait.core.scheduler): ordering, limits, failures, cancellation, edits.
 
 Order and concurrency are proven with handshakes (asyncio / threading events), never with
 timings. `asyncio.timeout` only bounds how long a broken scheduler can hang a test.
@@ -7,26 +7,38 @@ timings. `asyncio.timeout` only bounds how long a broken scheduler can hang a te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from plait import events as ev
+from plait.agent.parse import parse_plan
+from plait.backends.local import LocalBackend
+from plait.core import events as ev
+from plait.core.scheduler import Scheduler
+from plait.core.task import Task
+from plait.core.tools import Tools, tool
 from plait.errors import PlanError
-from plait.plan import Task, parse_plan
-from plait.scheduler import Scheduler
-from plait.tools import Tools, tool
 
 LIMIT = 5  # seconds a handshake may take before the test gives up
 
 
-def scheduler(*tools: Any, log: list[ev.Event] | None = None) -> Scheduler:
+@contextlib.asynccontextmanager
+async def scheduler(
+    *tools: Any, log: list[ev.Event] | None = None, max_threads: int = 32
+) -> AsyncIterator[Scheduler]:
+    """A scheduler on the backend a session gives it: `LocalBackend`, closed after its scope."""
     emit: Callable[[ev.Event], None] = log.append if log is not None else (lambda e: None)
-    return Scheduler(Tools(tools), emit, time.perf_counter)
+    backend = LocalBackend(max_threads)
+    try:
+        async with Scheduler(Tools(tools), emit, time.perf_counter, backend=backend) as s:
+            yield s
+    finally:
+        await backend.aclose()
 
 
 def add_plan(s: Scheduler, text: str) -> None:
@@ -725,7 +737,7 @@ async def test_a_tool_raising_a_base_exception_is_retried_like_any_failure():
 
 
 def test_only_a_signal_handlers_keyboard_interrupt_counts_as_a_signal():
-    from plait.scheduler import from_signal
+    from plait.core.scheduler import from_signal
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -757,8 +769,7 @@ async def test_an_abandoned_sync_call_does_not_hold_a_thread_others_need(no_left
     def quick(x: str = "") -> str:
         return "quick"
 
-    s = Scheduler(Tools([stuck, quick]), lambda e: None, time.perf_counter, max_threads=1)
-    async with s:
+    async with scheduler(stuck, quick, max_threads=1) as s:
         add_plan(s, "1. stuck()\n")
         async with asyncio.timeout(LIMIT):
             await s.wait()

@@ -1,4 +1,4 @@
-"""Shared calls (plait.shared): equal calls of a pure tool run once; impure ones never merge.
+"""Shared calls (plait.core.shared): equal calls of a pure tool run once; impure ones never merge.
 
 Concurrency is arranged with events, never timings.
 """
@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 
 import plait
-from plait.plan import parse_plan
-from plait.scheduler import Scheduler
-from plait.shared import SharedCalls, call_key
-from plait.tools import Tools, tool
+from plait.agent.parse import parse_plan
+from plait.core.scheduler import Scheduler
+from plait.core.shared import SharedCalls, call_key
+from plait.core.tools import Tools, tool
 
 LIMIT = 5
 

@@ -1,4 +1,4 @@
-"""Tools (plait.tools): schemas from signatures, binding checks, validation, loading."""
+"""Tools (plait.core.tools): schemas from signatures, binding checks, validation, loading."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Literal
 import pytest
 
 import plait
+from plait.agent.parse import parse_plan
+from plait.core.task import Task
+from plait.core.tools import Tool, Tools, tool
 from plait.errors import PlanError, ToolError
-from plait.plan import Task, parse_plan
-from plait.tools import Tool, Tools, load_tools, tool
+from plait.runs.loading import as_tools, load_tools
 
 
 @tool
@@ -275,8 +277,8 @@ def test_tools_registry_and_coerce():
     tools = Tools([search, plain])
     assert list(tools) == ["search", "plain"] and len(tools) == 2
     assert isinstance(tools["plain"], Tool)
-    assert Tools.coerce(tools) is tools
-    renamed = Tools.coerce({"lookup": search, "p": plain})
+    assert as_tools(tools) is tools
+    renamed = as_tools({"lookup": search, "p": plain})
     assert list(renamed) == ["lookup", "p"]
     assert renamed["lookup"].name == "lookup"
     with pytest.raises(ToolError, match="two tools are named 'search'"):
@@ -332,7 +334,7 @@ def test_load_tools_from_a_module_name(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.syspath_prepend(str(tmp_path))
     tools = load_tools("plait_test_toolmod")
     assert sorted(tools) == ["shout", "whisper"]
-    assert sorted(Tools.coerce("plait_test_toolmod")) == ["shout", "whisper"]
+    assert sorted(as_tools("plait_test_toolmod")) == ["shout", "whisper"]
 
 
 @pytest.mark.parametrize(
@@ -373,6 +375,6 @@ def test_load_tools_does_not_accept_a_directory(tmp_path: Path):
 
 def test_a_mapping_renames_a_tool_and_keeps_its_limits():
     limited = tool(max_concurrency=2, timeout=5, retries=3)(lambda query: query)
-    renamed = Tools.coerce({"lookup": limited})["lookup"]
+    renamed = as_tools({"lookup": limited})["lookup"]
     assert renamed.name == "lookup"
     assert (renamed.max_concurrency, renamed.timeout, renamed.retries) == (2, 5, 3)

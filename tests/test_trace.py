@@ -1,4 +1,4 @@
-"""Chrome trace-event JSON (plait.trace), built from a run's events."""
+"""Chrome trace-event JSON (plait.runs.trace), built from a run's events."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import plait
-from plait import events as ev
+from plait.core import events as ev
+from plait.core.task import Task
 from plait.llm.replay import ReplayLLM
-from plait.plan import Task
-from plait.trace import TraceRecorder
+from plait.runs.trace import TraceRecorder
 
 
 def feed(rec: TraceRecorder, *events: ev.Event) -> None:

@@ -17,18 +17,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass
 from typing import Any
 
-from . import events as ev
-from .agent import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
+from .agent.loop import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
 from .backends import Backend, open_backend
+from .core import events as ev
+from .core.scheduler import Scheduler
+from .core.shared import SharedCalls
+from .core.task import Task
+from .core.tools import Tool, Tools
 from .llm import LLM, resolve_model, with_sampling
-from .plan import Task
-from .result import Recorder, RunResult
-from .runlog import Restored, RunLog, stored_result
-from .scheduler import Scheduler
-from .shared import SharedCalls
+from .runs.loading import as_tools
+from .runs.result import Recorder, RunResult
+from .runs.runlog import Restored, RunLog, stored_result
 from .stores import LEASE_SECONDS, RunInfo, RunNotFound, Store, StoreError, open_store
 from .stores.base import new_holder
-from .tools import Tool, Tools
 
 ToolsLike = Tools | Iterable[Tool | Callable[..., Any] | Tools | str] | Mapping[str, Any] | str
 DEFAULT_MODEL = "local"
@@ -50,13 +51,11 @@ class Sharing:
 
 
 @contextlib.asynccontextmanager
-async def using_backend(backend: BackendLike) -> AsyncIterator[Backend | None]:
-    """The backend to run on, opened here (and closed after) when given by name.
-
-    None means the scheduler's own local one, which it closes with its scope."""
-    if backend is None or backend == "local":
-        yield None
-        return
+async def using_backend(backend: BackendLike) -> AsyncIterator[Backend]:
+    """The backend to run on, opened here (and closed after) when given by name; None is
+    "local"."""
+    if backend is None:
+        backend = "local"
     if not isinstance(backend, str):
         yield backend
         return
@@ -177,9 +176,9 @@ async def _session_on(
     question: str | None,
     store: StoreLike,
     new: RunInfo | None,
-    backend: Backend | None,
+    backend: Backend,
 ) -> RunResult:
-    registry = Tools.coerce(tools)
+    registry = as_tools(tools)
     run_id = run_id or uuid.uuid4().hex[:12]
     if new is not None:
         new.id = run_id
@@ -265,7 +264,7 @@ async def aexecute(
     `run_id` and can be finished later with `aresume` if this process dies. `backend`
     says where tools run: "local" (the default) or "ray" (a Ray cluster; see backends/ray.py).
     """
-    registry = Tools.coerce(tools)
+    registry = as_tools(tools)
     tasks = prepare_plan(plan, registry)  # before the store: a bad plan makes no run
     now = time.time()
     new = RunInfo("", "plan", plan, None, list(registry), created=now, updated=now)
@@ -299,7 +298,7 @@ async def arun(
     `temperature` and `max_tokens` (a reply's bound) apply to every model call of the run.
     """
     llm = with_sampling(resolve_model(model, base_url=base_url), temperature, max_tokens)
-    registry = Tools.coerce(tools)
+    registry = as_tools(tools)
     spec = model if isinstance(model, str) else llm.name
     options: dict[str, Any] = {
         "max_replans": max_replans,
@@ -375,7 +374,7 @@ async def aresume(
             if on_event is not None:
                 on_event(ev.RunFinished(result.elapsed, result))
             return result
-        registry = Tools.coerce(tools)
+        registry = as_tools(tools)
         missing = sorted(set(info.tools) - set(registry))
         if missing:
             raise StoreError(f"run {run_id} used tools this --tools lacks: {', '.join(missing)}")

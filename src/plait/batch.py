@@ -37,17 +37,17 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from . import api
-from . import events as ev
-from .agent import RetryPolicy
-from .events import Usage
+from .agent.loop import RetryPolicy
+from .core import events as ev
+from .core.events import Usage
+from .core.scheduler import tool_limits
+from .core.shared import SharedCalls
 from .llm import LLM, resolve_model
 from .llm.prefix import PrefixOrdered
 from .llm.shared import SharedLLM
-from .result import RunResult
-from .scheduler import tool_limits
-from .shared import SharedCalls
+from .runs.loading import as_tools
+from .runs.result import RunResult
 from .stores import Store, StoreError, open_store
-from .tools import Tools
 
 
 @dataclass(slots=True)
@@ -190,7 +190,7 @@ async def abatch(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    registry = Tools.coerce(tools)
+    registry = as_tools(tools)
     inner: LLM = resolve_model(model, base_url=base_url)
     if llm_slots is not None:
         inner = PrefixOrdered(inner, slots=llm_slots, order=order)

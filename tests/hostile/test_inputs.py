@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from plait.cli import Again, main
+from plait.cli.main import Again, main
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -222,7 +222,7 @@ def test_trace_into_a_read_only_directory_exits_2_before_running(capsys, tmp_pat
 def test_a_trace_that_fails_at_the_end_loses_nothing_else(capsys, tmp_path, marking, monkeypatch):
     # Checked before the run, the path can still fail when written (a full disk, a race):
     # the result is printed all the same and the failure is one line, exit 1.
-    from plait.trace import TraceRecorder
+    from plait.runs.trace import TraceRecorder
 
     def full(self: TraceRecorder, path: object) -> None:
         raise OSError(28, "No space left on device")

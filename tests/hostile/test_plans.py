@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait import events as ev
-from plait.cli import main
+from plait.cli.main import main
+from plait.core import events as ev
 from plait.errors import PlanError
 from plait.llm.replay import ReplayLLM
 from plait.stores import open_store

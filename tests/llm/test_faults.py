@@ -9,8 +9,8 @@ from faultproxy import FaultProxy
 from llamaserver import EXAMPLE_TOOLS
 
 import plait
-from plait import events as ev
-from plait.agent import RetryPolicy
+from plait.agent.loop import RetryPolicy
+from plait.core import events as ev
 
 pytestmark = pytest.mark.real_llm
 QUESTIONS = [
@@ -27,7 +27,7 @@ FAST_RETRY = RetryPolicy(attempts=8, base=0.05, cap=0.5)
 
 
 async def test_runs_survive_injected_faults(server: str) -> None:
-    from plait.tools import load_tools
+    from plait.runs.loading import load_tools
 
     tools = load_tools(EXAMPLE_TOOLS)
     events: list[Any] = []

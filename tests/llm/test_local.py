@@ -57,7 +57,7 @@ async def test_streams_without_blocking_the_loop_and_counts_tokens() -> None:
 
 @pytest.mark.real_llm
 def test_cli_run_with_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> None:
-    from plait.cli import main
+    from plait.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["run", "How tall is the Eiffel Tower?", "--tools", EXAMPLE_TOOLS,
@@ -80,7 +80,7 @@ def test_cli_run_with_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> 
 def test_the_readmes_first_command_answers_237(capsys: pytest.CaptureFixture[str]) -> None:
     """The ground rule: the README's first command, on the default embedded model, prints
     the right answer."""
-    from plait.cli import main
+    from plait.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["run", "How much taller is the Eiffel Tower than the Statue of Liberty?",

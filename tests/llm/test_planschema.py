@@ -8,9 +8,10 @@ import re
 import pytest
 from llamaserver import EXAMPLE_TOOLS
 
-from plait.plan import parse_plan
-from plait.planschema import REF_PATTERN, plan_schema
-from plait.tools import Tools, load_tools
+from plait.agent.parse import parse_plan
+from plait.agent.schema import REF_PATTERN, plan_schema
+from plait.core.tools import Tools
+from plait.runs.loading import load_tools
 
 llama_grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama_cpp not importable")
 
@@ -51,9 +52,9 @@ def test_schema_is_small() -> None:
 
 @pytest.mark.real_llm
 async def test_smollm2_under_the_schema_writes_a_valid_plan() -> None:
+    from plait.agent.prompts import planner_messages
     from plait.llm.base import Request
     from plait.llm.local import LocalLLM
-    from plait.prompts import planner_messages
 
     registry = tools()
     llm = LocalLLM()

@@ -14,8 +14,8 @@ import pytest
 from llamaserver import EXAMPLE_TOOLS
 
 import plait
-from plait import events as ev
-from plait.cli import main
+from plait.cli.main import main
+from plait.core import events as ev
 from plait.llm.base import Delta, Request
 from plait.llm.openai import OpenAILLM
 

@@ -233,10 +233,11 @@ def test_durable_run_interrupted_then_resumed_with_mcp_tools(tmp_path: Path) -> 
     cfg = config(tmp_path / "c.json", faults=faults(tmp_path))
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     plan = tmp_path / "p.plan"
-    plan.write_text('1. add(1, 2)\n2. block_once("r")\n3. join()\n')
+    # block_once waits for add through "$1", so add has settled before the interrupt lands.
+    plan.write_text('1. add(1, 2)\n2. block_once("r$1")\n3. join()\n')
     tools = ("--tools", cfg, "--tools", PYTOOLS)
     proc = spawn("exec", plan, *tools, "--store", store, "--run-id", "r1", "--json")
-    wait_for(tmp_path / "started-r", proc)
+    wait_for(tmp_path / "started-r3", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -244,7 +245,7 @@ def test_durable_run_interrupted_then_resumed_with_mcp_tools(tmp_path: Path) -> 
     code, out, err = plait_cli("resume", "r1", *tools, "--store", store, "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert [t["result"] for t in result["tasks"]] == [3, "unblocked r"]
+    assert [t["result"] for t in result["tasks"]] == [3, "unblocked r3"]
     assert counted(tmp_path, "add") == 1  # settled before the interrupt: not called again
 
 
@@ -279,8 +280,8 @@ async def _nothing(arguments: dict) -> dict:
 
 
 def test_schema_tool_checks_what_the_schema_says() -> None:
+    from plait.agent.prompts import tool_lines
     from plait.mcp.schematool import SchemaTool
-    from plait.prompts import tool_lines
 
     schema = {
         "type": "object",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..core.backend import Backend
+from ..core.remote import Remote
 from ..errors import PlaitError
-from .base import Backend, Remote
 
 # name -> "module:Class"; the class takes the keyword options given to open_backend.
 NAMES = {

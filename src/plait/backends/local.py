@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import ToolRaised
+from ..core.backend import ToolRaised
 
 if TYPE_CHECKING:
-    from ..tools import Tool
+    from ..core.tools import Tool
 
 ABANDON_GRACE = 0.5  # seconds an abandoned sync call gets to finish when the backend closes
 log = logging.getLogger("plait")

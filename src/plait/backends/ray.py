@@ -43,10 +43,10 @@ except ImportError as e:  # pragma: no cover - depends on the extra
 
     raise PlaitError("the ray backend needs Ray: pip install 'plait[ray]'") from e
 
+from ..core.context import TaskContext, current_task, serving
+from ..core.remote import Remote
+from ..core.tools import Tool
 from ..errors import PlaitError, WorkerLost
-from ..scheduler import TaskContext, current_task, serving
-from ..tools import Tool
-from .base import Remote
 
 INLINE_BYTES = 1 << 20  # results up to this size come back to the driver
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..events import Usage
+from ..core.events import Usage
 
 __all__ = ["LLM", "Delta", "LLMError", "Message", "Request", "Scorer", "Usage"]
 

@@ -35,9 +35,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..core.task import JOIN
+from ..core.tools import Tools
 from ..errors import ToolError, WorkerLost
-from ..plan import JOIN
-from ..tools import Tools
 from .schematool import SchemaTool
 
 try:

@@ -18,9 +18,9 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
+from ..core.task import Task, mentions_reference
+from ..core.tools import Tool
 from ..errors import PlanError, ToolError
-from ..plan import Task, mentions_reference
-from ..tools import Tool
 
 __all__ = ["SchemaTool"]
 

@@ -6,7 +6,7 @@ running graph: the resume rule (a task recorded finished never runs again) follo
 log alone. Methods are blocking; `runlog.RunLog` calls them from its writer thread, off the
 event loop. One file per implementation: memory.py, sqlite.py, postgres.py.
 
-Calls: a store also keeps the results of a run's merged pure calls (shared.py), by call key
+Calls: a store also keeps the results of a run's merged pure calls (core/shared.py), by call key
 under a scope (the batch's run id), so a resumed batch does not make them again. A key is
 stored once: its first value stays. Keys can be long (canonical JSON of arguments), so the
 SQL stores index a digest of the key (`call_digest`) and keep and compare the key itself.

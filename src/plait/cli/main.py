@@ -26,15 +26,15 @@ from typing import Any
 
 import click
 
-from . import api
-from . import events as ev
-from .errors import PlaitError, PlanError
-from .liveview import LiveView
-from .mcp import cli as mcp_cli
-from .mcp.cli import tools_option as _tools_option
-from .result import RunResult
-from .stores import RunExists, default_store_url, open_store, redact_url
-from .trace import TraceRecorder
+from .. import api
+from ..core import events as ev
+from ..errors import PlaitError, PlanError
+from ..runs.result import RunResult
+from ..runs.trace import TraceRecorder
+from ..stores import RunExists, default_store_url, open_store, redact_url
+from . import mcp as mcp_cli
+from .live import LiveView
+from .mcp import tools_option as _tools_option
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -416,7 +416,7 @@ def batch_cmd(
 ) -> int:
     """Answer every question in INPUT.jsonl (or - for stdin): {"id": ..., "question": ...}
     a line; other fields are kept. Shared work is done once across the batch."""
-    from .batchcli import run_batch
+    from .batch import run_batch
 
     return run_batch(
         input_path,

@@ -2,7 +2,7 @@
 
 Every state change is emitted once, as one of these, with `t` in seconds since the run
 started. Nothing else keeps its own bookkeeping: `RunResult` and the Chrome trace are views
-built from this stream (see `result.Recorder` and `trace.py`).
+built from this stream (see `plait.runs.result.Recorder` and `plait.runs.trace`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .plan import Task
-    from .result import RunResult
+    from .task import Task
 
 
 @dataclass(slots=True)
@@ -135,7 +134,9 @@ class Answered:
 @dataclass(slots=True)
 class RunFinished:
     t: float
-    result: RunResult
+    # The run's `plait.RunResult`: a view built from these events (run/result.py), so the core
+    # names no type of the layer above it.
+    result: Any
 
 
 Event = (

@@ -15,12 +15,12 @@ from typing import Any
 
 import click
 
-from . import events as ev
-from .errors import PlaitError
-from .runlog import replay_events, stored_result
-from .stores import RunInfo, Store
+from ..core import events as ev
+from ..errors import PlaitError
+from ..runs.runlog import replay_events, stored_result
+from ..runs.trace import TraceRecorder
+from ..stores import RunInfo, Store
 from .terminal import terminal_text
-from .trace import TraceRecorder
 
 
 def _say(text: str, err: bool = False) -> None:

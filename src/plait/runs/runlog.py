@@ -28,13 +28,13 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from . import events as ev
-from .backends.base import REMOTE, Remote
-from .plan import Task
+from ..core import events as ev
+from ..core.remote import REMOTE, Remote
+from ..core.scheduler import INTERRUPTED, Settled
+from ..core.task import Task
+from ..stores import LEASE_SECONDS, Progress, Record, RunHeld, RunInfo, Store, StoreError
+from ..stores.base import Row
 from .result import Recorder, RunResult
-from .scheduler import INTERRUPTED, Settled
-from .stores import LEASE_SECONDS, Progress, Record, RunHeld, RunInfo, Store, StoreError
-from .stores.base import Row
 
 _PLAIN = {str, int, bool, type(None)}  # types whose JSON form decodes to an equal value
 

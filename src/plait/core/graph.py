@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import Task
+from .task import Task
 
 PENDING, READY, RUNNING = "pending", "ready", "running"
 DONE, FAILED, SKIPPED, CANCELLED = "done", "failed", "skipped", "cancelled"

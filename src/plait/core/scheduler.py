@@ -7,12 +7,12 @@ planner's tasks start while it is still writing.
 
 Every task runs as a child of one `asyncio.TaskGroup`; leaving `async with Scheduler(...)`
 waits for or cancels all of them, so no task a run started outlives it. Where a call runs is
-the backend's business (backends/): by default async tools run on the loop and sync tools
-on threads the scheduler's backend owns. A thread cannot be interrupted, so a sync tool that
-times out is reported failed at once and its thread abandoned: it gets a short grace when
-the scope closes, then is left to die with the process (backends/local.py). Give long sync
-work a `timeout` that it honours itself, or make it async, or run it on Ray, whose tasks can
-be stopped.
+the business of the `Backend` the scheduler is given (core/backend.py's protocol): a run's
+session passes `plait.backends.local` (async tools on the loop, sync ones on daemon threads)
+or Ray, and closes it; the scheduler never constructs one. A thread cannot be interrupted,
+so a sync tool that times out is reported failed at once and its thread abandoned by the
+local backend. Give long sync work a `timeout` that it honours itself, or make it async, or
+run it on Ray, whose tasks can be stopped.
 
 A tool's exception is the tool's failure whatever its type: SystemExit, KeyboardInterrupt or
 its own CancelledError fail its task like any other. Only a KeyboardInterrupt raised by the
@@ -22,7 +22,7 @@ run, and only a cancel the task really received cancels it.
 A backend that loses a call's worker (a Ray node died) raises `WorkerLost`; the call runs
 again, reported as a retry, within `lost_retries` that do not spend the tool's own retries.
 
-A `Journal` (the run store's side, see runlog.py) makes the scheduler durable without the
+A `Journal` (the run store's side, see plait/runs/runlog.py) makes the scheduler durable without the
 scheduler knowing about storage: a task the journal recorded as settled in an earlier session
 settles again from that record instead of running, and every result is offered to the
 journal before it counts, so one that cannot be stored fails at the tool boundary. A tool
@@ -33,61 +33,26 @@ died runs again on resume (at-least-once).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import random
 import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from ..errors import PlanError, WorkerLost
 from . import events as ev
-from .backends.base import Backend, ToolRaised, holds_remote
-from .backends.local import LocalBackend
-from .errors import PlanError, WorkerLost
+from .backend import Backend, InProcess, ToolRaised
+from .context import TaskContext, entered
 from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
-from .plan import Task, dependencies, resolve
+from .remote import holds_remote
 from .shared import SharedCalls, call_key
+from .task import Task, dependencies, resolve
 from .tools import Tool, Tools
 
 INTERRUPTED = "interrupted"  # the error of tasks cancelled because their run stopped
 LOST_BACKOFF = 0.5  # seconds before the first re-run of a call whose worker was lost
-
-
-@dataclass(frozen=True, slots=True)
-class TaskContext:
-    """Which call a tool is serving; `idempotency_key` is stable across resumes."""
-
-    run_id: str
-    task_id: int
-    attempt: int  # 1 for the first try in this process
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.run_id}:{self.task_id}"
-
-
-_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
-    "plait_task", default=None
-)
-
-
-def current_task() -> TaskContext | None:
-    """The task the calling tool runs for, or None outside a tool call."""
-    return _current.get()
-
-
-@contextmanager
-def serving(context: TaskContext | None) -> Iterator[None]:
-    """Make `current_task()` return `context` here: for backends that call a tool in
-    another process."""
-    token = _current.set(context)
-    try:
-        yield
-    finally:
-        _current.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +84,6 @@ class Scheduler:
         emit: ev.Listener,
         clock: Callable[[], float],
         *,
-        max_threads: int = 32,
         run_id: str = "",
         journal: Journal | None = None,
         shared: SharedCalls | None = None,
@@ -135,9 +99,9 @@ class Scheduler:
         self.shared = shared if shared is not None else SharedCalls()
         self._emit = emit
         self._clock = clock
-        # Without a backend, the scheduler owns a local one and closes it with its scope.
-        self._owns_backend = backend is None
-        self.backend: Backend = backend if backend is not None else LocalBackend(max_threads)
+        # The backend is the caller's (one pool for a whole batch), opened and closed by it;
+        # without one, calls run in this process (`InProcess`): enough for a script's graph.
+        self.backend: Backend = backend if backend is not None else InProcess()
         self.lost_retries = lost_retries
         # Per-tool limits; a batch passes one dict to all its runs, so they hold across runs.
         self._limits = limits if limits is not None else tool_limits(tools)
@@ -173,8 +137,6 @@ class Scheduler:
             raise asyncio.CancelledError from None
         finally:
             self._group = None
-            if self._owns_backend:
-                await self.backend.aclose()
 
     # the edit API --------------------------------------------------------------------
 
@@ -314,7 +276,7 @@ class Scheduler:
         attempt = failures = lost = 0
         while True:
             try:
-                _current.set(TaskContext(self.run_id, task.id, attempt + 1))
+                entered(TaskContext(self.run_id, task.id, attempt + 1))
                 value = await self._call(tool, task)
             except asyncio.CancelledError:
                 raise

@@ -1,10 +1,10 @@
-"""Plans: the Task record and the streaming parser for both plan forms.
+"""The streaming plan parser: planner text, in either plan form, to `Task` records.
 
 A plan is data. This module turns planner text into `Task` records and never evaluates
 anything: arguments go through `ast.parse` and `ast.literal_eval` only, so a plan can name
 no variable, call nothing and import nothing. It does no I/O and knows tools only by name,
 when told them, so that a line calling one is never skipped; checking a task against a
-tool's signature is `tools.py`'s job.
+tool's signature is `plait.core.tools`' job.
 
 Text form (LLMCompiler's)::
 
@@ -46,21 +46,16 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from .backends.base import Remote
-from .errors import PlanError
+from ..core.task import JOIN, Task, dependencies, shown
+from ..errors import PlanError
 
 END_OF_PLAN = "<END_OF_PLAN>"
-JOIN = "join"
 # How deep lists and dicts may nest in one argument: far past any real plan, and well within
 # what the JSON encoders and decoders a run is recorded with accept (about 250 levels).
 MAX_NESTING = 100
 _MAX_INT = 10**4000  # JSON decoders refuse integers of more than about 4300 digits
 _MAX_ID = 10**18  # ids have at most 18 digits
 
-# Ids have at most 18 digits: a longer run of digits is no task's id, just text (and
-# int() of thousands of digits raises ValueError).
-_REF = re.compile(r"\$\{(\d{1,18})\}|\$(\d{1,18})(?!\d)")
-_WHOLE_REF = re.compile(r"\s*\$(?:\{(\d{1,18})\}|(\d{1,18}))\s*")
 # What may stand before a task: whitespace, Markdown bullets, quotes, emphasis, code marks.
 _DECOR = r"[\s*_`>+•-]*"
 # A task's id: `N.`, or `N)`, `N:`, `[N]`, `(N)`.
@@ -73,148 +68,6 @@ _AFTER_CALL = re.compile(r"[\s*_`.,;]*")  # what may follow a task's closing par
 _TOOL_NAME = re.compile(r"[A-Za-z_][\w.]*")
 _FENCE = re.compile(r"\s*```[\w-]*\s*")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-@dataclass(slots=True)
-class Task:
-    """One tool call in a plan. `args` are positional, `kwargs` keyword; both may hold refs."""
-
-    id: int
-    tool: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    deps: frozenset[int] = frozenset()
-    line: int | None = None
-
-    def arguments(self) -> Any:
-        """The arguments as one JSON-friendly value: a dict when all are named."""
-        if not self.args:
-            return self.kwargs
-        if not self.kwargs:
-            return list(self.args)
-        return {"args": list(self.args), "kwargs": dict(self.kwargs)}
-
-
-# -- references -------------------------------------------------------------------------
-
-
-def whole_ref(value: Any) -> int | None:
-    """Task id if `value` is exactly a reference string like "$3" or "${3}"."""
-    if isinstance(value, str) and "$" in value:
-        m = _WHOLE_REF.fullmatch(value)
-        if m:
-            return int(m.group(1) or m.group(2))
-    return None
-
-
-def references(value: Any) -> list[tuple[int, bool]]:
-    """(task id, is_whole) for every reference in a nested argument value."""
-    found: list[tuple[int, bool]] = []
-    _collect(value, found)
-    return found
-
-
-def _collect(value: Any, found: list[tuple[int, bool]]) -> None:
-    if type(value) is str:  # the hot path: most values are strings or numbers
-        if "$" in value:
-            m = _WHOLE_REF.fullmatch(value)
-            if m:
-                found.append((int(m.group(1) or m.group(2)), True))
-            else:
-                found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(value))
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for v in value:
-            _collect(v, found)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _collect(v, found)
-    elif isinstance(value, str):  # a str subclass
-        _collect(str(value), found)
-
-
-def mentions_reference(value: Any) -> bool:
-    """Whether a value may hold a reference (a "$" in any of its strings): a cheap test."""
-    if type(value) is str:
-        return "$" in value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(mentions_reference(v) for v in value)
-    if isinstance(value, dict):
-        return any(mentions_reference(v) for v in value.values())
-    return isinstance(value, str) and "$" in value
-
-
-def dependencies(
-    task_id: int,
-    values: Iterable[Any],
-    known: Mapping[int, Any] | set[int],
-    line: int | None = None,
-) -> frozenset[int]:
-    """The earlier tasks that `values` reference; a whole reference to any other is an error."""
-    deps: set[int] = set()
-    for value in values:
-        for n, whole in references(value):
-            if n in known and n != task_id:
-                deps.add(n)
-            elif whole:
-                raise PlanError(
-                    f"task {task_id} references ${n}, which is not an earlier task", line=line
-                )
-    return frozenset(deps)
-
-
-def result_text(value: Any) -> str:
-    """How a result reads when substituted inside a string."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | None = None) -> Any:
-    """Replace references in `value` with results: whole refs by value, inner refs by text.
-
-    With `inputs` (a task's dependencies) only those ids are substituted: any other `$N`
-    stays as written whatever else has finished, so a task's arguments never depend on
-    which of its siblings happened to finish first (nor on whether the run was resumed).
-    """
-    if isinstance(value, str):
-        if "$" not in value:
-            return value
-        n = whole_ref(value)
-        if n is not None and n in results and (inputs is None or n in inputs):
-            return results[n]
-
-        def sub(m: re.Match[str]) -> str:
-            k = int(m.group(1) or m.group(2))
-            if k not in results or (inputs is not None and k not in inputs):
-                return m.group(0)
-            if isinstance(results[k], Remote):  # its text would be its description, not it
-                raise ValueError(
-                    f"${k} is kept on the cluster ({results[k]!r}): pass it whole, not inside text"
-                )
-            return result_text(results[k])
-
-        return _REF.sub(sub, value)
-    if isinstance(value, list):
-        return [resolve(v, results, inputs) for v in value]
-    if isinstance(value, tuple):
-        return tuple(resolve(v, results, inputs) for v in value)
-    if isinstance(value, dict):
-        return {k: resolve(v, results, inputs) for k, v in value.items()}
-    return value
-
-
-# -- text form ---------------------------------------------------------------------------
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    """Plan text as an error message shows it: trimmed, cut to `limit`, printable."""
-    text = text.strip()
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # A quote opening a string literal, or a bracket; and the rest of each kind of string
@@ -431,7 +284,7 @@ def parse_arguments(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if _KEYWORD_START.search(_top_level(raw)):
             why = e.msg if isinstance(e, SyntaxError) and e.msg else str(e)
             if not why.startswith("keyword argument") or len(why) > 80:
-                why = f"invalid arguments: {_shown(raw, 40)}"
+                why = f"invalid arguments: {shown(raw, 40)}"
             raise PlanError(why) from None
         return (raw,), {}
 
@@ -485,7 +338,7 @@ def carried(value: Any, where: str, line: int | None = None, depth: int = 0) -> 
     kind = type(value)
     if kind is str:
         if not value.isascii() and _SURROGATE.search(value):
-            raise PlanError(f"{where}: a string holds a lone surrogate: {_shown(value)}", line=line)
+            raise PlanError(f"{where}: a string holds a lone surrogate: {shown(value)}", line=line)
         return value
     if kind is int:
         if not -_MAX_INT < value < _MAX_INT:
@@ -517,7 +370,7 @@ def carried(value: Any, where: str, line: int | None = None, depth: int = 0) -> 
 def _named(value: Any) -> str:
     if value is Ellipsis:
         return "..."
-    return f"{_shown(repr(value), 40)} ({type(value).__name__})"
+    return f"{shown(repr(value), 40)} ({type(value).__name__})"
 
 
 @dataclass(slots=True)
@@ -650,7 +503,7 @@ class PlanParser:
                 self._call = _OpenCall(id_text, name, self._line, [line], m.end() - 1)
                 self._advance(line, m.end() - 1, out)
             elif self._calls_tool(name):
-                n = _shown(id_text, 20)
+                n = shown(id_text, 20)
                 raise PlanError(
                     f"task {n}: {name} is not called: write {n}. {name}(...)", line=self._line
                 )
@@ -685,7 +538,7 @@ class PlanParser:
             close = call.scan.feed(line, pos)
         except ValueError as e:
             self._call = None
-            raise PlanError(f"task {_shown(call.id_text, 20)}: {e}", line=self._line) from None
+            raise PlanError(f"task {shown(call.id_text, 20)}: {e}", line=self._line) from None
         if close is None:
             return  # the parenthesis is still open: wait for the next line
         self._call = None
@@ -698,7 +551,7 @@ class PlanParser:
         rest = line[close + 1 :]
         if not _AFTER_CALL.fullmatch(rest):
             raise PlanError(
-                f"task {task_id}: text after the call: {_shown(rest, 40)} (one task per line)",
+                f"task {task_id}: text after the call: {shown(rest, 40)} (one task per line)",
                 line=self._line,
             )
         text = call.lines[0] if len(call.lines) == 1 else "\n".join(call.lines)
@@ -713,7 +566,7 @@ class PlanParser:
         call = self._call
         assert call is not None
         self._call = None
-        raise PlanError(f"unclosed parenthesis in task: {_shown(call.lines[0])}", line=call.line)
+        raise PlanError(f"unclosed parenthesis in task: {shown(call.lines[0])}", line=call.line)
 
     # both forms ------------------------------------------------------------------------
 
@@ -755,7 +608,7 @@ class PlanParser:
         unknown = sorted(set(obj) - {"id", "tool", "args", "kwargs"})
         if unknown:
             raise PlanError(
-                f'{where}: unknown key {_shown(repr(unknown[0]), 40)} (a task has "id", "tool",'
+                f'{where}: unknown key {shown(repr(unknown[0]), 40)} (a task has "id", "tool",'
                 ' "args" and "kwargs")',
                 line=line,
             )
@@ -777,7 +630,7 @@ class PlanParser:
             both = sorted(args.keys() & kwargs.keys())
             if both:
                 raise PlanError(
-                    f'{where}: argument {_shown(repr(both[0]), 40)} is in "args" and "kwargs"',
+                    f'{where}: argument {shown(repr(both[0]), 40)} is in "args" and "kwargs"',
                     line=line,
                 )
             kwargs = {**args, **kwargs}
@@ -816,7 +669,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _Refused(f"key {_shown(repr(key), 40)} is repeated")
+            raise _Refused(f"key {shown(repr(key), 40)} is repeated")
         out[key] = value
     return out
 
@@ -832,7 +685,7 @@ def _decode(text: str, where: str, line: int) -> dict[str, Any]:
     except _Refused as e:
         raise PlanError(f"{where}: {e}", line=line) from None
     except (ValueError, RecursionError) as e:
-        raise PlanError(f"{where}: invalid JSON: {_shown(str(e), 120)}", line=line) from None
+        raise PlanError(f"{where}: invalid JSON: {shown(str(e), 120)}", line=line) from None
     if not isinstance(obj, dict):
         raise PlanError(f"{where}: a JSON task must be an object", line=line)
     return obj
@@ -946,7 +799,7 @@ class _JsonTasks:
             else:
                 self.finished = True
         else:
-            self._fail(f"expected {_EXPECTED[state]}, not {_shown(repr(c))}")
+            self._fail(f"expected {_EXPECTED[state]}, not {shown(repr(c))}")
         return pos + 1
 
     def _end_tasks(self) -> None:
@@ -968,9 +821,9 @@ class _JsonTasks:
         try:
             key = json.loads(f'"{raw}"')
         except ValueError:
-            self._fail(f"invalid key {_shown(raw, 40)}")
+            self._fail(f"invalid key {shown(raw, 40)}")
         if key != "tasks":
-            self._fail(f'unknown key {_shown(repr(key), 40)}: a JSON plan has only "tasks"')
+            self._fail(f'unknown key {shown(repr(key), 40)}: a JSON plan has only "tasks"')
         if self._has_tasks:
             self._fail('"tasks" is given twice')
         self._has_tasks = True
@@ -1039,7 +892,7 @@ def _json_kind(c: str) -> str:
         return kinds[c]
     if c == "n":
         return "null"
-    return "a number" if c in "-0123456789" else _shown(repr(c))
+    return "a number" if c in "-0123456789" else shown(repr(c))
 
 
 def parse_plan(
@@ -1073,5 +926,5 @@ def _nothing_after(plan: _JsonTasks, joined: bool) -> None:
     if m.end() < len(rest):
         at = m.end()
         line += rest.count("\n", 0, at)
-        shown = _shown(rest[at:].split("\n", 1)[0], 40)
-        raise PlanError(f"text after the end of the JSON plan: {shown}", line=line)
+        after = shown(rest[at:].split("\n", 1)[0], 40)
+        raise PlanError(f"text after the end of the JSON plan: {after}", line=line)

@@ -26,10 +26,10 @@ from typing import Any, BinaryIO
 
 import click
 
-from .batch import BLANK, BadItem, BatchStats, abatch
-from .errors import PlaitError
-from .result import finite
-from .tools import load_tools
+from ..batch import BLANK, BadItem, BatchStats, abatch
+from ..errors import PlaitError
+from ..runs.loading import load_tools
+from ..runs.result import finite
 
 
 def run_batch(

@@ -26,10 +26,10 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
 from .. import api
-from .. import events as ev
+from ..core import events as ev
+from ..core.tools import Tools
 from ..errors import PlaitError
-from ..result import RunResult
-from ..tools import Tools
+from ..runs.result import RunResult
 
 RUN_DOC = (
     "Answer a question with plait: a model plans it as a graph of tool calls, the calls "

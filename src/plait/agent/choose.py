@@ -7,7 +7,7 @@ llama.cpp in-process), the planner and the joiner are run as a sequence of such 
 
 - **Plan**, task by task: first the call's head (`search(`, `calculate(`, … or `join()`),
   then its arguments, each candidate a complete argument list, ranked by log-probability
-  after the plan so far. Candidates come from the tools' parameter marks (planschema.py):
+  after the plan so far. Candidates come from the tools' parameter marks (schema.py):
   a `Span` parameter takes a phrase of the question overlapping none of the earlier
   tasks' phrases; a `Formula` takes `$a OP $b` over earlier numeric results, `a` coming
   from a phrase the question names before `b`'s (so `$3 - $4` reads as the question
@@ -43,18 +43,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .events import Usage
-from .llm.base import Delta, Request, Scorer
-from .planschema import (
-    EDGE_WORDS,
-    FUNCTION_WORDS,
-    mark,
-    phrase_spans,
-    phrases,
-    question_spans,
-    words,
-)
-from .tools import Tool, Tools
+from ..core.events import Usage
+from ..core.tools import Tool, Tools
+from ..llm.base import Delta, Request, Scorer
+from .schema import EDGE_WORDS, FUNCTION_WORDS, mark, phrase_spans, phrases, question_spans, words
 
 OPERATORS = ("-", "+", "/", "*")
 MAX_CANDIDATES = 96  # per choice; beyond this the plan's own order decides which are kept

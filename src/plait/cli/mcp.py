@@ -1,5 +1,5 @@
 """`plait tools` (every tool a run may call, Python and MCP) and `plait mcp` (plait as an MCP
-server). Registered on the main group in plait/cli.py; `plait mcp` needs plait[mcp]."""
+server). Registered on the main group in plait/cli/main.py; `plait mcp` needs plait[mcp]."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Any
 
 import click
 
+from ..core.tools import Tool, Tools
 from ..errors import PlaitError
-from ..result import finite
-from ..terminal import terminal_text
-from ..tools import Tool, Tools, load_tools
+from ..runs.loading import load_tools
+from ..runs.result import finite
+from .terminal import terminal_text
 
 
 def tools_option(f: Any) -> Any:
-    """`--tools`, as every command that loads tools takes it (plait/cli.py uses this one)."""
+    """`--tools`, as every command that loads tools takes it (plait/cli/main.py uses this one)."""
     return click.option(
         "--tools",
         required=True,
@@ -114,7 +115,7 @@ def mcp_cmd(
     from ..stores import default_store_url
 
     try:
-        from .server import build, serve
+        from .mcpserver import build, serve
     except ImportError as e:
         raise PlaitError(f"plait mcp needs plait[mcp]: pip install 'plait[mcp]' ({e})") from None
     # Over stdio, stdout is the protocol's: what a tools module prints as it loads is not.

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic_core import to_json, to_jsonable_python
 
-from . import events as ev
-from .backends.base import json_fallback
-from .events import Usage
+from ..core import events as ev
+from ..core.events import Usage
+from ..core.remote import json_fallback
 
 
 @dataclass(slots=True)

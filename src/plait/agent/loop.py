@@ -31,12 +31,14 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from . import events as ev
+from ..core import events as ev
+from ..core.scheduler import Scheduler
+from ..core.task import Task, result_text
+from ..core.tools import Tools
+from ..errors import PlaitError, PlanError
+from ..llm.base import LLM, Delta, LLMError, Request, Scorer
 from .choose import CALIBRATION, DecisionChooser, Earlier, PlanChooser, render, shapes
-from .errors import PlaitError, PlanError
-from .llm.base import LLM, Delta, LLMError, Request, Scorer
-from .plan import PlanParser, Task, parse_plan, result_text
-from .planschema import plan_schema
+from .parse import PlanParser, parse_plan
 from .prompts import (
     JOIN_SCHEMA,
     Decision,
@@ -48,8 +50,7 @@ from .prompts import (
     replan_turn,
     select_examples,
 )
-from .scheduler import Scheduler
-from .tools import Tools
+from .schema import plan_schema
 
 STOP = ("<END_OF_PLAN>",)
 JOIN_RETRIES = 2  # joiner replies without a decision asked again, after the first

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import events as ev
+from ..core import events as ev
 from .terminal import terminal_text
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import events as ev
+from ..core import events as ev
 
 PID = 1
 LLM_LANE = 1

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .plan import END_OF_PLAN, Task, result_text
-from .planschema import FUNCTION_WORDS, MARK
-from .tools import Tools
+from ..core.task import Task, result_text
+from ..core.tools import Tools
+from .parse import END_OF_PLAN
+from .schema import FUNCTION_WORDS, MARK
 
 GENERIC_EXAMPLE = """\
 Question: Which river is longer, the Nile or the Amazon, and by how much?

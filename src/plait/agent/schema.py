@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 import pydantic
 
-from .tools import Tools
+from ..core.tools import Tools
 
 MARK = "x-plait"  # the JSON Schema keyword that carries a parameter's grounding
 Span = Annotated[str, pydantic.Field(json_schema_extra={MARK: "question-span"})]

@@ -1,0 +1,5 @@
+"""`python -m plait.cli`: the command line."""
+
+from .main import main
+
+main()
