@@ -1,0 +1,470 @@
+"""The plan cache: a question answered on its first plan teaches a template for its shape.
+
+Agentic Plan Caching (Zhang et al. 2025), on plait's plans. After a run whose joiner finished
+on the first plan, `learn` turns that plan into a `Template`:
+
+- the string literals of the plan's arguments that are phrases of the question (a whole
+  argument, or a run of the question's words inside one that names something: a capital
+  letter or a digit) become **slots**; everything else, `$N` references included, stays;
+- the question, tokenised (numbers, words, punctuation; case folded), with each slot's
+  phrase replaced by its slot, is the template's **shape**.
+
+`match` tokenises a new question and fits it to each live template's shape: fixed tokens
+must be equal, a slot takes one to `MAX_SLOT_TOKENS` tokens (the same phrase wherever the
+slot repeats). `Template.instantiate` then rebuilds the plan with each slot filled with the
+new question's own text for it, and nothing else: the question is never evaluated, a slot
+value is never parsed, and a phrase holding `$` (which could read as a reference) never
+matches. The caller still has the joiner check the results; a `Replan` is a `miss`, and a
+template that misses `max_misses` times is dropped.
+
+Templates persist in the run store's call cache (`Store.get_calls`/`put_calls`) under the
+scope `plan-template:<tool set fingerprint>`, so memory, SQLite and PostgreSQL keep them with
+no schema of their own. That cache is append-only (a key keeps its first value), so the
+templates are a log: template N at key `t:N` (a writer that loses a race for N takes N+1)
+and its K-th recorded miss at `m:N:K`. Concurrent misses of one template may be recorded
+once: a template then lives a little longer, never shorter. A store that fails is a cache
+that forgets: runs go on planning.
+
+This module owns the templates; it never calls a model or runs a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core.task import Task
+from ..core.tools import Tools
+from ..errors import PlaitError
+
+MAX_SLOT_TOKENS = 8  # a slot of a new question spans at most this many tokens
+MIN_FIXED_WORDS = 2  # a shape keeps at least this many words of its own ("how tall is")
+MAX_MISSES = 2  # a template is dropped after this many replans
+LOAD_CHUNK = 200  # templates read per query when a cache loads
+VERSION = 1
+
+# Numbers whole ("2,504.5"), then words, then any other visible character alone.
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
+
+
+class CallStore(Protocol):
+    """What the plan cache needs of a run store (stores/base.py's `Store` has it)."""
+
+    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]: ...
+
+    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str  # case-folded
+    start: int  # where it is in the text it came from
+    end: int
+
+
+def tokens(text: str) -> list[Token]:
+    """`text` as the plan cache compares it: numbers, words, punctuation, case-folded."""
+    return [Token(m.group().casefold(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def fingerprint(tools: Tools) -> str:
+    """The tool set's identity: names and argument schemas (a changed signature is a new
+    tool set, whose templates start empty)."""
+    described = [[name, tools[name].schema()] for name in sorted(tools)]
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def scope(tools: Tools) -> str:
+    """The call-cache scope that holds the templates for this tool set."""
+    return f"plan-template:{fingerprint(tools)}"
+
+
+# -- a template ---------------------------------------------------------------------------
+# In a template's arguments a string with slots is {"$slot": [text or slot number, ...]}
+# and every dict of the plan is {"$map": {...}}, so no argument the plan wrote can be taken
+# for a slot.
+
+
+@dataclass(slots=True)
+class Template:
+    """A plan with slots, and the question shape it answers."""
+
+    shape: list[str | int]  # fixed tokens (case-folded) and slot numbers
+    tasks: list[dict[str, Any]]  # {"id", "tool", "args", "kwargs", "deps"}, encoded
+    slots: int
+    question: str  # the question it was learned from (for people reading the store)
+    number: int = -1  # its place in the store's log; -1 until kept
+    hits: int = 0
+    misses: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "v": VERSION,
+                "shape": self.shape,
+                "tasks": self.tasks,
+                "slots": self.slots,
+                "question": self.question,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, number: int) -> Template | None:
+        """The template stored as `text`, or None if it is not one this version reads."""
+        try:
+            data = json.loads(text)
+            if data.get("v") != VERSION:
+                return None
+            shape = data["shape"]
+            if not all(isinstance(s, (str, int)) for s in shape):
+                return None
+            return cls(
+                shape, list(data["tasks"]), int(data["slots"]), str(data["question"]), number
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def fit(self, question: str) -> list[str] | None:
+        """The new question's text for each slot, if it has this shape; else None."""
+        found = tokens(question)
+        bound: dict[int, tuple[int, int]] = {}  # slot -> (first token, end token)
+        if not _fit(self.shape, 0, found, 0, bound):
+            return None
+        if len(bound) != self.slots:
+            return None
+        values = [
+            question[found[a].start : found[b - 1].end]
+            for a, b in (bound[i] for i in range(self.slots))
+        ]
+        if any("$" in v for v in values):
+            return None  # a slot's text could read as a reference: never fill it in
+        return values
+
+    def instantiate(self, values: Sequence[str]) -> list[Task]:
+        """The plan with its slots filled with `values` (strings of the new question)."""
+        if len(values) != self.slots:
+            raise PlaitError(f"template needs {self.slots} slot values, got {len(values)}")
+        out = []
+        for t in self.tasks:
+            args = tuple(_fill(a, values) for a in t["args"])
+            kwargs = {k: _fill(v, values) for k, v in _unmap(t["kwargs"]).items()}
+            out.append(Task(int(t["id"]), str(t["tool"]), args, kwargs, frozenset(t["deps"])))
+        return out
+
+
+def _fit(
+    shape: list[str | int], i: int, found: list[Token], j: int, bound: dict[int, tuple[int, int]]
+) -> bool:
+    """Backtracking match of shape[i:] against found[j:], binding slots to token ranges."""
+    if i == len(shape):
+        return j == len(found)
+    item = shape[i]
+    if isinstance(item, str):
+        return j < len(found) and found[j].text == item and _fit(shape, i + 1, found, j + 1, bound)
+    if item in bound:  # a slot seen before: the same words again
+        a, b = bound[item]
+        n = b - a
+        if [t.text for t in found[j : j + n]] != [t.text for t in found[a:b]]:
+            return False
+        return _fit(shape, i + 1, found, j + n, bound)
+    for n in range(1, MAX_SLOT_TOKENS + 1):
+        if j + n > len(found):
+            break
+        bound[item] = (j, j + n)
+        if _fit(shape, i + 1, found, j + n, bound):
+            return True
+        del bound[item]
+    return False
+
+
+def _fill(value: Any, values: Sequence[str]) -> Any:
+    if isinstance(value, list):
+        return [_fill(v, values) for v in value]
+    if isinstance(value, dict):
+        if "$slot" in value:
+            return "".join(values[p] if isinstance(p, int) else p for p in value["$slot"])
+        return {k: _fill(v, values) for k, v in value["$map"].items()}
+    return value
+
+
+def _unmap(value: dict[str, Any]) -> dict[str, Any]:
+    return dict(value["$map"])
+
+
+# -- learning -----------------------------------------------------------------------------
+
+
+def learn(question: str, tasks: Sequence[Task]) -> Template | None:
+    """A template of `tasks` (a first plan, as the parser gave it) for `question`, or None
+    when the plan holds no phrase of the question's that a template could vary, or the
+    shape left would match too much (fewer than `MIN_FIXED_WORDS` words of its own)."""
+    if not tasks:
+        return None
+    asked = tokens(question)
+    phrases: list[tuple[str, ...]] = []  # slot number -> its words, case-folded
+    encoded = []
+    for t in tasks:
+        args = [_encode(a, asked, phrases) for a in t.args]
+        kwargs = {"$map": {k: _encode(v, asked, phrases) for k, v in t.kwargs.items()}}
+        encoded.append(
+            {"id": t.id, "tool": t.tool, "args": args, "kwargs": kwargs, "deps": sorted(t.deps)}
+        )
+    shape = _shape(asked, phrases)
+    if shape is None:
+        return None
+    fixed_words = sum(1 for s in shape if isinstance(s, str) and s[0].isalnum())
+    if fixed_words < MIN_FIXED_WORDS:
+        return None
+    return Template(shape, encoded, len(phrases), question)
+
+
+def _encode(value: Any, asked: list[Token], phrases: list[tuple[str, ...]]) -> Any:
+    if isinstance(value, str):
+        return _slotted(value, asked, phrases)
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, asked, phrases) for v in value]
+    if isinstance(value, dict):
+        return {"$map": {k: _encode(v, asked, phrases) for k, v in value.items()}}
+    return value
+
+
+def _slotted(text: str, asked: list[Token], phrases: list[tuple[str, ...]]) -> Any:
+    """`text`, with the runs of the question's tokens it contains as slots."""
+    own = tokens(text)
+    parts: list[str | int] = []
+    last = 0  # characters of text already in parts
+    i = 0
+    while i < len(own):
+        run = _longest_run(own, i, asked)
+        whole = run == len(own)
+        words = own[i : i + run]
+        if (
+            run
+            and (whole or _names_something(text, words))
+            and "$" not in text[words[0].start : words[-1].end]
+        ):
+            phrase = tuple(t.text for t in words)
+            if phrase not in phrases:
+                phrases.append(phrase)
+            parts += [text[last : words[0].start], phrases.index(phrase)]
+            last = words[-1].end
+            i += run
+        else:
+            i += 1
+    if not any(isinstance(p, int) for p in parts):
+        return text
+    parts.append(text[last:])
+    return {"$slot": [p for p in parts if p != ""]}
+
+
+def _longest_run(own: list[Token], i: int, asked: list[Token]) -> int:
+    """The most tokens from own[i] on that occur in a row in the question."""
+    best = 0
+    for j in range(len(asked)):
+        n = 0
+        while i + n < len(own) and j + n < len(asked) and own[i + n].text == asked[j + n].text:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+def _names_something(text: str, words: list[Token]) -> bool:
+    """A run inside a longer argument is a slot only if it names something: a capital
+    letter or a digit ("Eiffel Tower height" varies by "Eiffel Tower", not by "height")."""
+    return any(c.isupper() or c.isdigit() for t in words for c in text[t.start : t.end])
+
+
+def _shape(asked: list[Token], phrases: list[tuple[str, ...]]) -> list[str | int] | None:
+    """The question's tokens with every occurrence of each slot's phrase (longest phrases
+    first) replaced by the slot; None if some slot's phrase is left with no occurrence."""
+    shape: list[str | int] = [t.text for t in asked]
+    for slot in sorted(range(len(phrases)), key=lambda s: -len(phrases[s])):
+        phrase = list(phrases[slot])
+        n, out, i, seen = len(phrase), [], 0, False
+        while i < len(shape):
+            if shape[i : i + n] == phrase:
+                out.append(slot)
+                i += n
+                seen = True
+            else:
+                out.append(shape[i])
+                i += 1
+        if not seen:
+            return None
+        shape = out
+    return shape
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """What the plan cache did, for a run's or a batch's stats."""
+
+    hits: int = 0  # runs whose first plan came from a template (no planner call)
+    misses: int = 0  # of those, runs whose joiner still asked for a new plan
+    learned: int = 0
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class Match:
+    template: Template
+    values: list[str]
+    tasks: list[Task]
+
+
+@dataclass
+class TemplateCache:
+    """The templates for one tool set: loaded from `store` once, matched in memory, learned
+    and missed through to the store. Without a store they live as long as the object (a
+    batch's runs share one)."""
+
+    store: CallStore | None
+    scope: str
+    max_misses: int = MAX_MISSES
+    stats: CacheStats = field(default_factory=CacheStats)
+    _templates: list[Template] = field(default_factory=list)
+    _loaded: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def for_tools(cls, tools: Tools, store: CallStore | None = None, **kw: Any) -> TemplateCache:
+        return cls(store, scope(tools), **kw)
+
+    @property
+    def templates(self) -> list[Template]:
+        """The live templates, newest first."""
+        return [t for t in reversed(self._templates) if t.misses < self.max_misses]
+
+    async def load(self) -> None:
+        """Read the store's templates (and their misses), once."""
+        async with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            if self.store is None:
+                return
+            try:
+                self._templates = await asyncio.to_thread(
+                    _read_all, self.store, self.scope, self.max_misses
+                )
+            except PlaitError:
+                self._templates = []
+
+    async def match(self, question: str, tools: Tools | None = None) -> Match | None:
+        """The newest live template the question fits, instantiated; None if none does (or
+        the instantiated plan does not fit the tools: it is then never used)."""
+        await self.load()
+        for template in self.templates:
+            values = template.fit(question)
+            if values is None:
+                continue
+            tasks = template.instantiate(values)
+            if tools is not None:
+                try:
+                    for t in tasks:
+                        tools.prepare(t)
+                except PlaitError:
+                    continue
+            return Match(template, values, tasks)
+        return None
+
+    def hit(self, match: Match) -> None:
+        match.template.hits += 1
+        self.stats.hits += 1
+
+    async def miss(self, match: Match) -> None:
+        """The joiner asked for a new plan after this template's plan: count it against it."""
+        template = match.template
+        template.misses += 1
+        self.stats.misses += 1
+        if template.misses >= self.max_misses:
+            self.stats.dropped += 1
+        if self.store is not None and template.number >= 0:
+            key = f"m:{template.number}:{template.misses}"
+            await _quietly(self.store.put_calls, self.scope, [(key, "1")])
+
+    async def learn(self, question: str, tasks: Sequence[Task]) -> Template | None:
+        """Keep a template of a first plan the joiner finished on; None if it makes none or
+        a live template already answers this question."""
+        await self.load()
+        if any(t.fit(question) is not None for t in self.templates):
+            return None
+        template = learn(question, tasks)
+        if template is None:
+            return None
+        async with self._lock:
+            template.number = len(self._templates)
+            if self.store is not None:
+                number = await _quietly(
+                    _append, self.store, self.scope, template, len(self._templates)
+                )
+                if number is None:
+                    return None
+                template.number = number
+            self._templates.append(template)
+            self.stats.learned += 1
+        return template
+
+
+async def _quietly(fn: Any, *args: Any) -> Any:
+    """A store call off the event loop; a store that fails makes the cache forget, nothing
+    more."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except PlaitError:
+        return None
+
+
+def _read_all(store: CallStore, scope: str, max_misses: int) -> list[Template]:
+    """Every template in the scope's log, with its recorded misses."""
+    out: list[Template] = []
+    start = 0
+    while True:
+        keys = [f"t:{n}" for n in range(start, start + LOAD_CHUNK)]
+        found = store.get_calls(scope, keys)
+        for n in range(start, start + LOAD_CHUNK):
+            text = found.get(f"t:{n}")
+            if text is not None:
+                template = Template.from_json(text, n)
+                if template is not None:
+                    out.append(template)
+        if len(found) < LOAD_CHUNK:
+            break
+        start += LOAD_CHUNK
+    misses = [f"m:{t.number}:{k}" for t in out for k in range(1, max_misses + 1)]
+    recorded = store.get_calls(scope, misses) if misses else {}
+    for t in out:
+        t.misses = sum(1 for k in range(1, max_misses + 1) if f"m:{t.number}:{k}" in recorded)
+    return out
+
+
+def _append(store: CallStore, scope: str, template: Template, start: int) -> int:
+    """Put `template` at the first free place of the log from `start`; its place."""
+    text = template.to_json()
+    n = start
+    for _ in range(64):
+        store.put_calls(scope, [(f"t:{n}", text)])
+        if store.get_calls(scope, [f"t:{n}"]).get(f"t:{n}") == text:
+            return n
+        n += 1  # another writer took it first
+    raise PlaitError(f"plan cache: no free place for a template in {scope}")
+
+
+def render(tasks: Sequence[Task]) -> str:
+    """Tasks as plan text (Python literals, read back by the parser as written), ending with
+    join(): what the planner would have written, for the run's conversation and log."""
+    lines = []
+    for t in tasks:
+        parts = [repr(a) for a in t.args] + [f"{k}={v!r}" for k, v in t.kwargs.items()]
+        lines.append(f"{t.id}. {t.tool}({', '.join(parts)})")
+    lines.append(f"{max((t.id for t in tasks), default=0) + 1}. join()")
+    return "\n".join(lines) + "\n<END_OF_PLAN>"

@@ -1,0 +1,191 @@
+"""The plan cache (agent/templates.py): learning, matching, slots, misses, persistence."""
+
+from __future__ import annotations
+
+import pytest
+
+import plait
+from plait.agent.parse import parse_plan
+from plait.agent.templates import TemplateCache, fingerprint, learn, render, scope, tokens
+from plait.core.task import Task
+from plait.stores import open_store
+from plait.stores.memory import MemoryStore
+
+
+@plait.tool(pure=True)
+def search(query: str) -> str:
+    return query
+
+
+@plait.tool(pure=True)
+def calculate(expression: str) -> float:
+    return 0.0
+
+
+TOOLS = plait.Tools([search, calculate])
+
+DIFF_PLAN = """\
+1. search("Eiffel Tower")
+2. search("Statue of Liberty")
+3. calculate("$1 - $2")
+4. join()"""
+DIFF_Q = "How much taller is the Eiffel Tower than the Statue of Liberty?"
+
+
+def plan(text: str) -> list[Task]:
+    return parse_plan(text, tools=TOOLS)
+
+
+def test_tokens_fold_case_and_keep_numbers_whole() -> None:
+    assert [t.text for t in tokens("How TALL is K2, 8,611 m?")] == [
+        "how", "tall", "is", "k2", ",", "8,611", "m", "?",
+    ]  # fmt: skip
+
+
+def test_learned_template_slots_the_question_phrases_and_keeps_the_rest() -> None:
+    t = learn(DIFF_Q, plan(DIFF_PLAN))
+    assert t is not None
+    assert t.slots == 2
+    assert t.shape == ["how", "much", "taller", "is", "the", 0, "than", "the", 1, "?"]
+    assert t.tasks[2]["args"] == ["$1 - $2"]  # references stay fixed
+
+
+def test_a_new_question_of_the_same_shape_gets_its_own_phrases() -> None:
+    t = learn(DIFF_Q, plan(DIFF_PLAN))
+    assert t is not None
+    q = "How much taller is the Burj Khalifa than the Tokyo Skytree?"
+    values = t.fit(q)
+    assert values == ["Burj Khalifa", "Tokyo Skytree"]
+    tasks = t.instantiate(values)
+    assert [(x.tool, x.args) for x in tasks] == [
+        ("search", ("Burj Khalifa",)),
+        ("search", ("Tokyo Skytree",)),
+        ("calculate", ("$1 - $2",)),
+    ]
+    assert tasks[2].deps == frozenset({1, 2})
+
+
+def test_a_question_of_another_shape_does_not_match() -> None:
+    t = learn(DIFF_Q, plan(DIFF_PLAN))
+    assert t is not None
+    assert t.fit("How much shorter is the Burj Khalifa than the Tokyo Skytree?") is None
+    assert t.fit("How much taller is the Burj Khalifa?") is None
+
+
+def test_slots_are_filled_only_with_the_new_questions_text() -> None:
+    """Whatever the new question says, a slot holds its text verbatim: never evaluated,
+    never parsed, and never anything that could read as a `$N` reference."""
+    t = learn(DIFF_Q, plan(DIFF_PLAN))
+    assert t is not None
+    hostile = 'How much taller is the __import__("os") than the x"), delete("y?'
+    values = t.fit(hostile)
+    assert values == ['__import__("os")', 'x"), delete("y']
+    tasks = t.instantiate(values)
+    assert [x.args[0] for x in tasks[:2]] == values
+    assert {x.tool for x in tasks} == {"search", "calculate"}
+    assert t.fit("How much taller is the $3 than the Statue?") is None
+    # The text form reads back as the same tasks: the values stay string literals.
+    again = plan(render(tasks))
+    assert [(x.tool, x.args) for x in again] == [(x.tool, x.args) for x in tasks]
+
+
+def test_a_phrase_inside_a_longer_argument_is_a_slot_when_it_names_something() -> None:
+    t = learn("How tall is the Eiffel Tower?", plan('1. search("Eiffel Tower height")'))
+    assert t is not None
+    values = t.fit("How tall is the Tokyo Skytree?")
+    assert values == ["Tokyo Skytree"]
+    assert t.instantiate(values)[0].args == ("Tokyo Skytree height",)
+
+
+def test_a_plan_with_nothing_of_the_question_is_a_template_of_that_question_only() -> None:
+    t = learn("What is the answer to everything?", plan('1. search("forty-two")'))
+    assert t is not None and t.slots == 0
+    assert t.fit("what is the answer  to everything ?") == []
+    assert t.fit("What is the answer to nothing?") is None
+
+
+def test_a_shape_that_would_match_almost_anything_is_not_learned() -> None:
+    assert learn("Eiffel Tower?", plan('1. search("Eiffel Tower")')) is None
+
+
+def test_dict_arguments_are_kept_and_never_taken_for_slots() -> None:
+    @plait.tool(pure=True)
+    def lookup(where: dict) -> str:  # type: ignore[type-arg]
+        return ""
+
+    tools = plait.Tools([lookup])
+    tasks = parse_plan('1. lookup({"$slot": [0], "name": "Paris"})', tools=tools)
+    t = learn("Where is the city of Paris?", tasks)
+    assert t is not None
+    got = t.instantiate(t.fit("Where is the city of Rome?") or [])
+    assert got[0].args == ({"$slot": [0], "name": "Rome"},)
+
+
+async def test_cache_hits_learned_templates_and_drops_after_repeated_misses() -> None:
+    cache = TemplateCache.for_tools(TOOLS, MemoryStore(), max_misses=2)
+    assert await cache.match(DIFF_Q) is None
+    assert await cache.learn(DIFF_Q, plan(DIFF_PLAN)) is not None
+    assert await cache.learn(DIFF_Q, plan(DIFF_PLAN)) is None  # already answered
+    q = "How much taller is the Burj Khalifa than the Tokyo Skytree?"
+    m = await cache.match(q, TOOLS)
+    assert m is not None and m.values == ["Burj Khalifa", "Tokyo Skytree"]
+    cache.hit(m)
+    await cache.miss(m)
+    assert await cache.match(q) is not None  # one miss: still live
+    await cache.miss(m)
+    assert await cache.match(q) is None  # dropped
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.dropped) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_templates_and_misses_outlive_the_process_in_the_store(tmp_path, kind) -> None:
+    url = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
+    store = open_store(url) if kind == "sqlite" else MemoryStore()
+    try:
+        first = TemplateCache.for_tools(TOOLS, store)
+        await first.learn(DIFF_Q, plan(DIFF_PLAN))
+        q = "How much taller is the Burj Khalifa than the Tokyo Skytree?"
+        m = await first.match(q)
+        assert m is not None
+        await first.miss(m)
+        second = TemplateCache.for_tools(TOOLS, store)  # a new process, the same store
+        m2 = await second.match(q)
+        assert m2 is not None and m2.template.misses == 1
+        await second.miss(m2)
+        third = TemplateCache.for_tools(TOOLS, store)
+        assert await third.match(q) is None
+        # Another tool set sees none of them.
+        other = TemplateCache.for_tools(plait.Tools([search]), store)
+        assert await other.match(DIFF_Q) is None
+    finally:
+        store.close()
+
+
+async def test_two_writers_racing_for_one_place_both_keep_their_template() -> None:
+    store = MemoryStore()
+    a = TemplateCache.for_tools(TOOLS, store)
+    b = TemplateCache.for_tools(TOOLS, store)
+    await a.load()
+    await b.load()
+    await a.learn(DIFF_Q, plan(DIFF_PLAN))
+    other = "What is the sum of the Eiffel Tower and the Statue of Liberty?"
+    await b.learn(other, plan(DIFF_PLAN.replace("-", "+")))
+    fresh = TemplateCache.for_tools(TOOLS, store)
+    await fresh.load()
+    assert len(fresh.templates) == 2
+
+
+async def test_a_template_whose_plan_no_longer_fits_the_tools_is_not_used() -> None:
+    cache = TemplateCache.for_tools(TOOLS)
+    await cache.learn(DIFF_Q, plan(DIFF_PLAN))
+    narrower = plait.Tools([search])
+    assert await cache.match("How much taller is the A B than the C D?", narrower) is None
+
+
+def test_the_fingerprint_changes_with_a_signature() -> None:
+    @plait.tool(pure=True, name="search")
+    def search2(query: str, limit: int = 3) -> str:
+        return query
+
+    assert fingerprint(TOOLS) != fingerprint(plait.Tools([search2, calculate]))
+    assert scope(TOOLS).startswith("plan-template:")
