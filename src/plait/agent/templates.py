@@ -286,7 +286,8 @@ def _shape(asked: list[Token], phrases: list[tuple[str, ...]]) -> list[str | int
     shape: list[str | int] = [t.text for t in asked]
     for slot in sorted(range(len(phrases)), key=lambda s: -len(phrases[s])):
         phrase = list(phrases[slot])
-        n, out, i, seen = len(phrase), [], 0, False
+        n, i, seen = len(phrase), 0, False
+        out: list[str | int] = []
         while i < len(shape):
             if shape[i : i + n] == phrase:
                 out.append(slot)
