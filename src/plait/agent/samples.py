@@ -1,0 +1,235 @@
+"""Parallel samples with early stop: N attempts at one question, voted, cut short at K agreeing.
+
+Self-consistency (Wang et al.), with CodeMonkeys' parallel candidates and asynchronous
+test-time scaling's early stop: `vote` starts N plan-run-join attempts at once and reads
+their answers as they arrive. Answers are compared as `normalise` writes them (case,
+whitespace, articles, trailing punctuation; numbers without thousands separators and to
+three significant digits unless whole; units by one name: "8,849 metres" and "8849 m" are
+one answer, and a lone number agrees with itself followed by a unit). As soon as `agree`
+attempts give one answer, the others are cancelled (their model streams closed, their tasks
+cancelled: `vote` returns only once they have stopped) and that answer is returned. With
+no agreement once all have finished, the most frequent answer wins; a tie goes to the
+`judge` when there is one, else to the answer given first.
+
+Attempts differ by what `variant` gives attempt i (a temperature, a set of tactics), and the
+caller shares their pure tool calls (one SharedCalls for all of them). This module owns
+the voting; it knows nothing of plans, tools or stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..llm.base import LLM, Request, Scorer
+
+# A number (thousands separators allowed) and the unit right after it, if any.
+_NUMBER = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?)(?![\d])")
+_SPACE = re.compile(r"\s+")
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+")
+_LONE_NUMBER = re.compile(r"^(-?\d+(?:\.\d+)?)(?: [^\W\d]+| %)?$")
+UNITS = {
+    "m": ("m", "metre", "metres", "meter", "meters"),
+    "km": ("km", "kilometre", "kilometres", "kilometer", "kilometers"),
+    "cm": ("cm", "centimetre", "centimetres", "centimeter", "centimeters"),
+    "ft": ("ft", "foot", "feet"),
+    "mi": ("mi", "mile", "miles"),
+    "kg": ("kg", "kilogram", "kilograms", "kilo", "kilos"),
+    "%": ("%", "percent", "per cent"),
+    "years": ("year", "years", "yr", "yrs"),
+}
+_UNIT = {alias: name for name, aliases in UNITS.items() for alias in aliases}
+_UNIT_AFTER_NUMBER = re.compile(
+    r"(\d) ?(" + "|".join(sorted(map(re.escape, _UNIT), key=len, reverse=True)) + r")(?![\w])"
+)
+
+# Attempt i's differences from attempt 0, for models whose sampling temperature changes
+# nothing (a model that chooses among candidates by score): each varies one tactic.
+TACTIC_VARIANTS: tuple[dict[str, Any], ...] = (
+    {},
+    {"examples": 1},
+    {"calibrate": False},
+    {"similar_examples": False},
+    {"examples": 3},
+    {"examples": 0},
+    {"constrain_join": False},
+)
+SAMPLE_TEMPERATURE = 0.7  # attempts after the first, when the run's own is 0
+
+
+def normalise(answer: str) -> str:
+    """The form answers are compared in (see the module docstring)."""
+    text = _SPACE.sub(" ", answer.strip().casefold())
+    text = text.strip(" \"'`").rstrip(" .!;:")
+    text = _ARTICLE.sub("", text)
+    text = _NUMBER.sub(lambda m: _number(m.group(1)), text)
+    text = _UNIT_AFTER_NUMBER.sub(lambda m: f"{m.group(1)} {_UNIT[m.group(2)]}", text)
+    lone = _LONE_NUMBER.match(text)
+    return lone.group(1) if lone else text
+
+
+def _number(text: str) -> str:
+    try:
+        x = float(text.replace(",", ""))
+    except ValueError:
+        return text
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    rounded = float(f"{x:.3g}")
+    return str(int(rounded)) if rounded == int(rounded) else repr(rounded)
+
+
+def variant(i: int, temperature: float | None) -> tuple[float | None, dict[str, Any]]:
+    """Attempt i's temperature and tactic changes: attempt 0 is the run as asked."""
+    if i == 0:
+        return temperature, {}
+    warm = temperature if temperature else SAMPLE_TEMPERATURE
+    return warm, TACTIC_VARIANTS[i % len(TACTIC_VARIANTS)]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt's fate."""
+
+    index: int
+    answer: str | None = None
+    normalised: str | None = None
+    error: str | None = None
+    cut_short: bool = False  # cancelled because the others had agreed
+    tokens: int = 0  # model tokens it used (filled in by the caller)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "answer": self.answer,
+            "error": self.error,
+            "cut_short": self.cut_short,
+            "tokens": self.tokens,
+        }
+
+
+@dataclass(slots=True)
+class Vote:
+    answer: str | None
+    decided_by: str  # "agreement", "majority", "judge", "only one", "none"
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def cut_short(self) -> int:
+        return sum(1 for a in self.attempts if a.cut_short)
+
+    def tokens_saved(self) -> int:
+        """Tokens the cut-short attempts would still have used, estimated as the finished
+        attempts' mean minus what each had used when it was stopped."""
+        finished = [a.tokens for a in self.attempts if not a.cut_short and a.error is None]
+        if not finished:
+            return 0
+        mean = sum(finished) / len(finished)
+        return int(sum(max(0.0, mean - a.tokens) for a in self.attempts if a.cut_short))
+
+
+RunAttempt = Callable[[int], Awaitable[str | None]]  # attempt i -> its answer, None: no answer
+Judge = Callable[[Sequence[str]], Awaitable[int | None]]  # tied answers -> the one chosen
+
+
+async def vote(
+    run_attempt: RunAttempt,
+    n: int,
+    agree: int,
+    judge: Judge | None = None,
+) -> Vote:
+    """Run `n` attempts at once; stop when `agree` give one answer (see the docstring)."""
+    if n < 1:
+        raise ValueError("samples must be at least 1")
+    if not 1 <= agree <= n:
+        raise ValueError(f"agree must be between 1 and samples ({n}), not {agree}")
+    attempts = [Attempt(i) for i in range(n)]
+    order: list[int] = []  # attempts in the order their answers came
+    counts: Counter[str] = Counter()
+    pending: dict[asyncio.Task[str | None], int] = {
+        asyncio.create_task(run_attempt(i), name=f"plait-sample-{i}"): i for i in range(n)
+    }
+    arrived: list[asyncio.Task[str | None]] = []  # in the order they finished
+    for task in pending:
+        task.add_done_callback(arrived.append)
+    winner: str | None = None
+    try:
+        while pending and winner is None:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done, arrived[:] = [t for t in arrived if t in pending], []
+            for task in done:
+                attempt = attempts[pending.pop(task)]
+                if task.cancelled():
+                    attempt.error = "cancelled"
+                    continue
+                error = task.exception()
+                if error is not None:
+                    attempt.error = f"{type(error).__name__}: {error}"
+                    continue
+                answer = task.result()
+                if answer is None:
+                    attempt.error = attempt.error or "no answer"
+                    continue
+                attempt.answer, attempt.normalised = answer, normalise(answer)
+                order.append(attempt.index)
+                counts[attempt.normalised] += 1
+                if winner is None and counts[attempt.normalised] >= agree:
+                    winner = attempt.normalised
+    finally:
+        for task, i in pending.items():
+            task.cancel()
+            attempts[i].cut_short = winner is not None
+        for task in list(pending):
+            with contextlib.suppress(BaseException):
+                await task  # stopped, streams closed, before the vote is returned
+    answered = [attempts[i] for i in order]
+    if winner is not None:
+        first = next(a for a in answered if a.normalised == winner)
+        by = "agreement" if agree > 1 or len(answered) > 1 else "only one"
+        return Vote(first.answer, by, attempts)
+    if not answered:
+        return Vote(None, "none", attempts)
+    top = max(counts.values())
+    tied = [k for k in dict.fromkeys(a.normalised for a in answered) if counts[k] == top]
+    decided = "majority" if len(answered) > 1 else "only one"
+    choice = tied[0]
+    if len(tied) > 1 and judge is not None:
+        texts = [next(a.answer for a in answered if a.normalised == k) or "" for k in tied]
+        picked = await judge(texts)
+        if picked is not None and 0 <= picked < len(tied):
+            choice, decided = tied[picked], "judge"
+    first = next(a for a in answered if a.normalised == choice)
+    return Vote(first.answer, decided, attempts)
+
+
+_PICK = re.compile(r"\d+")
+
+
+def llm_judge(llm: LLM, question: str) -> Judge:
+    """A judge that asks `llm` which of the tied answers answers `question` best: by the
+    answers' scores where the model scores text, else by the number it replies."""
+
+    async def judge(answers: Sequence[str]) -> int | None:
+        if isinstance(llm, Scorer):
+            ask = Request([{"role": "user", "content": f"Question: {question}"}])
+            scores, _ = await llm.score(ask, "Answer: ", list(answers))
+            return max(range(len(answers)), key=scores.__getitem__) if scores else None
+        listed = "\n".join(f"{i}. {a}" for i, a in enumerate(answers, 1))
+        prompt = (
+            f"Question: {question}\nCandidate answers:\n{listed}\n"
+            "Reply with the number of the best answer only."
+        )
+        parts: list[str] = []
+        stream = llm.stream(Request([{"role": "user", "content": prompt}], max_tokens=8))
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for delta in stream:
+                parts.append(delta.text)
+        m = _PICK.search("".join(parts))
+        return int(m.group()) - 1 if m else None
+
+    return judge

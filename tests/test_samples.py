@@ -1,0 +1,148 @@
+"""Parallel samples (agent/samples.py): normalised answers, voting, early stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from plait.agent.samples import llm_judge, normalise, variant, vote
+from plait.llm.replay import ReplayLLM
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("8,849 metres", "8849 m"),
+        ("  The Danube. ", "danube"),
+        ("2504.0 kilometres", "2504 km"),
+        ("1.1607142857", "1.16"),
+        ("330", "330 meters"),
+        ("William  Shakespeare", "william shakespeare!"),
+        ("50 percent", "50%"),
+    ],
+)
+def test_equal_answers_normalise_alike(a: str, b: str) -> None:
+    assert normalise(a) == normalise(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [("330", "331"), ("Danube", "Thames"), ("1.16", "1.17"), ("2 km", "2 km wide")]
+)
+def test_different_answers_stay_different(a: str, b: str) -> None:
+    assert normalise(a) != normalise(b)
+
+
+async def test_early_stop_cancels_the_other_attempts_once_k_agree() -> None:
+    """Three agree while two are still running: the two are cancelled, and stopped before
+    the vote returns."""
+    running = [asyncio.Event() for _ in range(5)]
+    stopped: set[int] = set()
+
+    async def attempt(i: int) -> str | None:
+        running[i].set()
+        if i in (0, 2, 4):
+            await asyncio.gather(*(e.wait() for e in running))  # the slow ones are running
+            return {0: "42", 2: "42 m", 4: "42.0"}[i]
+        try:
+            await asyncio.Event().wait()  # never answers by itself
+        finally:
+            stopped.add(i)
+        return "never"
+
+    result = await vote(attempt, 5, 3)
+    assert result.answer == "42"
+    assert result.decided_by == "agreement"
+    assert stopped == {1, 3}
+    assert [a.cut_short for a in result.attempts] == [False, True, False, True, False]
+    assert result.cut_short == 2
+    assert [a.answer for a in result.attempts] == ["42", None, "42 m", None, "42.0"]
+
+
+async def test_without_agreement_the_majority_decides_and_nothing_is_cut_short() -> None:
+    answers = ["Danube", "Thames", "the danube", "Rhine"]
+
+    async def attempt(i: int) -> str | None:
+        return answers[i]
+
+    result = await vote(attempt, 4, 3)
+    assert (result.answer, result.decided_by, result.cut_short) == ("Danube", "majority", 0)
+
+
+async def test_failed_attempts_do_not_vote() -> None:
+    async def attempt(i: int) -> str | None:
+        if i == 0:
+            raise RuntimeError("boom")
+        return None if i == 1 else "7"
+
+    result = await vote(attempt, 3, 2)
+    assert result.answer == "7"
+    assert result.attempts[0].error == "RuntimeError: boom"
+    assert result.attempts[1].error == "no answer"
+
+
+async def test_no_answer_at_all_is_none() -> None:
+    async def attempt(i: int) -> str | None:
+        return None
+
+    result = await vote(attempt, 2, 2)
+    assert (result.answer, result.decided_by) == (None, "none")
+
+
+async def test_a_tie_goes_to_the_judge() -> None:
+    seen: list[Sequence[str]] = []
+
+    async def judge(answers: Sequence[str]) -> int | None:
+        seen.append(list(answers))
+        return 1
+
+    async def attempt(i: int) -> str | None:
+        return ["Paris", "Rome"][i]
+
+    result = await vote(attempt, 2, 2, judge)
+    assert seen == [["Paris", "Rome"]]
+    assert (result.answer, result.decided_by) == ("Rome", "judge")
+
+
+async def test_a_tie_without_a_judge_goes_to_the_first_answer() -> None:
+    gate = asyncio.Event()
+
+    async def attempt(i: int) -> str | None:
+        if i == 0:
+            await gate.wait()
+            return "Paris"
+        gate.set()
+        return "Rome"
+
+    result = await vote(attempt, 2, 2)
+    assert (result.answer, result.decided_by) == ("Rome", "majority")
+
+
+async def test_the_llm_judge_reads_the_number_it_replies() -> None:
+    llm = ReplayLLM(["The best is 2."])
+    judge = llm_judge(llm, "Which river is longer?")
+    assert await judge(["Thames", "Danube"]) == 1
+    assert "2. Danube" in llm.calls[0].messages[0]["content"]
+
+
+def test_bad_counts_are_refused() -> None:
+    async def attempt(i: int) -> str | None:
+        return "x"
+
+    with pytest.raises(ValueError, match="agree must be between 1 and samples"):
+        asyncio.run(vote(attempt, 3, 4))
+
+
+def test_tokens_saved_is_estimated_from_the_finished_attempts() -> None:
+    from plait.agent.samples import Attempt, Vote
+
+    v = Vote("x", "agreement", [Attempt(0, tokens=100), Attempt(1, tokens=30, cut_short=True)])
+    assert v.tokens_saved() == 70
+
+
+def test_attempts_after_the_first_vary() -> None:
+    assert variant(0, None) == (None, {})
+    t1, tactics1 = variant(1, None)
+    assert t1 and t1 > 0 and tactics1
+    assert variant(2, 0.3)[0] == 0.3
