@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,9 @@ class Vote:
         return int(sum(max(0.0, mean - a.tokens) for a in self.attempts if a.cut_short))
 
 
-RunAttempt = Callable[[int], Awaitable[str | None]]  # attempt i -> its answer, None: no answer
+RunAttempt = Callable[
+    [int], Coroutine[Any, Any, str | None]
+]  # attempt i -> its answer, None: no answer
 Judge = Callable[[Sequence[str]], Awaitable[int | None]]  # tied answers -> the one chosen
 
 
@@ -195,7 +197,7 @@ async def vote(
     if not answered:
         return Vote(None, "none", attempts)
     top = max(counts.values())
-    tied = [k for k in dict.fromkeys(a.normalised for a in answered) if counts[k] == top]
+    tied = [k for k in dict.fromkeys(a.normalised or "" for a in answered) if counts[k] == top]
     decided = "majority" if len(answered) > 1 else "only one"
     choice = tied[0]
     if len(tied) > 1 and judge is not None:
