@@ -117,7 +117,7 @@ async def test_the_plan_adopts_a_speculated_call_in_flight() -> None:
         task = Task(1, "search", (), {"query": "Eiffel Tower"})
         s.add(task)
         assert spec.confirm(task)
-        await spec.settle()
+        spec.settle()
         g.release.set()
         await s.wait()
     assert s.results[1] == "found Eiffel Tower"
@@ -158,10 +158,10 @@ async def test_unconfirmed_speculated_calls_are_cancelled_counted_and_never_resu
         task = Task(1, "search", ("Eiffel Tower",))
         s.add(task)
         spec.confirm(task)
-        await spec.settle()  # the plan is complete: K2 and the Statue were wrong
-        assert sorted(g.cancelled) == ["K2", "Statue of Liberty"]
+        spec.settle()  # the plan is complete: K2 and the Statue were wrong
         g.release.set()
         await s.wait()
+    assert sorted(g.cancelled) == ["K2", "Statue of Liberty"]
     assert list(s.results) == [1]
     assert spec.stats.used == 1
     assert spec.stats.wasted == 2
@@ -209,3 +209,21 @@ def test_phrase_tools_are_preferred_when_the_tools_mark_them() -> None:
 
     guesses = from_question("Where is Paris?", plait.Tools([lookup, shout]))
     assert [(x.tool, x.kwargs) for x in guesses] == [("lookup", {"name": "Paris"})]
+
+
+async def test_the_run_s_events_confirm_and_settle() -> None:
+    from plait.core import events as ev
+
+    g = Gate()
+    g.release.set()
+    async with Speculator(g.tools, SharedCalls(), lambda tool, kw: tool.invoke(kw)) as spec:
+        spec.start(from_question(Q, g.tools))
+        spec.watch(ev.LLMStarted(0.0, 1, "planner", "m"))
+        spec.watch(ev.TaskAdded(0.1, Task(1, "search", (), {"query": "K2"})))
+        spec.watch(ev.TaskAdded(0.1, Task(2, "search", (), {"query": "Eiffel Tower"}), True))
+        assert spec.stats.wasted == 0
+        spec.watch(ev.LLMFinished(0.2, 1))
+        assert (spec.stats.used, spec.stats.wasted) == (1, 2)  # a restored task confirms none
+        spec.watch(ev.LLMStarted(0.3, 2, "planner", "m"))  # a replan: speculation is over
+        spec.watch(ev.TaskAdded(0.4, Task(3, "search", (), {"query": "Statue of Liberty"})))
+        assert spec.stats.used == 1

@@ -17,7 +17,8 @@ A `Speculator` starts each guess through the run's `SharedCalls` under the call'
 key (core/shared.py's `call_key`), the key the scheduler uses for a pure task: when the real
 plan emits a task with the same tool and canonical arguments, the scheduler finds the call in
 flight (or done) and adopts it, with no extra code. The plan's tasks are shown to `confirm`;
-once the plan is complete, `settle` cancels the speculated calls it never confirmed.
+once the plan is complete, `settle` cancels the speculated calls it never confirmed. `watch`
+does both from the run's own events (TaskAdded; the first planner call's LLMFinished).
 Unconfirmed calls never appear in the run's results (they are not tasks) but are counted,
 calls and seconds, in `SpeculationStats`. `aclose` leaves no speculated call behind.
 
@@ -35,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import events as ev
 from ..core.shared import SharedCalls, call_key
 from ..core.task import Task
 from ..core.tools import Tool, Tools
@@ -198,6 +200,7 @@ class Speculator:
         self.clock = clock
         self.stats = SpeculationStats()
         self._flights: dict[str, _Flight] = {}
+        self._planner_call: int | None = None
 
     async def __aenter__(self) -> Speculator:
         return self
@@ -258,26 +261,37 @@ class Speculator:
     def in_flight(self) -> list[Guess]:
         return [f.guess for f in self._flights.values() if not f.task.done()]
 
-    async def settle(self) -> None:
-        """The plan is complete: cancel the calls it never confirmed and count them."""
-        open_ = [f for f in self._flights.values() if not f.settled]
-        stopping = [f.task for f in open_ if not f.confirmed and not f.task.done()]
-        for task in stopping:
-            task.cancel()
-        for task in stopping:
-            with contextlib.suppress(BaseException):
-                await task
+    def settle(self) -> None:
+        """The plan is complete: cancel the calls it never confirmed and count them (their
+        time up to now). `aclose` waits for them to stop."""
         now = self.clock()
-        for flight in open_:
+        for flight in self._flights.values():
+            if flight.settled:
+                continue
             flight.settled = True
-            if not flight.confirmed:
-                self.stats.wasted += 1
-                self.stats.wasted_seconds += (flight.ended or now) - flight.started
+            if flight.confirmed:
+                continue
+            if not flight.task.done():
+                flight.task.cancel()
+            self.stats.wasted += 1
+            self.stats.wasted_seconds += (flight.ended or now) - flight.started
+
+    def watch(self, event: object) -> None:
+        """A listener for the run's events: each task the plan adds is shown to `confirm`,
+        and the end of the first planner call settles the speculation."""
+        if isinstance(event, ev.TaskAdded):
+            if not event.restored:
+                self.confirm(event.task)
+        elif isinstance(event, ev.LLMStarted):
+            if event.role == "planner" and self._planner_call is None:
+                self._planner_call = event.call
+        elif isinstance(event, ev.LLMFinished) and event.call == self._planner_call:
+            self.settle()
 
     async def aclose(self) -> None:
-        """Stop every speculated call still running (confirmed ones have been awaited by
-        their tasks by now; an unconfirmed one is counted as wasted)."""
-        await self.settle()
+        """Settle, and wait until no speculated call is running (confirmed ones have been
+        awaited by their tasks by now)."""
+        self.settle()
         for flight in self._flights.values():
             if not flight.task.done():
                 flight.task.cancel()
