@@ -1,0 +1,85 @@
+"""Parallel samples with early stop, on the embedded model: accuracy and time of
+`samples=5, agree=3` against one attempt.
+
+Questions: --count of examples/questions.jsonl from --start (30 by default; the embedded
+model takes 2-7 s a question an attempt on 2 cores, so the whole is a few minutes: run it in
+slices with --start/--count to keep each invocation short). Tools: examples/tools.py, made
+pure (they are: a search over a file and arithmetic), so the attempts share their calls.
+Answers are checked as bench/answers.py checks them.
+
+Per question, in one process, one after the other: one attempt (`plait.arun`), then
+`plait.arun(samples=5, agree=3)`. The embedded model chooses by score, so sampling
+temperature changes nothing for it: attempts differ by tactics (agent/samples.py's
+`TACTIC_VARIANTS`: fewer or more few-shot examples, calibration off, ...). Reported:
+accuracy of each, time ÷ one attempt (target ≤ 1.5× while accuracy rises), attempts cut
+short, and tokens the early stop saved.
+
+    python bench/samples.py [--start 0] [--count 30] [--samples 5] [--agree 3] [--model local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from answers import QUESTIONS, TOOLS, check  # bench/answers.py
+
+import plait
+from plait.runs.loading import as_tools
+
+
+def pure_tools() -> plait.Tools:
+    loaded = as_tools(TOOLS)
+    return plait.Tools(
+        [plait.Tool(t.fn, **{**t.options(), "pure": True}) for t in loaded.values()],
+        examples=loaded.examples,
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    lines = QUESTIONS.read_text().splitlines()[args.start : args.start + args.count]
+    items = [json.loads(line) for line in lines if line.strip()]
+    tools = pure_tools()
+    one_ok = many_ok = cut = saved = 0
+    one_t = many_t = 0.0
+    print(f"{len(items)} questions from {args.start}; samples {args.samples}, agree {args.agree}")
+    for item in items:
+        q = item["question"]
+        start = time.perf_counter()
+        single = await plait.arun(q, tools=tools, model=args.model)
+        t1 = time.perf_counter() - start
+        start = time.perf_counter()
+        many = await plait.arun(
+            q, tools=tools, model=args.model, samples=args.samples, agree=args.agree
+        )
+        tn = time.perf_counter() - start
+        a = check(item["answer"], single.answer, item.get("not"))
+        b = check(item["answer"], many.answer, item.get("not"))
+        savings = many.savings or {}
+        one_ok, many_ok = one_ok + a, many_ok + b
+        one_t, many_t = one_t + t1, many_t + tn
+        cut += savings.get("attempts_cut_short", 0)
+        saved += savings.get("tokens_saved", 0)
+        print(
+            f"{item['id']:<4} one {'ok ' if a else 'BAD'} {t1:5.1f}s | samples {'ok ' if b else 'BAD'}"
+            f" {tn:5.1f}s cut {savings.get('attempts_cut_short', 0)}"
+            f" {single.answer!r:.30} / {many.answer!r:.30}"
+        )
+    n = len(items)
+    print(
+        f"accuracy: one attempt {one_ok}/{n}, samples {many_ok}/{n}; "
+        f"time: samples ÷ one {many_t / one_t:.2f}× ({one_t / n:.1f} s vs {many_t / n:.1f} s a "
+        f"question); attempts cut short {cut}; tokens saved by the early stop {saved}"
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--count", type=int, default=30)
+    ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--agree", type=int, default=3)
+    ap.add_argument("--model", default="local")
+    asyncio.run(main(ap.parse_args()))

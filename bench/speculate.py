@@ -1,0 +1,101 @@
+"""Speculative tasks: llmcompiler.py's workloads with a planner that thinks first, with and
+without a draft model's speculation.
+
+The workloads, tools (made pure: speculation only ever runs pure tools), latencies and LLM
+timing are bench/llmcompiler.py's (ttft 0.5 s, 40 tokens/s), except that the planner now
+writes a `Thought:` of --think seconds (1.5 s: 60 tokens) before its first task, as a
+reasoning planner does. The draft model is a `ReplayLLM` at ttft 0.1 s and 400 tokens/s
+that writes the plan's tasks with no thought.
+
+Measured in one process, one after the other, median of --repeat:
+- **none**: `plait.arun(question)`, no speculation;
+- **right**: `draft_model=` a draft that writes the same tasks as the planner: its calls
+  start while the planner thinks, and the plan's tasks adopt them;
+- **wrong**: a draft whose every call differs from the plan's (other arguments): every
+  speculated call is wasted, cancelled when the plan is complete.
+Reported: latency ÷ none, speculated calls used / wasted. Targets (issue 18): right ≤ 0.75×
+(≥ 25% lower latency), wrong ≤ 1.05×.
+
+    python bench/speculate.py [--repeat 3] [--think 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import llmcompiler as lc  # bench/llmcompiler.py: its workloads, tools and timing
+
+import plait
+from plait.llm.replay import ReplayLLM
+
+PURE = [plait.Tool(t.fn, **{**t.options(), "pure": True}) for t in lc.TOOLS.values()]
+DRAFT_TTFT, DRAFT_TPS = 0.1, 400.0
+
+
+def thought(seconds: float) -> str:
+    words = "I should work out which facts the question needs and how they combine. "
+    text = "Thought: "
+    while len(text) < seconds * lc.TPS * lc.CHARS_PER_TOKEN:
+        text += words
+    return text[: int(seconds * lc.TPS * lc.CHARS_PER_TOKEN)] + "\n"
+
+
+def draft(steps: list[tuple[str, str, str]], wrong: bool) -> str:
+    lines = [
+        f"{i}. {tool}({json.dumps(arg + ' (draft)' if wrong else arg)})"
+        for i, (tool, arg, _) in enumerate(steps, 1)
+    ]
+    return "\n".join([*lines, f"{len(steps) + 1}. join()"])
+
+
+async def once(question: str, plan: str, joiner: str, draft_text: str | None) -> dict[str, Any]:
+    llm = ReplayLLM([plan, joiner], ttft=lc.TTFT, tps=lc.TPS)
+    extra: dict[str, Any] = {}
+    if draft_text is not None:
+        extra["draft_model"] = ReplayLLM([draft_text], ttft=DRAFT_TTFT, tps=DRAFT_TPS)
+    lc.CALLS.clear()
+    start = time.perf_counter()
+    result = await plait.arun(question, tools=PURE, model=llm, **extra)
+    elapsed = time.perf_counter() - start
+    assert result.status == "done", result.error
+    spec = (result.savings or {}).get("speculated_calls", {})
+    return {"t": elapsed, "used": spec.get("used", 0), "wasted": spec.get("wasted", 0)}
+
+
+async def main(repeat: int, think: float) -> None:
+    print(
+        f"replayed LLM: ttft {lc.TTFT} s, {lc.TPS:g} tokens/s, planner thinks {think} s; "
+        f"draft ttft {DRAFT_TTFT} s, {DRAFT_TPS:g} tokens/s; median of {repeat}"
+    )
+    print(
+        f"{'workload':<15} {'none s':>7} {'right s':>8} {'right÷none':>10} {'used':>5}"
+        f" {'wrong s':>8} {'wrong÷none':>10} {'wasted':>6}"
+    )
+    for name, (question, steps, joiner_thought, answer) in lc.WORKLOADS.items():
+        plan = thought(think) + lc.plan_reply(steps)
+        joiner = lc.finish_reply(joiner_thought, answer)
+        runs: dict[str, list[dict[str, Any]]] = {"none": [], "right": [], "wrong": []}
+        for _ in range(repeat):
+            runs["none"].append(await once(question, plan, joiner, None))
+            runs["right"].append(await once(question, plan, joiner, draft(steps, False)))
+            runs["wrong"].append(await once(question, plan, joiner, draft(steps, True)))
+        t = {k: statistics.median(r["t"] for r in v) for k, v in runs.items()}
+        used = runs["right"][-1]["used"]
+        wasted = runs["wrong"][-1]["wasted"]
+        print(
+            f"{name:<15} {t['none']:>7.3f} {t['right']:>8.3f} {t['right'] / t['none']:>9.2f}×"
+            f" {used:>5} {t['wrong']:>8.3f} {t['wrong'] / t['none']:>9.2f}× {wasted:>6}"
+        )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--think", type=float, default=1.5)
+    args = ap.parse_args()
+    asyncio.run(main(args.repeat, args.think))
