@@ -39,33 +39,58 @@ from plait.batch import abatch
 from plait.llm.base import Request
 from plait.llm.replay import ReplayLLM
 
-ADJECTIVES = "Amber Cobalt Crimson Golden Silver Ivory Jade Onyx Scarlet Azure Copper Iron".split()
-NOUNS = "Gate Tower Bridge Spire Dome Arch Lighthouse Citadel Pagoda Obelisk".split()
+ADJECTIVES = ["Amber", "Cobalt", "Crimson", "Golden", "Silver", "Ivory", "Jade", "Onyx"]
+ADJECTIVES += ["Scarlet", "Azure", "Copper", "Iron"]
+NOUNS = ["Gate", "Tower", "Bridge", "Spire", "Dome", "Arch", "Lighthouse", "Citadel"]
+NOUNS += ["Pagoda", "Obelisk"]
 LANDMARKS = [f"{a} {n}" for a in ADJECTIVES for n in NOUNS]  # 120
 
-# question, plan lines ({A}, {B} the landmarks; $N as in plans), one per shape.
+
+def one(fact: str, *then: str) -> list[str]:
+    """A plan over one landmark: its sheet, one fact of it, then calculations on $2."""
+    return ['search("{A}")', f'extract_number($1, "{fact}")', *(f'calculate("{c}")' for c in then)]
+
+
+def two(fact: str, formula: str) -> list[str]:
+    """A plan over two landmarks: both sheets, a fact of each, a formula over $3 and $4."""
+    return [
+        'search("{A}")',
+        'search("{B}")',
+        f'extract_number($1, "{fact}")',
+        f'extract_number($2, "{fact}")',
+        f'calculate("{formula}")',
+    ]
+
+
+# question ({A}, {B} the landmarks) and its plan's lines, one per shape
 SHAPES: list[tuple[str, list[str]]] = [
-    ("How tall is the {A}?", ['search("{A}")', 'extract_number($1, "height")']),
-    ("How old is the {A}?", ['search("{A}")', 'extract_number($1, "built")', 'calculate("2025 - $2")']),
-    ("When was the {A} built?", ['search("{A}")', 'extract_number($1, "built")']),
-    ("How many visitors does the {A} get a year?", ['search("{A}")', 'extract_number($1, "visitors")']),
-    ("How long is the {A}?", ['search("{A}")', 'extract_number($1, "length")']),
-    ("What does the {A} weigh?", ['search("{A}")', 'extract_number($1, "weight")']),
-    ("How tall is the {A} in feet?", ['search("{A}")', 'extract_number($1, "height")', 'calculate("$2 * 3.28")']),
-    ("How much taller is the {A} than the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "height")', 'extract_number($2, "height")', 'calculate("$3 - $4")']),
-    ("How much older is the {A} than the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "built")', 'extract_number($2, "built")', 'calculate("$4 - $3")']),
-    ("What is the combined height of the {A} and the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "height")', 'extract_number($2, "height")', 'calculate("$3 + $4")']),
-    ("How many times taller is the {A} than the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "height")', 'extract_number($2, "height")', 'calculate("$3 / $4")']),
-    ("How many more visitors does the {A} get than the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "visitors")', 'extract_number($2, "visitors")', 'calculate("$3 - $4")']),
-    ("What is the total weight of the {A} and the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "weight")', 'extract_number($2, "weight")', 'calculate("$3 + $4")']),
-    ("How much longer is the {A} than the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "length")', 'extract_number($2, "length")', 'calculate("$3 - $4")']),
-    ("What is the average height of the {A} and the {B}?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "height")', 'extract_number($2, "height")', 'calculate("($3 + $4) / 2")']),
-    ("How many years apart were the {A} and the {B} built?", ['search("{A}")', 'search("{B}")', 'extract_number($1, "built")', 'extract_number($2, "built")', 'calculate("$3 - $4")']),
-    ("What is the height of the {A} per metre of its length?", ['search("{A}")', 'extract_number($1, "height")', 'extract_number($1, "length")', 'calculate("$2 / $3")']),
-    ("How many visitors per year of age does the {A} have?", ['search("{A}")', 'extract_number($1, "visitors")', 'extract_number($1, "built")', 'calculate("$2 / (2025 - $3)")']),
-    ("What is the weight of the {A} in tonnes?", ['search("{A}")', 'extract_number($1, "weight")', 'calculate("$2 / 1000")']),
+    ("How tall is the {A}?", one("height")),
+    ("How old is the {A}?", one("built", "2025 - $2")),
+    ("When was the {A} built?", one("built")),
+    ("How many visitors does the {A} get a year?", one("visitors")),
+    ("How long is the {A}?", one("length")),
+    ("What does the {A} weigh?", one("weight")),
+    ("How tall is the {A} in feet?", one("height", "$2 * 3.28")),
+    ("What is the weight of the {A} in tonnes?", one("weight", "$2 / 1000")),
+    ("How much taller is the {A} than the {B}?", two("height", "$3 - $4")),
+    ("How much older is the {A} than the {B}?", two("built", "$4 - $3")),
+    ("What is the combined height of the {A} and the {B}?", two("height", "$3 + $4")),
+    ("How many times taller is the {A} than the {B}?", two("height", "$3 / $4")),
+    ("How many more visitors does the {A} get than the {B}?", two("visitors", "$3 - $4")),
+    ("What is the total weight of the {A} and the {B}?", two("weight", "$3 + $4")),
+    ("How much longer is the {A} than the {B}?", two("length", "$3 - $4")),
+    ("What is the average height of the {A} and the {B}?", two("height", "($3 + $4) / 2")),
+    ("How many years apart were the {A} and the {B} built?", two("built", "$3 - $4")),
+    (
+        "What is the height of the {A} per metre of its length?",
+        [*one("height"), 'extract_number($1, "length")', 'calculate("$2 / $3")'],
+    ),
+    (
+        "How many visitors per year of age does the {A} have?",
+        [*one("visitors"), 'extract_number($1, "built")', 'calculate("$2 / (2025 - $3)")'],
+    ),
     ("Who maintains the {A}?", ['search("{A} maintenance")']),
-]  # fmt: skip
+]
 THOUGHT = "Thought: I will look up what the question names, then compute the answer from it.\n"
 
 
@@ -133,7 +158,8 @@ class BenchLLM(ReplayLLM):
         if "Results of the tasks" in last or "No task was run" in last:
             self.count += 1
             results = re.findall(r"Observation: (.*)", last)
-            return f"Thought: that answers it.\nAction: Finish({results[-1] if results else 'unknown'})"
+            answer = results[-1] if results else "unknown"
+            return f"Thought: that answers it.\nAction: Finish({answer})"
         self.planner_calls += 1
         return super()._take(request)
 
@@ -185,11 +211,11 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{'':<12} {'planner calls':>14} {'wall s':>8} {'tokens':>10}")
     for name, m in (("no cache", base), ("plan cache", cached)):
         print(f"{name:<12} {m['planner']:>14} {m['wall']:>8.2f} {m['tokens']:>10}")
+    tokens = cached["tokens"] / base["tokens"]
     print(
         f"ratios: planner calls {base['planner'] / max(1, cached['planner']):.1f}x fewer, "
-        f"wall {cached['wall'] / base['wall']:.2f}x, tokens {cached['tokens'] / base['tokens']:.2f}x "
-        f"({1 - cached['tokens'] / base['tokens']:.0%} less); answers identical: {same} "
-        f"({done}/{len(items)} answered)"
+        f"wall {cached['wall'] / base['wall']:.2f}x, tokens {tokens:.2f}x ({1 - tokens:.0%} "
+        f"less); answers identical: {same} ({done}/{len(items)} answered)"
     )
 
 

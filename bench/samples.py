@@ -24,9 +24,8 @@ import asyncio
 import json
 import time
 
-from answers import QUESTIONS, TOOLS, check  # bench/answers.py
-
 import plait
+from answers import QUESTIONS, TOOLS, check  # bench/answers.py
 from plait.runs.loading import as_tools
 
 
@@ -62,9 +61,10 @@ async def main(args: argparse.Namespace) -> None:
         one_t, many_t = one_t + t1, many_t + tn
         cut += savings.get("attempts_cut_short", 0)
         saved += savings.get("tokens_saved", 0)
+        mark = {True: "ok ", False: "BAD"}
         print(
-            f"{item['id']:<4} one {'ok ' if a else 'BAD'} {t1:5.1f}s | samples {'ok ' if b else 'BAD'}"
-            f" {tn:5.1f}s cut {savings.get('attempts_cut_short', 0)}"
+            f"{item['id']:<4} one {mark[a]} {t1:5.1f}s | samples {mark[b]} {tn:5.1f}s"
+            f" cut {savings.get('attempts_cut_short', 0)}"
             f" {single.answer!r:.30} / {many.answer!r:.30}"
         )
     n = len(items)

@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import llmcompiler as lc  # bench/llmcompiler.py: its workloads, tools and timing
-
 import plait
 from plait.llm.replay import ReplayLLM
 
