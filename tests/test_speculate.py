@@ -227,3 +227,12 @@ async def test_the_run_s_events_confirm_and_settle() -> None:
         spec.watch(ev.LLMStarted(0.3, 2, "planner", "m"))  # a replan: speculation is over
         spec.watch(ev.TaskAdded(0.4, Task(3, "search", (), {"query": "Statue of Liberty"})))
         assert spec.stats.used == 1
+
+
+async def test_nothing_is_speculated_once_the_plan_is_complete() -> None:
+    g = Gate()
+    spec = Speculator(g.tools, SharedCalls(), lambda tool, kw: tool.invoke(kw))
+    spec.settle()
+    spec.start(from_question(Q, g.tools))  # a draft still streaming after the plan
+    assert spec.stats.started == 0
+    await spec.aclose()

@@ -201,6 +201,7 @@ class Speculator:
         self.stats = SpeculationStats()
         self._flights: dict[str, _Flight] = {}
         self._planner_call: int | None = None
+        self.over = False  # settled: the plan is complete, nothing more is speculated
 
     async def __aenter__(self) -> Speculator:
         return self
@@ -209,7 +210,10 @@ class Speculator:
         await self.aclose()
 
     def start(self, guesses: Sequence[Guess] | Guess) -> None:
-        """Start each guess not started yet, within `max_guesses`; only pure tools."""
+        """Start each guess not started yet, within `max_guesses`; only pure tools, and
+        nothing once the plan is complete."""
+        if self.over:
+            return
         for g in [guesses] if isinstance(guesses, Guess) else guesses:
             if g.key in self._flights or len(self._flights) >= self.max_guesses:
                 continue
@@ -264,6 +268,7 @@ class Speculator:
     def settle(self) -> None:
         """The plan is complete: cancel the calls it never confirmed and count them (their
         time up to now). `aclose` waits for them to stop."""
+        self.over = True
         now = self.clock()
         for flight in self._flights.values():
             if flight.settled:
