@@ -45,7 +45,7 @@ def test_tokens_fold_case_and_keep_numbers_whole() -> None:
 def test_learned_template_slots_the_question_phrases_and_keeps_the_rest() -> None:
     t = learn(DIFF_Q, plan(DIFF_PLAN))
     assert t is not None
-    assert t.slots == 2
+    assert t.slots == [("name", 2), ("name", 3)]
     assert t.shape == ["how", "much", "taller", "is", "the", 0, "than", "the", 1, "?"]
     assert t.tasks[2]["args"] == ["$1 - $2"]  # references stay fixed
 
@@ -74,19 +74,66 @@ def test_a_question_of_another_shape_does_not_match() -> None:
 
 def test_slots_are_filled_only_with_the_new_questions_text() -> None:
     """Whatever the new question says, a slot holds its text verbatim: never evaluated,
-    never parsed, and never anything that could read as a `$N` reference."""
+    never parsed, and only text of the kind the slot was learned from (a name here), so
+    code, quotes and `$N` never fit."""
     t = learn(DIFF_Q, plan(DIFF_PLAN))
     assert t is not None
-    hostile = 'How much taller is the __import__("os") than the x"), delete("y?'
-    values = t.fit(hostile)
-    assert values == ['__import__("os")', 'x"), delete("y']
+    assert t.fit('How much taller is the __import__("os") than the x"), delete("y?') is None
+    assert t.fit("How much taller is the $3 than the Statue?") is None
+    values = t.fit("How much taller is the Import Os than the Delete Y?")
+    assert values == ["Import Os", "Delete Y"]
     tasks = t.instantiate(values)
     assert [x.args[0] for x in tasks[:2]] == values
     assert {x.tool for x in tasks} == {"search", "calculate"}
-    assert t.fit("How much taller is the $3 than the Statue?") is None
     # The text form reads back as the same tasks: the values stay string literals.
     again = plan(render(tasks))
     assert [(x.tool, x.args) for x in again] == [(x.tool, x.args) for x in tasks]
+
+
+def test_a_text_slot_takes_words_only_and_never_many_more() -> None:
+    t = learn("How many legs does a spider have?", plan('1. search("spider")'))
+    assert t is not None and t.slots == [("text", 1)]
+    assert t.fit("How many legs does a black widow spider have?") == ["black widow spider"]
+    assert t.fit('How many legs does a x") or ("y have?') is None
+    assert t.fit("How many legs does a one two three four five have?") is None
+
+
+def test_a_name_slot_does_not_swallow_the_words_after_the_name() -> None:
+    t = learn("How tall is the Amber Gate?", plan('1. search("Amber Gate")'))
+    assert t is not None
+    assert t.fit("How tall is the Golden Lighthouse?") == ["Golden Lighthouse"]
+    assert t.fit("How tall is the Golden Lighthouse in feet?") is None
+
+
+def test_a_word_argument_next_to_a_name_stays_fixed() -> None:
+    """`extract_number($1, "built")` after search("Amber Gate") would make "built" a slot
+    right after the name's: ambiguous, so only the name is a slot."""
+    tasks = [Task(1, "search", ("Amber Gate",)), Task(2, "calculate", ("built",))]
+    t = learn("When was the Amber Gate built?", tasks)
+    assert t is not None
+    assert t.shape == ["when", "was", "the", 0, "built", "?"]
+    assert t.fit("When was the Cobalt Pagoda built?") == ["Cobalt Pagoda"]
+
+
+def test_a_number_slot_takes_a_number() -> None:
+    t = learn("What is 15 percent of 200?", plan('1. calculate("200 * 15 / 100")'))
+    assert t is not None
+    assert t.fit("What is 20 percent of 3,000?") == ["3,000", "20"]  # slots in plan order
+    assert t.instantiate(["3,000", "20"])[0].args == ("3,000 * 20 / 100",)
+    assert t.fit("What is twenty percent of 3,000?") is None
+
+
+async def test_the_most_specific_template_wins() -> None:
+    cache = TemplateCache.for_tools(TOOLS)
+    await cache.learn("How tall is the Amber Gate?", plan('1. search("Amber Gate")'))
+    await cache.learn(
+        "How tall is the Amber Gate in feet, roughly?",
+        plan('1. search("Amber Gate")\n2. calculate("$1 * 3.28")'),
+    )
+    m = await cache.match("How tall is the Iron Arch in feet, roughly?")
+    assert m is not None and len(m.tasks) == 2
+    m = await cache.match("How tall is the Iron Arch?")
+    assert m is not None and len(m.tasks) == 1
 
 
 def test_a_phrase_inside_a_longer_argument_is_a_slot_when_it_names_something() -> None:
@@ -99,7 +146,7 @@ def test_a_phrase_inside_a_longer_argument_is_a_slot_when_it_names_something() -
 
 def test_a_plan_with_nothing_of_the_question_is_a_template_of_that_question_only() -> None:
     t = learn("What is the answer to everything?", plan('1. search("forty-two")'))
-    assert t is not None and t.slots == 0
+    assert t is not None and t.slots == []
     assert t.fit("what is the answer  to everything ?") == []
     assert t.fit("What is the answer to nothing?") is None
 

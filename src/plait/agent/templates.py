@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -65,11 +66,53 @@ class Token:
     text: str  # case-folded
     start: int  # where it is in the text it came from
     end: int
+    raw: str  # as written
 
 
 def tokens(text: str) -> list[Token]:
     """`text` as the plan cache compares it: numbers, words, punctuation, case-folded."""
-    return [Token(m.group().casefold(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    return [
+        Token(m.group().casefold(), m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)
+    ]
+
+
+# -- what a slot may hold -------------------------------------------------------------------
+# A slot learned from a name ("Statue of Liberty") takes only a name, one learned from a
+# number only a number, and one learned from other words only words, at most two more than
+# it had: so "How tall is the {0}?" never swallows "Golden Gate in feet" as a name.
+NAME, NUMBER, TEXT = "name", "number", "text"
+CONNECTORS = frozenset(
+    ("of", "the", "de", "la", "le", "du", "des", "del", "da", "di", "von", "van", "y", "and")
+) | frozenset("&'-.,")
+
+
+def _numeric(t: Token) -> bool:
+    return t.text[0].isdigit()
+
+
+def _capital(t: Token) -> bool:
+    return t.raw[0].isupper() or t.raw[0].isdigit()
+
+
+def kind(words: Sequence[Token]) -> str:
+    """What a phrase of a question is: a number, a name, or other words."""
+    if len(words) == 1 and _numeric(words[0]):
+        return NUMBER
+    if (
+        words
+        and _capital(words[0])
+        and _capital(words[-1])
+        and all(_capital(t) or t.text in CONNECTORS for t in words)
+    ):
+        return NAME
+    return TEXT
+
+
+def holds(slot_kind: str, length: int, words: Sequence[Token]) -> bool:
+    """Whether a slot learned as `slot_kind` from `length` tokens may hold `words`."""
+    if slot_kind == TEXT:
+        return len(words) <= length + 2 and all(t.text[0].isalnum() for t in words)
+    return kind(words) == slot_kind
 
 
 def fingerprint(tools: Tools) -> str:
@@ -97,7 +140,7 @@ class Template:
 
     shape: list[str | int]  # fixed tokens (case-folded) and slot numbers
     tasks: list[dict[str, Any]]  # {"id", "tool", "args", "kwargs", "deps"}, encoded
-    slots: int
+    slots: list[tuple[str, int]]  # each slot's kind and the tokens it was learned from
     question: str  # the question it was learned from (for people reading the store)
     number: int = -1  # its place in the store's log; -1 until kept
     hits: int = 0
@@ -109,7 +152,7 @@ class Template:
                 "v": VERSION,
                 "shape": self.shape,
                 "tasks": self.tasks,
-                "slots": self.slots,
+                "slots": [list(k) for k in self.slots],
                 "question": self.question,
             }
         )
@@ -124,23 +167,27 @@ class Template:
             shape = data["shape"]
             if not all(isinstance(s, (str, int)) for s in shape):
                 return None
-            return cls(
-                shape, list(data["tasks"]), int(data["slots"]), str(data["question"]), number
-            )
+            slots = [(str(k), int(n)) for k, n in data["slots"]]
+            return cls(shape, list(data["tasks"]), slots, str(data["question"]), number)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
+
+    @property
+    def fixed(self) -> int:
+        """How many tokens of its own the shape has: the more, the more specific."""
+        return sum(1 for s in self.shape if isinstance(s, str))
 
     def fit(self, question: str) -> list[str] | None:
         """The new question's text for each slot, if it has this shape; else None."""
         found = tokens(question)
         bound: dict[int, tuple[int, int]] = {}  # slot -> (first token, end token)
-        if not _fit(self.shape, 0, found, 0, bound):
+        if not _fit(self.shape, 0, found, 0, bound, self.slots):
             return None
-        if len(bound) != self.slots:
+        if len(bound) != len(self.slots):
             return None
         values = [
             question[found[a].start : found[b - 1].end]
-            for a, b in (bound[i] for i in range(self.slots))
+            for a, b in (bound[i] for i in range(len(self.slots)))
         ]
         if any("$" in v for v in values):
             return None  # a slot's text could read as a reference: never fill it in
@@ -148,8 +195,8 @@ class Template:
 
     def instantiate(self, values: Sequence[str]) -> list[Task]:
         """The plan with its slots filled with `values` (strings of the new question)."""
-        if len(values) != self.slots:
-            raise PlaitError(f"template needs {self.slots} slot values, got {len(values)}")
+        if len(values) != len(self.slots):
+            raise PlaitError(f"template needs {len(self.slots)} slot values, got {len(values)}")
         out = []
         for t in self.tasks:
             args = tuple(_fill(a, values) for a in t["args"])
@@ -159,25 +206,40 @@ class Template:
 
 
 def _fit(
-    shape: list[str | int], i: int, found: list[Token], j: int, bound: dict[int, tuple[int, int]]
+    shape: list[str | int],
+    i: int,
+    found: list[Token],
+    j: int,
+    bound: dict[int, tuple[int, int]],
+    slots: list[tuple[str, int]],
 ) -> bool:
-    """Backtracking match of shape[i:] against found[j:], binding slots to token ranges."""
+    """Backtracking match of shape[i:] against found[j:], binding slots to token ranges
+    that hold what the slot may hold."""
     if i == len(shape):
         return j == len(found)
     item = shape[i]
     if isinstance(item, str):
-        return j < len(found) and found[j].text == item and _fit(shape, i + 1, found, j + 1, bound)
+        return (
+            j < len(found)
+            and found[j].text == item
+            and _fit(shape, i + 1, found, j + 1, bound, slots)
+        )
     if item in bound:  # a slot seen before: the same words again
         a, b = bound[item]
         n = b - a
         if [t.text for t in found[j : j + n]] != [t.text for t in found[a:b]]:
             return False
-        return _fit(shape, i + 1, found, j + n, bound)
+        return _fit(shape, i + 1, found, j + n, bound, slots)
+    if item >= len(slots):
+        return False
+    slot_kind, length = slots[item]
     for n in range(1, MAX_SLOT_TOKENS + 1):
         if j + n > len(found):
             break
+        if not holds(slot_kind, length, found[j : j + n]):
+            continue
         bound[item] = (j, j + n)
-        if _fit(shape, i + 1, found, j + n, bound):
+        if _fit(shape, i + 1, found, j + n, bound, slots):
             return True
         del bound[item]
     return False
@@ -202,40 +264,60 @@ def _unmap(value: dict[str, Any]) -> dict[str, Any]:
 
 def learn(question: str, tasks: Sequence[Task]) -> Template | None:
     """A template of `tasks` (a first plan, as the parser gave it) for `question`, or None
-    when the plan holds no phrase of the question's that a template could vary, or the
-    shape left would match too much (fewer than `MIN_FIXED_WORDS` words of its own)."""
+    when the shape left would be ambiguous (two slots side by side) or match too much
+    (fewer than `MIN_FIXED_WORDS` words of its own).
+
+    A whole argument that is a phrase of the question is a slot, whatever it is; if that
+    leaves two slots side by side ("When was the {0} {1}?", from `search("Amber Gate")` and
+    `extract_number($1, "built")`), only names and numbers are slots ("built" stays)."""
     if not tasks:
         return None
     asked = tokens(question)
-    phrases: list[tuple[str, ...]] = []  # slot number -> its words, case-folded
-    encoded = []
-    for t in tasks:
-        args = [_encode(a, asked, phrases) for a in t.args]
-        kwargs = {"$map": {k: _encode(v, asked, phrases) for k, v in t.kwargs.items()}}
-        encoded.append(
-            {"id": t.id, "tool": t.tool, "args": args, "kwargs": kwargs, "deps": sorted(t.deps)}
-        )
-    shape = _shape(asked, phrases)
-    if shape is None:
-        return None
-    fixed_words = sum(1 for s in shape if isinstance(s, str) and s[0].isalnum())
-    if fixed_words < MIN_FIXED_WORDS:
-        return None
-    return Template(shape, encoded, len(phrases), question)
+    for loose in (True, False):
+        phrases: list[tuple[str, ...]] = []  # slot number -> its words, case-folded
+        encoded = []
+        for t in tasks:
+            args = [_encode(a, asked, phrases, loose) for a in t.args]
+            kwargs = {"$map": {k: _encode(v, asked, phrases, loose) for k, v in t.kwargs.items()}}
+            deps = sorted(t.deps)
+            encoded.append(
+                {"id": t.id, "tool": t.tool, "args": args, "kwargs": kwargs, "deps": deps}
+            )
+        shape = _shape(asked, phrases)
+        if shape is None or any(
+            isinstance(a, int) and isinstance(b, int) for a, b in itertools.pairwise(shape)
+        ):
+            continue
+        fixed_words = sum(1 for s in shape if isinstance(s, str) and s[0].isalnum())
+        if fixed_words < MIN_FIXED_WORDS:
+            return None
+        slots = [(kind(_occurrence(asked, p)), len(p)) for p in phrases]
+        return Template(shape, encoded, slots, question)
+    return None
 
 
-def _encode(value: Any, asked: list[Token], phrases: list[tuple[str, ...]]) -> Any:
+def _occurrence(asked: list[Token], phrase: tuple[str, ...]) -> list[Token]:
+    """The question's tokens where `phrase` first occurs."""
+    n = len(phrase)
+    for i in range(len(asked) - n + 1):
+        if tuple(t.text for t in asked[i : i + n]) == phrase:
+            return asked[i : i + n]
+    return []
+
+
+def _encode(value: Any, asked: list[Token], phrases: list[tuple[str, ...]], loose: bool) -> Any:
     if isinstance(value, str):
-        return _slotted(value, asked, phrases)
+        return _slotted(value, asked, phrases, loose)
     if isinstance(value, (list, tuple)):
-        return [_encode(v, asked, phrases) for v in value]
+        return [_encode(v, asked, phrases, loose) for v in value]
     if isinstance(value, dict):
-        return {"$map": {k: _encode(v, asked, phrases) for k, v in value.items()}}
+        return {"$map": {k: _encode(v, asked, phrases, loose) for k, v in value.items()}}
     return value
 
 
-def _slotted(text: str, asked: list[Token], phrases: list[tuple[str, ...]]) -> Any:
-    """`text`, with the runs of the question's tokens it contains as slots."""
+def _slotted(text: str, asked: list[Token], phrases: list[tuple[str, ...]], loose: bool) -> Any:
+    """`text`, with the runs of the question's tokens it contains as slots: a whole argument
+    (when `loose`), or a run that names something."""
     own = tokens(text)
     parts: list[str | int] = []
     last = 0  # characters of text already in parts
@@ -246,7 +328,7 @@ def _slotted(text: str, asked: list[Token], phrases: list[tuple[str, ...]]) -> A
         words = own[i : i + run]
         if (
             run
-            and (whole or _names_something(text, words))
+            and ((whole and loose) or _names_something(text, words))
             and "$" not in text[words[0].start : words[-1].end]
         ):
             phrase = tuple(t.text for t in words)
@@ -361,10 +443,12 @@ class TemplateCache:
                 self._templates = []
 
     async def match(self, question: str, tools: Tools | None = None) -> Match | None:
-        """The newest live template the question fits, instantiated; None if none does (or
-        the instantiated plan does not fit the tools: it is then never used)."""
+        """The most specific live template the question fits (the most tokens of its own;
+        of equals, the newest), instantiated; None if none does. A template whose plan no
+        longer fits the tools is passed over."""
         await self.load()
-        for template in self.templates:
+        ranked = sorted(self.templates, key=lambda t: (-t.fixed, -t.number))
+        for template in ranked:
             values = template.fit(question)
             if values is None:
                 continue
