@@ -146,3 +146,45 @@ def test_attempts_after_the_first_vary() -> None:
     t1, tactics1 = variant(1, None)
     assert t1 and t1 > 0 and tactics1
     assert variant(2, 0.3)[0] == 0.3
+
+
+class FakeRun:
+    def __init__(self, status: str, answer: str | None) -> None:
+        self.status, self.answer = status, answer
+
+
+async def test_sampled_runs_count_tokens_from_events_and_vote() -> None:
+    from plait.agent.samples import sampled
+    from plait.core import events as ev
+
+    blocked = asyncio.Event()
+
+    async def attempt(i: int, listen: ev.Listener) -> FakeRun:
+        listen(ev.LLMStarted(0.0, 1, "planner", "m"))
+        listen(ev.LLMFinished(0.1, 1, ev.Usage(90, 10)))
+        if i == 2:
+            listen(ev.LLMStarted(0.2, 2, "joiner", "m"))
+            for _ in range(7):
+                listen(ev.LLMToken(0.2, 2, "x"))
+            try:
+                await blocked.wait()
+            finally:
+                listen(ev.RunFinished(0.3, None))
+        return FakeRun("done", "42") if i < 2 else FakeRun("failed", None)
+
+    vote_, results = await sampled(attempt, 3, 2)
+    assert vote_.answer == "42"
+    assert sorted(results) == [0, 1]
+    assert [a.tokens for a in vote_.attempts] == [100, 100, 107]
+    assert vote_.attempts[2].cut_short
+    assert vote_.tokens_saved() == 0  # it had used more than a whole attempt by then
+
+
+async def test_sampled_raises_when_every_attempt_raised() -> None:
+    from plait.agent.samples import sampled
+
+    async def attempt(i: int, listen: object) -> FakeRun:
+        raise ValueError(f"bad input {i}")
+
+    with pytest.raises(ValueError, match="bad input 0"):
+        await sampled(attempt, 2, 2)

@@ -24,8 +24,9 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from ..core import events as ev
 from ..llm.base import LLM, Request, Scorer
 
 # A number (thousands separators allowed) and the unit right after it, if any.
@@ -235,3 +236,60 @@ def llm_judge(llm: LLM, question: str) -> Judge:
         return int(m.group()) - 1 if m else None
 
     return judge
+
+
+class Answered(Protocol):
+    """What an attempt returns: a run's result, as far as voting is concerned."""
+
+    status: str
+    answer: str | None
+
+
+R = TypeVar("R", bound=Answered)
+
+
+async def sampled(
+    attempt: Callable[[int, ev.Listener], Coroutine[Any, Any, R]],
+    n: int,
+    agree: int,
+    judge: Judge | None = None,
+) -> tuple[Vote, dict[int, R]]:
+    """Run `n` whole runs (`attempt(i, listener)`, the listener given their events) and
+    vote on their answers (a run that did not end "done" gives none). Returns the vote and
+    the results of the attempts that finished. Each attempt's tokens are counted from its
+    events, so the vote knows what the cut-short ones had used. If every attempt raised,
+    the first one's error is raised."""
+    results: dict[int, R] = {}
+    errors: dict[int, BaseException] = {}
+    tokens = [0] * n
+
+    def counter(i: int) -> ev.Listener:
+        streamed = [0]  # tokens of the call in flight, until its usage is reported
+
+        def count(e: ev.Event) -> None:
+            if isinstance(e, ev.LLMToken):
+                streamed[0] += 1
+            elif isinstance(e, ev.LLMFinished) and not e.restored:
+                used = e.usage.prompt_tokens + e.usage.completion_tokens
+                tokens[i] += used or streamed[0]
+                streamed[0] = 0
+            elif isinstance(e, ev.RunFinished):
+                tokens[i] += streamed[0]  # a call cut short reports no usage
+
+        return count
+
+    async def one(i: int) -> str | None:
+        try:
+            result = await attempt(i, counter(i))
+        except Exception as e:
+            errors[i] = e
+            raise
+        results[i] = result
+        return result.answer if result.status == "done" else None
+
+    outcome = await vote(one, n, agree, judge)
+    for a in outcome.attempts:
+        a.tokens = tokens[a.index]
+    if not results and errors:
+        raise errors[min(errors)]
+    return outcome, results
