@@ -16,7 +16,11 @@ Measured in one process, one after the other, median of --repeat:
 Reported: latency ÷ none, speculated calls used / wasted. Targets (issue 18): right ≤ 0.75×
 (≥ 25% lower latency), wrong ≤ 1.05×.
 
-    python bench/speculate.py [--repeat 3] [--think 1.5]
+--tool-scale 3 makes every tool call three times slower (searches of 1.2-3.6 s, as a web
+search or a retrieval service takes): speculation can only save the part of a call that
+outlasts the planner's stream.
+
+    python bench/speculate.py [--repeat 3] [--think 1.5] [--tool-scale 1]
 """
 
 from __future__ import annotations
@@ -62,12 +66,15 @@ async def once(question: str, plan: str, joiner: str, draft_text: str | None) ->
     result = await plait.arun(question, tools=PURE, model=llm, **extra)
     elapsed = time.perf_counter() - start
     assert result.status == "done", result.error
-    spec = (result.savings or {}).get("speculated_calls", {})
+    spec = (result.savings or {}).get("speculated_calls") or {}
     return {"t": elapsed, "used": spec.get("used", 0), "wasted": spec.get("wasted", 0)}
 
 
-async def main(repeat: int, think: float) -> None:
+async def main(repeat: int, think: float, scale: float) -> None:
+    unscaled = lc.latency
+    lc.latency = lambda tool, arg: unscaled(tool, arg) * scale  # the tools read it per call
     print(
+        f"tool latencies × {scale:g}; "
         f"replayed LLM: ttft {lc.TTFT} s, {lc.TPS:g} tokens/s, planner thinks {think} s; "
         f"draft ttft {DRAFT_TTFT} s, {DRAFT_TPS:g} tokens/s; median of {repeat}"
     )
@@ -96,5 +103,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--think", type=float, default=1.5)
+    ap.add_argument("--tool-scale", type=float, default=1.0, help="multiply tool latencies")
     args = ap.parse_args()
-    asyncio.run(main(args.repeat, args.think))
+    asyncio.run(main(args.repeat, args.think, args.tool_scale))

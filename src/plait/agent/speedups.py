@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,35 @@ from ..core.tools import Tools
 from ..llm.base import LLM, Request
 from .prompts import planner_messages, select_examples
 from .speculate import Speculator, draft_guesses, from_question
-from .templates import Match, TemplateCache, render
+from .templates import CallStore, Match, TemplateCache, render, scope
 
 QUESTION = "question"  # `draft_model=` value that speculates the question's literals only
 STOP = ("<END_OF_PLAN>",)
+_IN_MEMORY: dict[str, TemplateCache] = {}  # plan_cache=True with no store: this process's
+
+
+@contextlib.asynccontextmanager
+async def open_plan_cache(
+    plan_cache: bool | TemplateCache | None, tools: Tools, store: CallStore | str | None
+) -> AsyncIterator[TemplateCache | None]:
+    """The run's plan cache: the one given; or with `plan_cache=True`, the templates of
+    `store` (a URL is opened here and closed after), or of this process when there is none."""
+    if isinstance(plan_cache, TemplateCache) or not plan_cache:
+        yield plan_cache or None
+        return
+    if store is None:
+        yield _IN_MEMORY.setdefault(scope(tools), TemplateCache.for_tools(tools))
+        return
+    if not isinstance(store, str):
+        yield TemplateCache.for_tools(tools, store)
+        return
+    from ..stores import open_store  # only when a URL names a store
+
+    opened = await asyncio.to_thread(open_store, store)
+    try:
+        yield TemplateCache.for_tools(tools, opened)
+    finally:
+        await asyncio.to_thread(opened.close)
 
 
 @dataclass

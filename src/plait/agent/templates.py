@@ -416,7 +416,16 @@ class TemplateCache:
     stats: CacheStats = field(default_factory=CacheStats)
     _templates: list[Template] = field(default_factory=list)
     _loaded: bool = False
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _locks: dict[int, asyncio.Lock] = field(default_factory=dict)  # by event loop
+
+    def _lock(self) -> asyncio.Lock:
+        """This event loop's lock (a process-wide cache outlives `asyncio.run` calls)."""
+        loop = id(asyncio.get_running_loop())
+        lock = self._locks.get(loop)
+        if lock is None:
+            self._locks.clear()
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     @classmethod
     def for_tools(cls, tools: Tools, store: CallStore | None = None, **kw: Any) -> TemplateCache:
@@ -429,7 +438,7 @@ class TemplateCache:
 
     async def load(self) -> None:
         """Read the store's templates (and their misses), once."""
-        async with self._lock:
+        async with self._lock():
             if self._loaded:
                 return
             self._loaded = True
@@ -486,7 +495,7 @@ class TemplateCache:
         template = learn(question, tasks)
         if template is None:
             return None
-        async with self._lock:
+        async with self._lock():
             template.number = len(self._templates)
             if self.store is not None:
                 number = await _quietly(
