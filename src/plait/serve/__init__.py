@@ -87,6 +87,8 @@ def serve(
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn hands the SIGINT or SIGTERM it stopped on back to plait's handler
     finally:
         sock.close()
         store.close()
