@@ -212,7 +212,10 @@ function task(run, id) {
 
 function addTask(run, spec, t) {
   const old = run.tasks.get(spec.id);
-  if (old) { Object.assign(old, spec); return old; }
+  if (old) { // added again by a resumed session: it runs again
+    Object.assign(old, spec, { status: "pending", start: null, end: null, result: undefined, error: null });
+    return old;
+  }
   let layer = 0;
   for (const dep of spec.deps) {
     const parent = run.tasks.get(dep);
@@ -358,6 +361,10 @@ function nodeCenter(id) {
   if (!t) return null;
   const { scale } = graphScale(run);
   const box = nodeBox(t);
+  const scroller = $("graph-scroll"); // bring the node into view, as a person would scroll
+  const cx = (box.x + NODE.w / 2) * scale, cy = (box.y + NODE.h / 2) * scale;
+  scroller.scrollLeft = Math.max(0, cx - scroller.clientWidth / 2);
+  scroller.scrollTop = Math.max(0, cy - scroller.clientHeight / 2);
   const rect = $("graph").getBoundingClientRect();
   return { x: rect.left + (box.x + NODE.w / 2) * scale, y: rect.top + (box.y + NODE.h / 2) * scale };
 }
