@@ -8,10 +8,9 @@ import subprocess
 from pathlib import Path
 
 import httpx
-
 from servesupport import PLAIT, Server, events, key, open_gate, ran, wait_for
 
-PLAN = "1. add(1, 2)\n2. add($1, 10)\n3. echo(\"x\")\n4. add($2, $1)\n"
+PLAN = '1. add(1, 2)\n2. add($1, 10)\n3. echo("x")\n4. add($2, $1)\n'
 GATED = '1. add(1, 2)\n2. gate("g")\n3. echo($2)\n'
 
 
@@ -169,7 +168,9 @@ def test_live_edits_add_a_task_with_references_and_cancel_another(
         assert chained.status_code == 201 and chained.json()["task_id"] == 8
         unknown = c.post(f"/v1/runs/{run_id}/tasks", json={"id": 9, "tool": "nope"})
         assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
-        dangling = c.post(f"/v1/runs/{run_id}/tasks", json={"id": 9, "tool": "echo", "args": ["$99"]})
+        dangling = c.post(
+            f"/v1/runs/{run_id}/tasks", json={"id": 9, "tool": "echo", "args": ["$99"]}
+        )
         assert dangling.status_code == 400 and "99" in dangling.json()["error"]
         twice = c.post(f"/v1/runs/{run_id}/tasks", json={"id": 7, "tool": "echo", "args": ["a"]})
         assert twice.status_code == 400 and "7" in twice.json()["error"]

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from servesupport import Server, events, open_gate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -125,7 +124,8 @@ def test_the_page_follows_a_run_across_a_sigkill_restart(
     page.goto(f"{server.url}/#run={run_id}")
     page.wait_for_function(
         """() => { const r = window.plait.run;
-        return r && [2, 3].every((id) => r.tasks.get(id) && r.tasks.get(id).status === 'running'); }""",
+        const on = (id) => r.tasks.get(id) && r.tasks.get(id).status === 'running';
+        return r && on(2) && on(3); }""",
         timeout=WAIT_MS,
     )
     with server.client() as c:  # task 1 is in the store: it will not run again

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-
 from servesupport import Server, events, key, open_gate, ran, wait_for
 
 PLAN = (
-    "1. add(1, 2)\n2. add($1, 10)\n3. echo(\"a\")\n"
+    '1. add(1, 2)\n2. add($1, 10)\n3. echo("a")\n'
     '4. gate("g1")\n5. gate("g2")\n6. add($2, 5)\n7. echo($4)\n8. echo($5)\n'
 )
 

@@ -75,7 +75,9 @@ def serve(
     sock = bind(host, port)
     where = sock.getsockname()
     shown = f"[{where[0]}]" if ":" in where[0] else where[0]
-    print(f"plait serve: http://{shown}:{where[1]}/  (store {redact_url(store_url)})", file=sys.stderr)
+    print(
+        f"plait serve: http://{shown}:{where[1]}/  (store {redact_url(store_url)})", file=sys.stderr
+    )
     sys.stderr.flush()
     config = uvicorn.Config(
         app,

@@ -127,9 +127,7 @@ async def _json_body(request: Request) -> Any:
         raise Failure(400, f"request body is not JSON: {e}") from None
 
 
-def build_app(
-    manager: RunManager, token: str | None, resume_on_start: bool = True
-) -> ASGIApp:
+def build_app(manager: RunManager, token: str | None, resume_on_start: bool = True) -> ASGIApp:
     """The ASGI app: routes over `manager`, behind the token check when there is one."""
     metrics = manager.metrics
     tools = manager.tools
@@ -141,7 +139,10 @@ def build_app(
         return live
 
     async def known(run_id: str) -> None:
-        if run_id not in manager.live and await asyncio.to_thread(manager.store.get, run_id) is None:
+        if (
+            run_id not in manager.live
+            and await asyncio.to_thread(manager.store.get, run_id) is None
+        ):
             raise Failure(404, f"no run {run_id}")
 
     async def create_run(request: Request) -> Response:

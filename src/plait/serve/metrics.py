@@ -79,7 +79,10 @@ class Metrics:
             "plait_llm_tokens_total",
             "counter",
             "LLM tokens, by kind.",
-            [('{kind="prompt"}', self.prompt_tokens), ('{kind="completion"}', self.completion_tokens)],
+            [
+                ('{kind="prompt"}', self.prompt_tokens),
+                ('{kind="completion"}', self.completion_tokens),
+            ],
         )
         family("plait_events_total", "counter", "Run events emitted.", [("", self.events)])
         family(
