@@ -356,7 +356,14 @@ async def _frames(manager: RunManager, run_id: str, after: tuple[int, int]) -> A
                 continue
             if frame is None:
                 break
-            yield frame
+            frames = [frame]  # a client behind the run gets what is waiting in one write
+            while not queue.empty() and len(frames) < 512:
+                more = queue.get_nowait()
+                if more is None:
+                    yield "".join(frames)
+                    return
+                frames.append(more)
+            yield "".join(frames)
     finally:
         manager.metrics.stream_clients -= 1
         producer.cancel()

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json, to_jsonable_python
 
 import plait
 from plait import events as ev
@@ -82,12 +82,14 @@ class Sent:
     key: Key
     name: str
     data: dict[str, Any]
+    _frame: str | None = None
 
     def frame(self) -> str:
-        from pydantic_core import to_json
-
-        body = to_json(self.data, fallback=repr, inf_nan_mode="null").decode()
-        return f"id: {key_text(self.key)}\nevent: {self.name}\ndata: {body}\n\n"
+        """Its text on the stream, encoded once however many clients it goes to."""
+        if self._frame is None:
+            body = to_json(self.data, fallback=repr, inf_nan_mode="null").decode()
+            self._frame = f"id: {key_text(self.key)}\nevent: {self.name}\ndata: {body}\n\n"
+        return self._frame
 
 
 def event_data(e: ev.Event, offset: float, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
