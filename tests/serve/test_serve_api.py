@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from servesupport import PLAIT, Server, events, key, open_gate, ran, wait_for
 
 PLAN = '1. add(1, 2)\n2. add($1, 10)\n3. echo("x")\n4. add($2, $1)\n'
@@ -252,11 +254,24 @@ def test_no_token_means_loopback_only(store_url: str, serve_env: dict) -> None:
     assert done.stderr.count("\n") == 1 and "--token" in done.stderr and "0.0.0.0" in done.stderr
 
 
-def test_two_servers_on_one_store_never_run_one_run(
-    server: Server, store_url: str, serve_env: dict
-) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_store(request: pytest.FixtureRequest, store_url: str) -> str:
+    if request.param == "sqlite":
+        return store_url
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_two_servers_on_one_store_never_run_one_run(shared_store: str, serve_env: dict) -> None:
+    server = Server(shared_store, serve_env).start()
+    try:
+        _two_servers(server, shared_store, serve_env)
+    finally:
+        server.kill()
+
+
+def _two_servers(server: Server, store_url: str, serve_env: dict) -> None:
     with server.client() as c:
-        run_id = _start(c, plan=GATED)
+        run_id = _start(c, plan=GATED, run_id=f"two-{uuid.uuid4().hex[:8]}")
         events(c, run_id, until=lambda e: e["event"] == "task_started" and e["data"]["id"] == 2)
     other = Server(store_url, serve_env).start()  # finds the run held by a live server
     try:
