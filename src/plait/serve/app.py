@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -51,6 +52,7 @@ from plait.stores.base import RunExists
 from .metrics import Metrics
 from .runs import LiveRun, RunManager, parse_key
 
+log = logging.getLogger("plait.serve")
 COOKIE = "plait_token"
 KEEPALIVE_SECONDS = 15.0  # a comment line on an idle stream, so proxies keep it open
 MAX_BODY = 8 * 1024 * 1024
@@ -322,10 +324,14 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         detail = getattr(exc, "detail", "not found")
         return _error(code, f"{request.method} {request.url.path}: {detail}")
 
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: not_found, 405: not_found},
+        exception_handlers={404: not_found, 405: not_found, Exception: internal},
     )
     return TokenAuth(app, token)
 

@@ -197,8 +197,11 @@ class LiveRun:
         return seq if isinstance(seq, int) else self._seq + 1
 
     def on_event(self, e: ev.Event) -> None:
+        if self.stopping:
+            return  # the server stops: what the run reports now (cancelled) is not its end
         if isinstance(e, ev.RunStarted):
             self._offset = time.time() - self.created
+            self.metrics.runs_started += 1
             self.started.set()
         if self.scheduler is None:
             if not isinstance(e, ev.RunFinished):
@@ -318,7 +321,6 @@ class RunManager:
     def _launch(self, live: LiveRun, coro: Any) -> None:
         self.live[live.run_id] = live
         live.task = asyncio.create_task(coro, name=f"plait-run-{live.run_id}")
-        self.metrics.runs_started += 1
         live.task.add_done_callback(lambda t: self._finished(live, t))
 
     def _finished(self, live: LiveRun, task: asyncio.Task[plait.RunResult]) -> None:
@@ -333,7 +335,7 @@ class RunManager:
                 log.warning("run %s: %s", live.run_id, _one_line(task.exception()))
         else:
             status = task.result().status
-        if live.events:
+        if live.events and not live.stopping:
             self.metrics.finished(status)
         if self.on_done is not None:
             self.on_done(live)
@@ -460,6 +462,8 @@ class RunManager:
                 async for sent in self._follow(live, last):
                     last = sent.key
                     yield sent
+                if live.stopping:
+                    return  # the server stops; the client reconnects to the next one
                 if live.events:
                     if last[1] == END:
                         return
