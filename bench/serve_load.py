@@ -37,7 +37,8 @@ from typing import Any
 
 import httpx
 
-_T = re.compile(r'"t":(-?[0-9.eE+-]+)')
+_T = re.compile(rb'"t":(-?[0-9.eE+-]+)')
+_FRAME = re.compile(rb"^id: (\S+)$", re.M)
 
 TOOLS = """
 import asyncio, os
@@ -105,17 +106,15 @@ async def sse_client(url: str, run_id: str) -> list[tuple[str, Any, float]]:
     writer.write(f"GET /v1/runs/{run_id}/events HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
     got: list[tuple[str, Any, float]] = []
-    event_id, data = None, ""
-    while line := await reader.readline():
-        now = time.time()
-        text = line.decode().rstrip("\r\n")
-        if text.startswith("id: "):
-            event_id = text[4:]
-        elif text.startswith("data: "):
-            data = text[6:]
-        elif not text and event_id is not None:
-            got.append((event_id, _T.search(data), now))
-            event_id = None
+    buffer = b""
+    while chunk := await reader.read(1 << 16):
+        now = time.time()  # one read, one receive time: frames are parsed after
+        buffer += chunk
+        *frames, buffer = buffer.split(b"\n\n")
+        for frame in frames:
+            m = _FRAME.search(frame)
+            if m is not None:
+                got.append((m.group(1).decode(), _T.search(frame), now))
     writer.close()
     return got
 

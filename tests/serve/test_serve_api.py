@@ -51,8 +51,9 @@ def test_plan_run_streams_every_event_once_in_order(server: Server, store_url: s
 def test_last_event_id_resumes_exactly_live_and_from_the_store(server: Server) -> None:
     with server.client() as c:
         run_id = _start(c, plan=PLAN)
-        whole = events(c, run_id)
+        whole = events(c, run_id)  # live
         ids = [e["id"] for e in whole]
+        wait_for(c, run_id, lambda r: r["status"] != "running")  # from now on, the store's
         for cut in range(len(ids)):
             again = events(c, run_id, last_id=ids[cut])
             assert [e["id"] for e in again] == ids[cut + 1 :]
@@ -87,11 +88,16 @@ def test_a_question_run_streams_the_planner_and_reconnects_after_a_token(
         # Cut at a token (an event the store does not record): the rest comes from the
         # log, each event once; the reply's whole text is in its llm_finished.
         token = next(e for e in got if e["event"] == "llm_token")
+        wait_for(c, run_id, lambda r: r["status"] != "running")  # from now on, the store's
         rest = events(c, run_id, last_id=token["id"])
         assert rest and all(key(e["id"]) > key(token["id"]) for e in rest)
         assert len({e["id"] for e in rest}) == len(rest)
         assert head in next(e for e in rest if e["event"] == "llm_finished")["data"]["text"]
         assert rest[-1]["event"] == "run_finished"
+        # Read from the store, an event is the one sent live: same id, same fields.
+        live = {e["id"]: e for e in got}
+        for e in rest[:-1]:
+            assert live[e["id"]] == e
 
 
 def test_bad_input_is_a_400_naming_what_and_nothing_runs(server: Server) -> None:

@@ -343,8 +343,8 @@ async def _frames(manager: RunManager, run_id: str, after: tuple[int, int]) -> A
 
     async def pump() -> None:
         try:
-            async for sent in manager.stream(run_id, after):
-                await queue.put(sent.frame())
+            async for batch in manager.stream(run_id, after):
+                await queue.put("".join(sent.frame() for sent in batch))
         except KeyError:
             pass
         finally:

@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from pydantic_core import to_json, to_jsonable_python
@@ -182,6 +182,10 @@ class LiveRun:
 
     def on_scheduler(self, scheduler: plait.Scheduler) -> None:
         self.scheduler = scheduler
+        # The log's own session offset, so `t` is what the store will say, to the digit.
+        offset = getattr(getattr(scheduler, "_journal", None), "offset", None)
+        if isinstance(offset, float):
+            self._offset = offset
         self._flush()
 
     def _flush(self) -> None:
@@ -191,7 +195,7 @@ class LiveRun:
 
     def _log_seq(self) -> int:
         # The run log's last seq: the store's own numbering of this run's records.
-        # (Not public API: RunLog is the scheduler's journal; see the module doc.)
+        # (Not public API: the RunLog is the scheduler's `_journal`; see the module doc.)
         journal = getattr(self.scheduler, "_journal", None)
         seq = getattr(journal, "_seq", None)
         return seq if isinstance(seq, int) else self._seq + 1
@@ -450,8 +454,9 @@ class RunManager:
                 break
         return out
 
-    async def stream(self, run_id: str, after: Key) -> AsyncIterator[Sent]:
-        """The run's events after `after`, in order, each once; ends after run_finished.
+    async def stream(self, run_id: str, after: Key) -> AsyncIterator[list[Sent]]:
+        """The run's events after `after`, in order, each once, in batches (what is there
+        when the client is ready for more); ends after run_finished.
 
         Raises KeyError before the first event if there is no such run."""
         last = after
@@ -459,9 +464,9 @@ class RunManager:
         while True:
             live = self.live.get(run_id)
             if live is not None:
-                async for sent in self._follow(live, last):
-                    last = sent.key
-                    yield sent
+                async for batch in self._follow(live, last):
+                    last = batch[-1].key
+                    yield batch
                 if live.stopping:
                     return  # the server stops; the client reconnects to the next one
                 if live.events:
@@ -475,19 +480,18 @@ class RunManager:
                 return
             checked = True
             info, records = found
-            for sent in stored_events(info, records, last[0]):
-                if sent.key > last:
-                    last = sent.key
-                    yield sent
+            batch = _after(stored_events(info, records, last[0]), last)
             if info.status != "running":
-                end = finished_event(info, records)
-                if end.key > last:
-                    yield end
+                batch += _after([finished_event(info, records)], last)
+            if batch:
+                last = batch[-1].key
+                yield batch
+            if info.status != "running":
                 return
             if run_id not in self.live:
                 await asyncio.sleep(POLL_SECONDS)  # held by another process, or by nobody
 
-    async def _follow(self, live: LiveRun, after: Key) -> AsyncIterator[Sent]:
+    async def _follow(self, live: LiveRun, after: Key) -> AsyncIterator[list[Sent]]:
         """A live run's events after `after`: first what only the store has (earlier
         sessions'), then the buffer, as it grows."""
         await live.wait_beyond(0)
@@ -499,20 +503,24 @@ class RunManager:
             found = await self.info(live.run_id)
             if found is not None:
                 info, records = found
-                for sent in stored_events(info, records, last[0], first[0]):
-                    if sent.key > last:
-                        last = sent.key
-                        yield sent
+                batch = _after(stored_events(info, records, last[0], first[0]), last)
+                if batch:
+                    last = batch[-1].key
+                    yield batch
         index = 0
         while True:
             await live.wait_beyond(index)
             if index >= len(live.events):
                 return  # ended
-            sent = live.events[index]
-            index += 1
-            if sent.key > last:
-                last = sent.key
-                yield sent
+            batch = _after(live.events[index:], last)  # ids only grow along the buffer
+            index = len(live.events)
+            if batch:
+                last = batch[-1].key
+                yield batch
+
+
+def _after(events: Iterable[Sent], last: Key) -> list[Sent]:
+    return [sent for sent in events if sent.key > last]
 
 
 def _one_line(e: BaseException | None) -> str:
