@@ -69,18 +69,21 @@ def test_last_event_id_resumes_exactly_live_and_from_the_store(server: Server) -
 
 
 def test_a_question_run_streams_the_planner_and_reconnects_after_a_token(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, serve_env: dict
 ) -> None:
     replies = tmp_path / "replies.json"
-    plan = '1. add(2, 3)\n2. echo("five")\n3. join()\n<END_OF_PLAN>'
+    plan = '1. gate("five")\n2. echo($1)\n3. join()\n<END_OF_PLAN>'
     replies.write_text(json.dumps([plan, "Thought: done.\nAction: Finish(5)"]))
     with server.client() as c:
         run_id = _start(c, question="what is 2 + 3?", model=f"replay:{replies}")
-        got = events(c, run_id)
+        # The gate holds the run live while the stream connects: it gets every event.
+        got = events(c, run_id, until=lambda e: e["event"] == "task_started")
+        open_gate(serve_env)
+        got += events(c, run_id, last_id=got[-1]["id"])
         names = [e["event"] for e in got]
         assert "llm_started" in names and "llm_token" in names and "answered" in names
         tokens = "".join(e["data"]["text"] for e in got if e["event"] == "llm_token")
-        head = '1. add(2, 3)\n2. echo("five")\n3. join()'
+        head = '1. gate("five")\n2. echo($1)\n3. join()'
         assert head in tokens
         finished = [e["data"] for e in got if e["event"] == "llm_finished"]
         assert [f["role"] for f in finished] == ["planner", "joiner"]
