@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -296,3 +297,17 @@ def _two_servers(server: Server, store_url: str, serve_env: dict) -> None:
     assert got[-1]["event"] == "run_finished"
     assert got[-1]["data"]["result"]["status"] == "done"
     assert {pid for pid, _ in ran(serve_env, run_id)} == {server.proc.pid}  # type: ignore[union-attr]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(store_url: str, serve_env: dict) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*PLAIT, "serve", "--tools", str(Server(store_url, serve_env).tools),
+             "--store", store_url, "--port", str(port)],
+            env=serve_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in done.stderr
