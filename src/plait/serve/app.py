@@ -49,7 +49,6 @@ import plait
 from plait.errors import PlaitError, PlanError
 from plait.stores.base import RunExists
 
-from .metrics import Metrics
 from .runs import LiveRun, RunManager, parse_key
 
 log = logging.getLogger("plait.serve")
@@ -377,4 +376,4 @@ async def _frames(manager: RunManager, run_id: str, after: tuple[int, int]) -> A
             await producer
 
 
-__all__ = ["Metrics", "RunManager", "build_app"]
+__all__ = ["build_app"]

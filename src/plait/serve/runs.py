@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -38,7 +39,7 @@ import plait
 from plait import events as ev
 from plait.runlog import replay_events, stored_result
 from plait.stores import LEASE_SECONDS, Progress, Record, RunInfo
-from plait.stores.base import new_holder
+from plait.stores.base import RunExists, new_holder
 
 from .metrics import Metrics
 
@@ -264,14 +265,12 @@ class RunManager:
         tools: plait.Tools,
         model: str,
         metrics: Metrics,
-        on_done: Callable[[LiveRun], None] | None = None,
     ) -> None:
         self.store = store
         self.tools = tools
         self.model = model
         self.metrics = metrics
         self.live: dict[str, LiveRun] = {}
-        self.on_done = on_done
 
     # starting -------------------------------------------------------------------------
 
@@ -308,11 +307,9 @@ class RunManager:
     async def _start(self, run_id: str | None, drive: Callable[[LiveRun], Any]) -> LiveRun:
         """Start the run and return once it exists in the store; raise what stopped it
         from starting (a taken id, a bad model spec) instead."""
-        import uuid
-
         run_id = run_id or uuid.uuid4().hex[:12]
         if run_id in self.live:
-            raise plait.StoreError(f"run {run_id} is already running here")
+            raise RunExists(f"run {run_id} is already running here")
         live = LiveRun(run_id, time.time(), self.metrics)
         self._launch(live, drive(live))
         await live.started.wait()
@@ -341,8 +338,6 @@ class RunManager:
             status = task.result().status
         if live.events and not live.stopping:
             self.metrics.finished(status)
-        if self.on_done is not None:
-            self.on_done(live)
 
     async def resume_held(self) -> list[str]:
         """Resume the runs the store says are running but nobody holds (this server's,
