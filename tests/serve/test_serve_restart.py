@@ -106,3 +106,33 @@ def test_sigterm_leaves_runs_resumable_and_a_fresh_client_gets_the_whole_run(
     assert again and not again & settled, "the resumed session re-adds only unsettled tasks"
     assert final["status"] == "done"
     assert [r["status"] for r in listed if r["run_id"] == run_id] == ["done"]
+
+
+def test_a_live_server_takes_over_the_runs_of_one_that_died(
+    server: Server, store_url: str, serve_env: dict
+) -> None:
+    with server.client() as c:
+        run_id = c.post("/v1/runs", json={"plan": PLAN}).json()["run_id"]
+        events(c, run_id, until=_upto(lambda got: _started(got, {4, 5}) and _settled(got)))
+        wait_for(c, run_id, lambda r: sum(t["status"] == "done" for t in r["tasks"]) >= 4)
+    other = Server(store_url, serve_env).start()  # the run is held: it only watches
+    try:
+        with other.client() as c2:
+            assert c2.get("/healthz").json()["runs"] == 0
+            first_pid = server.proc.pid  # type: ignore[union-attr]
+            server.kill()
+            # Within a few seconds the other server finds the run nobody holds, and its
+            # stream (following the store so far) goes on with the resumed session.
+            got = events(c2, run_id, until=_upto(_restarted))
+            open_gate(serve_env)
+            got += events(c2, run_id, last_id=got[-1]["id"])
+            final = c2.get(f"/v1/runs/{run_id}").json()
+    finally:
+        other.kill()
+    keys = [key(e["id"]) for e in got]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert final["status"] == "done"
+    pids = {pid for pid, _ in ran(serve_env, run_id)}
+    assert pids == {first_pid, other.proc.pid}  # type: ignore[union-attr]
+    for pid, task_id in ran(serve_env, run_id):
+        assert task_id not in {1, 2, 3} or pid == first_pid

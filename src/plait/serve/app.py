@@ -298,9 +298,13 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if resume_on_start:
             await manager.resume_held()
+        adopting = asyncio.create_task(manager.adopt())
         try:
             yield
         finally:
+            adopting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await adopting
             await manager.stop_all()
 
     routes = [

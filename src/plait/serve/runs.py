@@ -39,7 +39,7 @@ import plait
 from plait import events as ev
 from plait.runlog import replay_events, stored_result
 from plait.stores import LEASE_SECONDS, Progress, Record, RunInfo
-from plait.stores.base import RunExists, new_holder
+from plait.stores.base import RunExists, RunHeld, new_holder
 
 from .metrics import Metrics
 
@@ -48,6 +48,7 @@ log = logging.getLogger("plait.serve")
 END = 1 << 62  # K of run_finished: after every other event of the run's last record
 Key = tuple[int, int]
 POLL_SECONDS = 0.5  # how often a stream of a run held by another process reads the store
+ADOPT_SECONDS = LEASE_SECONDS / 3  # how often a server looks for runs nobody holds
 MAX_RUNS_SCAN = 10_000  # runs read when filtering the list by status, or resuming on start
 
 
@@ -271,6 +272,7 @@ class RunManager:
         self.model = model
         self.metrics = metrics
         self.live: dict[str, LiveRun] = {}
+        self.passed: set[str] = set()  # runs this server cannot resume (their tools, say)
 
     # starting -------------------------------------------------------------------------
 
@@ -347,8 +349,11 @@ class RunManager:
         for info in infos:
             if info.status != "running" or info.held or info.id in self.live:
                 continue
+            if info.id in self.passed:
+                continue
             if not set(info.tools) <= set(self.tools):
                 log.warning("run %s not resumed: this --tools lacks some of its tools", info.id)
+                self.passed.add(info.id)
                 continue
             live = LiveRun(info.id, info.created, self.metrics)
             self._launch(
@@ -364,7 +369,25 @@ class RunManager:
             await live.started.wait()
             if live.events or not live.ended:
                 resumed.append(info.id)
+            elif (
+                live.task is not None
+                and not live.task.cancelled()
+                and not isinstance(live.task.exception(), RunHeld)
+            ):
+                log.warning("run %s not resumed: %s", info.id, _one_line(live.task.exception()))
+                self.passed.add(info.id)  # not again every ADOPT_SECONDS
         return resumed
+
+    async def adopt(self) -> None:
+        """Every ADOPT_SECONDS, resume what is running in the store and held by nobody: a
+        run whose server died while this one lives (its lease ran out, or it died on this
+        host). The lease makes sure only one server takes it."""
+        while True:
+            await asyncio.sleep(ADOPT_SECONDS)
+            try:
+                await self.resume_held()
+            except Exception as e:  # the store is down for now: try again next time
+                log.warning("looking for runs to resume: %s", _one_line(e))
 
     # control --------------------------------------------------------------------------
 
