@@ -144,6 +144,8 @@ class _Run:
 
 
 Body = Callable[[_Run], Awaitable[None]]
+# Told the run's scheduler once it exists: a service's handle for live edits (add, cancel).
+OnScheduler = Callable[[Scheduler], None]
 
 
 async def _session(
@@ -155,6 +157,7 @@ async def _session(
     store: StoreLike = None,
     new: RunInfo | None = None,
     backend: BackendLike = None,
+    on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
     """Run `body` inside one scheduler scope and turn its events into a RunResult.
 
@@ -165,7 +168,9 @@ async def _session(
     if backend is None and shared is not None:
         backend = shared.backend
     async with using_backend(backend) as opened:
-        return await _session_on(body, tools, on_event, run_id, question, store, new, opened)
+        return await _session_on(
+            body, tools, on_event, run_id, question, store, new, opened, on_scheduler
+        )
 
 
 async def _session_on(
@@ -177,6 +182,7 @@ async def _session_on(
     store: StoreLike,
     new: RunInfo | None,
     backend: Backend,
+    on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
     registry = as_tools(tools)
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -207,6 +213,8 @@ async def _session_on(
             limits=shared.limits if shared is not None else None,
             backend=backend,
         ) as scheduler:
+            if on_scheduler is not None:
+                on_scheduler(scheduler)
             restored = log.restored if log is not None else Restored()
             run = _Run(scheduler, emit, clock, run_id, outcome, restored.replies, restored.defined)
             await body(run)
@@ -256,6 +264,7 @@ async def aexecute(
     run_id: str | None = None,
     store: StoreLike = None,
     backend: BackendLike = None,
+    on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
     """Run a written plan (text or JSON form). Raises PlanError before anything runs if it
     cannot be run; a task that fails makes the result's status "failed".
@@ -263,6 +272,7 @@ async def aexecute(
     With `store` (a Store or a URL such as "sqlite:///runs.db") the run is recorded under
     `run_id` and can be finished later with `aresume` if this process dies. `backend`
     says where tools run: "local" (the default) or "ray" (a Ray cluster; see backends/ray.py).
+    `on_scheduler` is called with the run's Scheduler once it exists (for live edits).
     """
     registry = as_tools(tools)
     tasks = prepare_plan(plan, registry)  # before the store: a bad plan makes no run
@@ -272,7 +282,7 @@ async def aexecute(
     async def body(r: _Run) -> None:
         await execute_plan(tasks, r.scheduler, r.outcome)
 
-    return await _session(body, registry, on_event, run_id, None, store, new, backend)
+    return await _session(body, registry, on_event, run_id, None, store, new, backend, on_scheduler)
 
 
 async def arun(
@@ -290,6 +300,7 @@ async def arun(
     backend: BackendLike = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
     """Answer a question: plan with the model, run the plan's tasks as they stream, join.
 
@@ -318,6 +329,7 @@ async def arun(
         store,
         new,
         backend,
+        on_scheduler,
     )
 
 
@@ -359,6 +371,7 @@ async def aresume(
     on_event: ev.Listener | None = None,
     retry: RetryPolicy | None = None,
     backend: BackendLike = None,
+    on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
     """Finish a run recorded in `store`: tasks it recorded settled are not run again, and
     replies it recorded are not asked for again. A run that already finished is returned
@@ -384,7 +397,9 @@ async def aresume(
             async def run_plan(r: _Run) -> None:
                 await execute_plan(tasks, r.scheduler, r.outcome)
 
-            return await _session(run_plan, registry, on_event, run_id, None, opened, None, backend)
+            return await _session(
+                run_plan, registry, on_event, run_id, None, opened, None, backend, on_scheduler
+            )
         options = info.options
         spec = model if model is not None else info.model
         if spec is None:
@@ -402,7 +417,9 @@ async def aresume(
             options.get("examples"),
             retry,
         )
-        return await _session(body, registry, on_event, run_id, info.source, opened, None, backend)
+        return await _session(
+            body, registry, on_event, run_id, info.source, opened, None, backend, on_scheduler
+        )
     finally:
         if isinstance(store, str):
             await asyncio.to_thread(opened.close)

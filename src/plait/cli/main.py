@@ -659,6 +659,39 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+@cli.command("serve")
+@_tools_option
+@click.option(
+    "--model",
+    default=api.DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="The model of question runs that name none.",
+)
+@_store_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8321, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token",
+    default=None,
+    envvar="PLAIT_TOKEN",
+    metavar="TOKEN",
+    help="Bearer token every route but /healthz needs [default: $PLAIT_TOKEN].",
+)
+def serve_cmd(
+    tools: tuple[str, ...],
+    model: str,
+    store_url: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+) -> int:
+    """Serve runs over HTTP (/v1/runs, event streams) and the live page at /. Needs plait[serve]."""
+    from ..serve import serve
+
+    return serve(tools, model, store_url or default_store_url(), host, port, token)
+
+
 cli.add_command(mcp_cli.tools_cmd)
 cli.add_command(mcp_cli.mcp_cmd)
 

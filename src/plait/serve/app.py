@@ -1,0 +1,383 @@
+"""The HTTP face of `plait serve`: a Starlette app over the run manager, and its auth.
+
+Routes (JSON everywhere; an error is `{"error": "one line"}` with its status code):
+
+    POST   /v1/runs                        start a run: {"plan"} or {"question", "model",
+                                           "max_replans"}, optional "run_id" -> 201
+    GET    /v1/runs                        newest first; ?limit=&status=
+    GET    /v1/runs/{id}                   the run's `--json` object (status running meanwhile)
+    GET    /v1/runs/{id}/events            text/event-stream; Last-Event-ID resumes
+    POST   /v1/runs/{id}/cancel            cancel the run
+    POST   /v1/runs/{id}/tasks             a live edit: one task in the JSON plan form
+    DELETE /v1/runs/{id}/tasks/{task_id}   cancel that task and what depends on it
+    GET    /healthz, /metrics              liveness; Prometheus text
+    GET    /                               the live page (static files under static/)
+
+Auth: with a token, every route but /healthz needs `Authorization: Bearer TOKEN` or the
+page's cookie (set by its login form), compared in constant time; the token is never
+logged or echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import plait
+from plait.errors import PlaitError, PlanError
+from plait.stores.base import RunExists
+
+from .runs import LiveRun, RunManager, parse_key
+
+log = logging.getLogger("plait.serve")
+COOKIE = "plait_token"
+KEEPALIVE_SECONDS = 15.0  # a comment line on an idle stream, so proxies keep it open
+MAX_BODY = 8 * 1024 * 1024
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+STATIC = files("plait.serve").joinpath("static")
+
+
+class Failure(Exception):
+    """A request that cannot be done: its status code and one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = " ".join(message.split())
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+class TokenAuth:
+    """Pure ASGI middleware: the bearer token (or the page's cookie) on every route but
+    /healthz and the login form. Streams pass through untouched."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    def allowed(self, scope: Scope) -> bool:
+        if self.token is None:
+            return True
+        request = Request(scope)
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
+            return True
+        cookie = request.cookies.get(COOKIE)
+        return cookie is not None and hmac.compare_digest(cookie.encode(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in ("/healthz", "/login"):
+            await self.app(scope, receive, send)
+            return
+        if self.allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        response: Response
+        if scope["path"] == "/" and scope["method"] == "GET":
+            response = HTMLResponse(_login_page(), status_code=401)
+        else:
+            response = _error(401, "missing or wrong bearer token")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+
+def _login_page(wrong: bool = False) -> str:
+    note = '<p class="wrong">That token is not right.</p>' if wrong else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>plait · sign in</title><meta name="viewport" content="width=device-width">
+<style>body{{font:15px system-ui,sans-serif;display:grid;place-items:center;height:90vh}}
+form{{display:grid;gap:.6em}}.wrong{{color:#b00}}</style></head><body>
+<form method="post" action="/login"><h1>plait</h1>{note}
+<label>Token <input type="password" name="token" autocomplete="current-password" autofocus>
+</label><button type="submit">Sign in</button></form></body></html>"""
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise Failure(413, f"request body over {MAX_BODY} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Failure(400, f"request body is not JSON: {e}") from None
+
+
+def build_app(manager: RunManager, token: str | None, resume_on_start: bool = True) -> ASGIApp:
+    """The ASGI app: routes over `manager`, behind the token check when there is one."""
+    metrics = manager.metrics
+    tools = manager.tools
+
+    def live_run(run_id: str) -> LiveRun:
+        live = manager.live.get(run_id)
+        if live is None:
+            raise Failure(409, f"run {run_id} is not running in this server")
+        return live
+
+    async def known(run_id: str) -> None:
+        if (
+            run_id not in manager.live
+            and await asyncio.to_thread(manager.store.get, run_id) is None
+        ):
+            raise Failure(404, f"no run {run_id}")
+
+    async def create_run(request: Request) -> Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise Failure(400, "the body must be a JSON object")
+        extra = sorted(set(body) - {"plan", "question", "model", "max_replans", "run_id"})
+        if extra:
+            raise Failure(400, f"unknown field {extra[0]!r}")
+        run_id = body.get("run_id")
+        if run_id is not None and (not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id)):
+            raise Failure(400, "run_id must be 1-128 letters, digits, '.', '_' or '-'")
+        plan, question = body.get("plan"), body.get("question")
+        if (plan is None) == (question is None):
+            raise Failure(400, 'give exactly one of "plan" or "question"')
+        try:
+            if plan is not None:
+                if not isinstance(plan, str):
+                    raise Failure(400, '"plan" must be a string')
+                for task in plait.parse_plan(plan, tools=tools):  # before anything runs
+                    tools.prepare(task)
+                live = await manager.start_plan(plan, run_id)
+            else:
+                model, replans = body.get("model"), body.get("max_replans", 2)
+                if not isinstance(question, str) or not question.strip():
+                    raise Failure(400, '"question" must be a non-empty string')
+                if model is not None and not isinstance(model, str):
+                    raise Failure(400, '"model" must be a string (a model spec)')
+                if type(replans) is not int or replans < 0:
+                    raise Failure(400, '"max_replans" must be an integer >= 0')
+                live = await manager.start_question(question, model, replans, run_id)
+        except PlanError as e:
+            raise Failure(400, f"plan: {e}") from None
+        except RunExists as e:
+            raise Failure(409, str(e)) from None
+        except PlaitError as e:
+            raise Failure(400, str(e)) from None
+        return JSONResponse({"run_id": live.run_id}, status_code=201)
+
+    async def list_runs(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "50"))
+        except ValueError:
+            raise Failure(400, "limit must be an integer") from None
+        if not 1 <= limit <= 10_000:
+            raise Failure(400, "limit must be 1 to 10000")
+        status = request.query_params.get("status") or None
+        return JSONResponse(await manager.runs(limit, status))
+
+    async def get_run(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        data = await manager.result(run_id)
+        if data is None:
+            raise Failure(404, f"no run {run_id}")
+        return JSONResponse(data)
+
+    async def events(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await known(run_id)
+        after = parse_key(request.headers.get("last-event-id"))
+        return StreamingResponse(
+            _frames(manager, run_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def cancel_run(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await known(run_id)
+        live = live_run(run_id)
+        await manager.cancel(live)
+        return JSONResponse({"run_id": run_id, "status": "cancelled"})
+
+    async def add_task(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await known(run_id)
+        live = live_run(run_id)
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise Failure(400, "the body must be one task as a JSON object")
+        scheduler = live.scheduler
+        if scheduler is None:
+            raise Failure(409, f"run {run_id} has not started its graph yet")
+        ids = set(scheduler.graph.nodes)
+        if "id" not in body:
+            body = {"id": max(ids, default=0) + 1, **body}
+        try:
+            parsed = plait.parse_plan(json.dumps({"tasks": [body]}), ids, tools)
+            if len(parsed) != 1:
+                raise Failure(400, "the body must be one task, not a join")
+            node = scheduler.add(parsed[0])
+        except PlanError as e:
+            raise Failure(400, f"task: {e}") from None
+        except PlaitError as e:
+            raise Failure(400, str(e)) from None
+        return JSONResponse({"run_id": run_id, "task_id": node.task.id}, status_code=201)
+
+    async def cancel_task(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await known(run_id)
+        live = live_run(run_id)
+        raw = request.path_params["task_id"]
+        if not raw.isdigit():
+            raise Failure(400, f"task id {raw!r} is not a number")
+        if live.scheduler is None or int(raw) not in live.scheduler.graph.nodes:
+            raise Failure(404, f"run {run_id} has no task {raw}")
+        try:
+            cancelled = live.scheduler.cancel(int(raw))
+        except PlanError as e:
+            raise Failure(409, str(e)) from None
+        return JSONResponse({"run_id": run_id, "cancelled": cancelled})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True, "runs": len(manager.live)})
+
+    async def metrics_text(request: Request) -> Response:
+        infos = await asyncio.to_thread(manager.store.runs, 10_000)
+        by_status: dict[str, int] = {}
+        for info in infos:
+            state = "running" if info.id in manager.live else info.state
+            by_status[state] = by_status.get(state, 0) + 1
+        by_status.setdefault("running", 0)
+        return PlainTextResponse(
+            metrics.text(by_status), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def page(request: Request) -> Response:
+        html = STATIC.joinpath("index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
+    async def login(request: Request) -> Response:
+        if token is None:
+            return RedirectResponse("/", status_code=303)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        given = (form.get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return HTMLResponse(_login_page(wrong=True), status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/")
+        return response
+
+    def guarded(handler: Any) -> Any:
+        async def call(request: Request) -> Response:
+            try:
+                return await handler(request)  # type: ignore[no-any-return]
+            except Failure as f:
+                return _error(f.status, f.message)
+
+        return call
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if resume_on_start:
+            await manager.resume_held()
+        adopting = asyncio.create_task(manager.adopt())
+        try:
+            yield
+        finally:
+            adopting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await adopting
+            await manager.stop_all()
+
+    routes = [
+        Route("/", guarded(page), methods=["GET"]),
+        Route("/login", guarded(login), methods=["POST"]),
+        Route("/healthz", guarded(healthz), methods=["GET"]),
+        Route("/metrics", guarded(metrics_text), methods=["GET"]),
+        Route("/v1/runs", guarded(create_run), methods=["POST"]),
+        Route("/v1/runs", guarded(list_runs), methods=["GET"]),
+        Route("/v1/runs/{run_id}", guarded(get_run), methods=["GET"]),
+        Route("/v1/runs/{run_id}/events", guarded(events), methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", guarded(cancel_run), methods=["POST"]),
+        Route("/v1/runs/{run_id}/tasks", guarded(add_task), methods=["POST"]),
+        Route("/v1/runs/{run_id}/tasks/{task_id}", guarded(cancel_task), methods=["DELETE"]),
+        Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        code = getattr(exc, "status_code", 404)
+        detail = getattr(exc, "detail", "not found")
+        return _error(code, f"{request.method} {request.url.path}: {detail}")
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_found, Exception: internal},
+    )
+    return TokenAuth(app, token)
+
+
+async def _frames(manager: RunManager, run_id: str, after: tuple[int, int]) -> AsyncIterator[str]:
+    """The stream's text: a retry hint, then each event's frame, with a comment line when
+    idle for KEEPALIVE_SECONDS; ends after run_finished."""
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1024)
+
+    async def pump() -> None:
+        try:
+            async for batch in manager.stream(run_id, after):
+                await queue.put("".join(sent.frame() for sent in batch))
+        except KeyError:
+            pass
+        finally:
+            await queue.put(None)
+
+    manager.metrics.stream_clients += 1
+    producer = asyncio.create_task(pump())
+    try:
+        yield "retry: 1000\n\n"
+        while True:
+            try:
+                frame = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            if frame is None:
+                break
+            frames = [frame]  # a client behind the run gets what is waiting in one write
+            while not queue.empty() and len(frames) < 512:
+                more = queue.get_nowait()
+                if more is None:
+                    yield "".join(frames)
+                    return
+                frames.append(more)
+            yield "".join(frames)
+    finally:
+        manager.metrics.stream_clients -= 1
+        producer.cancel()
+        with contextlib.suppress(BaseException):
+            await producer
+
+
+__all__ = ["build_app"]

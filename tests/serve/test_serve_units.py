@@ -1,0 +1,53 @@
+"""The pieces of the server that need no server: stream ids, event names, and the
+`on_scheduler` hook the server's live edits use (api.py)."""
+
+from __future__ import annotations
+
+import plait
+from plait import events as ev
+from plait.serve import loopback
+from plait.serve.runs import END, event_name, key_text, parse_key
+
+
+def test_stream_ids_round_trip_and_order() -> None:
+    for key in [(1, 0), (12, 3), (12, END), (10**17, 7)]:
+        assert parse_key(key_text(key)) == key
+    assert parse_key("12") < parse_key("12.1") < parse_key("12.end") < parse_key("13")
+    for unreadable in [None, "", "abc", "1.2.3", "-1", "1.x", " 7 x"]:
+        assert parse_key(unreadable) == (0, -1), unreadable
+
+
+def test_event_names_are_snake_case() -> None:
+    assert event_name(ev.RunStarted(0.0, "r")) == "run_started"
+    assert event_name(ev.LLMToken(0.0, 1, "x")) == "llm_token"
+    assert event_name(ev.LLMFinished(0.0, 1)) == "llm_finished"
+    assert event_name(ev.PlanInvalid(0.0, "e")) == "plan_invalid"
+    assert event_name(ev.TaskFinished(0.0, 1, "done")) == "task_finished"
+
+
+def test_loopback_hosts() -> None:
+    assert all(loopback(h) for h in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"])
+    assert not any(loopback(h) for h in ["0.0.0.0", "::", "10.0.0.1", "example.com", ""])
+
+
+async def test_on_scheduler_gives_the_run_s_scheduler_for_live_edits() -> None:
+    @plait.tool
+    async def double(x: int) -> int:
+        return 2 * x
+
+    seen: list[plait.Scheduler] = []
+
+    def edit(scheduler: plait.Scheduler) -> None:
+        seen.append(scheduler)
+
+    def on_event(e: ev.Event) -> None:
+        if isinstance(e, ev.TaskAdded) and e.task.id == 1:  # a live edit, as the server does
+            (task,) = plait.parse_plan('{"tasks": [{"id": 5, "tool": "double", "args": ["$1"]}]}',
+                                       {1}, seen[0].tools)  # fmt: skip
+            seen[0].add(task)
+
+    result = await plait.aexecute(
+        "1. double(3)\n2. double($1)", tools=[double], on_scheduler=edit, on_event=on_event
+    )
+    assert len(seen) == 1 and isinstance(seen[0], plait.Scheduler)
+    assert {t.id: t.result for t in result.tasks} == {1: 6, 5: 12, 2: 12}
