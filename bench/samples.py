@@ -25,6 +25,7 @@ import json
 import time
 
 import plait
+import plait.llm
 from answers import QUESTIONS, TOOLS, check  # bench/answers.py
 from plait.runs.loading import as_tools
 
@@ -44,15 +45,15 @@ async def main(args: argparse.Namespace) -> None:
     one_ok = many_ok = cut = saved = 0
     one_t = many_t = 0.0
     print(f"{len(items)} questions from {args.start}; samples {args.samples}, agree {args.agree}")
+    llm = plait.llm.resolve_model(args.model)  # loaded once, warmed up untimed
+    await plait.arun("How tall is the Eiffel Tower?", tools=tools, model=llm)
     for item in items:
         q = item["question"]
         start = time.perf_counter()
-        single = await plait.arun(q, tools=tools, model=args.model)
+        single = await plait.arun(q, tools=tools, model=llm)
         t1 = time.perf_counter() - start
         start = time.perf_counter()
-        many = await plait.arun(
-            q, tools=tools, model=args.model, samples=args.samples, agree=args.agree
-        )
+        many = await plait.arun(q, tools=tools, model=llm, samples=args.samples, agree=args.agree)
         tn = time.perf_counter() - start
         a = check(item["answer"], single.answer, item.get("not"))
         b = check(item["answer"], many.answer, item.get("not"))

@@ -146,6 +146,8 @@ def test_attempts_after_the_first_vary() -> None:
     t1, tactics1 = variant(1, None)
     assert t1 and t1 > 0 and tactics1
     assert variant(2, 0.3)[0] == 0.3
+    assert variant(3, None, scores=True)[0] is None  # a scoring model keeps choosing
+    assert len({str(variant(i, None)[1]) for i in range(1, 7)}) == 6
 
 
 class FakeRun:

@@ -236,3 +236,22 @@ def test_the_fingerprint_changes_with_a_signature() -> None:
 
     assert fingerprint(TOOLS) != fingerprint(plait.Tools([search2, calculate]))
     assert scope(TOOLS).startswith("plan-template:")
+
+
+def test_a_long_question_neither_teaches_nor_matches() -> None:
+    long_q = "How tall is the Eiffel Tower " + "and so on " * 100 + "?"
+    assert learn(long_q, plan('1. search("Eiffel Tower")')) is None
+    t = learn("How tall is the Eiffel Tower?", plan('1. search("Eiffel Tower")'))
+    assert t is not None
+    assert t.fit("How tall is the " + "Very " * 2000 + "Tower?") is None  # no recursion error
+
+
+async def test_a_corrupt_template_in_the_store_is_passed_over() -> None:
+    store = MemoryStore()
+    good = learn(DIFF_Q, plan(DIFF_PLAN))
+    assert good is not None
+    bad = good.to_json().replace('"tool": "search"', '"toolz": "search"', 1)
+    store.put_calls(scope(TOOLS), [("t:0", bad), ("t:1", "not json"), ("t:2", good.to_json())])
+    cache = TemplateCache.for_tools(TOOLS, store)
+    m = await cache.match("How much taller is the Burj Khalifa than the Tokyo Skytree?")
+    assert m is not None and m.template.number == 2

@@ -53,10 +53,10 @@ _UNIT_AFTER_NUMBER = re.compile(
 # nothing (a model that chooses among candidates by score): each varies one tactic.
 TACTIC_VARIANTS: tuple[dict[str, Any], ...] = (
     {},
-    {"examples": 1},
+    {"examples": 1},  # bench/README: as accurate as the default on the embedded model
     {"calibrate": False},
-    {"similar_examples": False},
     {"examples": 3},
+    {"similar_examples": False},
     {"examples": 0},
     {"constrain_join": False},
 )
@@ -85,12 +85,18 @@ def _number(text: str) -> str:
     return str(int(rounded)) if rounded == int(rounded) else repr(rounded)
 
 
-def variant(i: int, temperature: float | None) -> tuple[float | None, dict[str, Any]]:
-    """Attempt i's temperature and tactic changes: attempt 0 is the run as asked."""
+def variant(
+    i: int, temperature: float | None, scores: bool = False
+) -> tuple[float | None, dict[str, Any]]:
+    """Attempt i's temperature and tactic changes: attempt 0 is the run as asked; the others
+    each change one tactic and, for a model that samples (not one that chooses by score,
+    which a temperature would turn back into a free writer), sample warmer."""
     if i == 0:
         return temperature, {}
-    warm = temperature if temperature else SAMPLE_TEMPERATURE
-    return warm, TACTIC_VARIANTS[i % len(TACTIC_VARIANTS)]
+    tactics = TACTIC_VARIANTS[1 + (i - 1) % (len(TACTIC_VARIANTS) - 1)]
+    if scores:
+        return temperature, tactics
+    return (temperature if temperature else SAMPLE_TEMPERATURE), tactics
 
 
 @dataclass(slots=True)
@@ -119,6 +125,7 @@ class Vote:
     answer: str | None
     decided_by: str  # "agreement", "majority", "judge", "only one", "none"
     attempts: list[Attempt] = field(default_factory=list)
+    chosen: int | None = None  # the attempt whose answer it is
 
     @property
     def cut_short(self) -> int:
@@ -194,7 +201,7 @@ async def vote(
     if winner is not None:
         first = next(a for a in answered if a.normalised == winner)
         by = "agreement" if agree > 1 or len(answered) > 1 else "only one"
-        return Vote(first.answer, by, attempts)
+        return Vote(first.answer, by, attempts, first.index)
     if not answered:
         return Vote(None, "none", attempts)
     top = max(counts.values())
@@ -207,7 +214,7 @@ async def vote(
         if picked is not None and 0 <= picked < len(tied):
             choice, decided = tied[picked], "judge"
     first = next(a for a in answered if a.normalised == choice)
-    return Vote(first.answer, decided, attempts)
+    return Vote(first.answer, decided, attempts, first.index)
 
 
 _PICK = re.compile(r"\d+")

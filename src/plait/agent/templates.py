@@ -44,6 +44,8 @@ from ..core.tools import Tools
 from ..errors import PlaitError
 
 MAX_SLOT_TOKENS = 8  # a slot of a new question spans at most this many tokens
+MAX_QUESTION_TOKENS = 120  # a longer question is no template's, and matches none
+MAX_SLOTS = 6  # a plan with more of the question's phrases in it teaches no template
 MIN_FIXED_WORDS = 2  # a shape keeps at least this many words of its own ("how tall is")
 MAX_MISSES = 2  # a template is dropped after this many replans
 LOAD_CHUNK = 200  # templates read per query when a cache loads
@@ -180,6 +182,8 @@ class Template:
     def fit(self, question: str) -> list[str] | None:
         """The new question's text for each slot, if it has this shape; else None."""
         found = tokens(question)
+        if len(found) > MAX_QUESTION_TOKENS:
+            return None
         bound: dict[int, tuple[int, int]] = {}  # slot -> (first token, end token)
         if not _fit(self.shape, 0, found, 0, bound, self.slots):
             return None
@@ -270,9 +274,9 @@ def learn(question: str, tasks: Sequence[Task]) -> Template | None:
     A whole argument that is a phrase of the question is a slot, whatever it is; if that
     leaves two slots side by side ("When was the {0} {1}?", from `search("Amber Gate")` and
     `extract_number($1, "built")`), only names and numbers are slots ("built" stays)."""
-    if not tasks:
-        return None
     asked = tokens(question)
+    if not tasks or len(asked) > MAX_QUESTION_TOKENS:
+        return None
     for loose in (True, False):
         phrases: list[tuple[str, ...]] = []  # slot number -> its words, case-folded
         encoded = []
@@ -289,7 +293,7 @@ def learn(question: str, tasks: Sequence[Task]) -> Template | None:
         ):
             continue
         fixed_words = sum(1 for s in shape if isinstance(s, str) and s[0].isalnum())
-        if fixed_words < MIN_FIXED_WORDS:
+        if fixed_words < MIN_FIXED_WORDS or len(phrases) > MAX_SLOTS:
             return None
         slots = [(kind(_occurrence(asked, p)), len(p)) for p in phrases]
         return Template(shape, encoded, slots, question)
@@ -461,13 +465,13 @@ class TemplateCache:
             values = template.fit(question)
             if values is None:
                 continue
-            tasks = template.instantiate(values)
-            if tools is not None:
-                try:
+            try:  # a template read from a store is data: one that does not fit is passed over
+                tasks = template.instantiate(values)
+                if tools is not None:
                     for t in tasks:
                         tools.prepare(t)
-                except PlaitError:
-                    continue
+            except (PlaitError, KeyError, TypeError, ValueError, IndexError):
+                continue
             return Match(template, values, tasks)
         return None
 
