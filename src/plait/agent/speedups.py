@@ -6,10 +6,10 @@ after it. The logic lives in those modules; this one only keeps the run's accoun
 
 - Plan cache: `first_plan` matches the question against the cache; on a hit the run is given
   the instantiated plan as its first planner reply (a reply that needs no model, as a
-  resumed run's kept replies are), so the planner is not called, and the run's log keeps
-  the plan text in the run's options for a resume. `finish` counts a hit whose run replanned
-  or found no answer as a miss, and teaches the cache a template when the run was answered
-  on its first plan (the tasks `watch` saw before any Replanning).
+  resumed run's kept replies are), so the planner is not called; the caller keeps the plan
+  text in the run's options for a resume. `finish` counts a hit whose run replanned or found
+  no answer as a miss, and teaches the cache a template when the run was answered on its
+  first plan with every task done (the tasks `watch` saw before any Replanning).
 - Speculation: `start` builds a Speculator over the scheduler's shared calls and backend,
   starts the question's literals (`speculate="question"`) or streams a draft model's plan
   (`draft`), and `watch` hands it the run's events (it adopts and settles by them). Not
@@ -74,7 +74,9 @@ class RunSpeedups:
     speculator: Speculator | None = None
     _first: list[Task] = field(default_factory=list)  # the first plan's tasks
     _replanned: bool = False
+    _failed: bool = False  # a task of the run failed or was skipped
     _missed: bool = False
+    _learned: bool = False
     _draft_task: asyncio.Task[None] | None = None
 
     async def first_plan(self) -> str | None:
@@ -115,6 +117,8 @@ class RunSpeedups:
             self._replanned = True
         elif isinstance(event, ev.TaskAdded) and not self._replanned and not event.restored:
             self._first.append(event.task)
+        elif isinstance(event, ev.TaskFinished) and event.status != "done":
+            self._failed = True
         if self.speculator is not None:
             self.speculator.watch(event)
             if self.speculator.over and self._draft_task is not None:
@@ -137,8 +141,8 @@ class RunSpeedups:
             if self._replanned or not answered:
                 self._missed = True
                 await self.cache.miss(self.match)
-        elif answered and not self._replanned and self._first:
-            await self.cache.learn(self.question, self._first)
+        elif answered and not self._replanned and not self._failed and self._first:
+            self._learned = await self.cache.learn(self.question, self._first) is not None
 
     def savings(self) -> dict[str, Any]:
         """The run's `savings` in its --json object."""
@@ -158,4 +162,5 @@ class RunSpeedups:
             "template": m.template.number if m is not None else None,
             "slots": m.values if m is not None else None,
             "missed": self._missed,  # the joiner asked for a new plan after it
+            "learned": self._learned,  # this run taught the cache a template
         }
