@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import plait
 from plait import events as ev
 from plait.serve import loopback
@@ -13,8 +15,10 @@ def test_stream_ids_round_trip_and_order() -> None:
     for key in [(1, 0), (12, 3), (12, END), (10**17, 7)]:
         assert parse_key(key_text(key)) == key
     assert parse_key("12") < parse_key("12.1") < parse_key("12.end") < parse_key("13")
-    for unreadable in [None, "", "abc", "1.2.3", "-1", "1.x", " 7 x"]:
-        assert parse_key(unreadable) == (0, -1), unreadable
+    assert parse_key(None) == parse_key("") == parse_key("  ") == (0, -1)  # from the start
+    for unreadable in ["abc", "1.2.3", "-1", "1.x", " 7 x", "1" * 19, "1.-1"]:
+        with pytest.raises(ValueError, match="not an event id"):
+            parse_key(unreadable)
 
 
 def test_event_names_are_snake_case() -> None:
