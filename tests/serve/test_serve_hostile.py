@@ -111,7 +111,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(server: Server
     # Declared too big: refused on its Content-Length, before any of it is sent.
     declared = _raw_post(
         server,
-        "POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {1 << 40}\r\n\r\n",
         [],
     )
@@ -122,7 +122,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(server: Server
     frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
     streamed = _raw_post(
         server,
-        "POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\n\r\n",
         [frame] * 12,
     )
@@ -223,3 +223,25 @@ def test_no_client_sees_an_event_the_store_lost_to_a_sigkill(
     assert [(e["id"], e["event"]) for e in seen + rest] == [(e["id"], e["event"]) for e in fresh]
     assert final["status"] == "done"
     assert {t["id"]: t["result"] for t in final["tasks"]} == {1: "g", 2: "g"}
+
+
+def test_without_a_token_other_sites_and_rebound_host_names_are_refused(server: Server) -> None:
+    """A page on any web site can POST to 127.0.0.1 (a no-cors text/plain request needs no
+    preflight), and a DNS name rebound to 127.0.0.1 reads it as its own origin."""
+    with server.client() as c:
+        evil = c.post(
+            "/v1/runs",
+            content=json.dumps({"plan": 'echo("pwned")', "run_id": "csrf"}),
+            headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+        )
+        _one_line_error(evil, 403, "Origin", "evil.example")
+        rebound = c.get("/v1/runs", headers={"Host": f"evil.example:{server.port}"})
+        _one_line_error(rebound, 403, "Host", "not a loopback address")
+        assert c.get("/", headers={"Host": "evil.example"}).status_code == 403
+        assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 200
+        assert c.get("/v1/runs/csrf").status_code == 404  # nothing ran
+        own = {"Origin": server.url, "Content-Type": "text/plain"}
+        mine = c.post("/v1/runs", content=json.dumps({"plan": PLAN}), headers=own)
+        assert mine.status_code == 201, mine.text
+        for host in [f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.1"]:
+            assert c.get("/v1/runs", headers={"Host": host}).status_code == 200, host

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import plait
 from plait import events as ev
 from plait.serve import loopback
-from plait.serve.runs import END, event_name, key_text, parse_key
+from plait.serve.metrics import Metrics
+from plait.serve.runs import END, RunManager, event_name, key_text, parse_key
 
 
 def test_stream_ids_round_trip_and_order() -> None:
@@ -55,3 +58,22 @@ async def test_on_scheduler_gives_the_run_s_scheduler_for_live_edits() -> None:
     )
     assert len(seen) == 1 and isinstance(seen[0], plait.Scheduler)
     assert {t.id: t.result for t in result.tasks} == {1: 6, 5: 12, 2: 12}
+
+
+async def test_a_cancel_that_comes_after_the_run_ended_says_how_it_ended(tmp_path: Path) -> None:
+    """The route found the run live; it ended before the cancel reached it: not `cancelled`."""
+
+    @plait.tool
+    async def one() -> int:
+        return 1
+
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        manager = RunManager(store, plait.Tools([one]), "local", Metrics())
+        live = await manager.start_plan("1. one()", None)
+        assert live.task is not None
+        await live.task
+        assert await manager.cancel(live) == "done"
+        assert not live.cancelled_by_user
+    finally:
+        store.close()

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -50,6 +51,7 @@ import plait
 from plait.errors import PlaitError, PlanError
 from plait.stores.base import RunExists
 
+from . import loopback
 from .runs import LiveRun, RunManager, key_text, parse_key
 
 log = logging.getLogger("plait.serve")
@@ -99,7 +101,13 @@ class TokenAuth:
         return cookie is not None and hmac.compare_digest(_raw(cookie), self.cookie)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in ("/healthz", "/login"):
+        if scope["type"] != "http" or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        if self.token is None and (refused := _other_site(scope)):
+            await _error(403, refused)(scope, receive, send)
+            return
+        if scope["path"] == "/login":
             await self.app(scope, receive, send)
             return
         if self.allowed(scope):
@@ -112,6 +120,30 @@ class TokenAuth:
             response = _error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
+
+
+def _other_site(scope: Scope) -> str | None:
+    """Why a request to a server without a token is refused, if it is: it must name this
+    loopback server as its Host (a DNS name rebound to 127.0.0.1 does not), and come from
+    its own page when a browser says where from (Origin). Else any web page open in the
+    user's browser could start runs, and so run tools, on this machine."""
+    headers = Headers(scope=scope)
+    host = headers.get("host")
+    if host is None:
+        return None  # not from a browser: browsers always send Host
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if not loopback(name):
+        return (
+            f"Host {_shown(host)!r} is not a loopback address: without --token, plait serve"
+            " answers to 127.0.0.1, localhost or [::1] only"
+        )
+    origin = headers.get("origin")
+    if origin is not None and origin != f"http://{host}":
+        return (
+            f"Origin {_shown(origin)!r} is another site: without --token, plait serve takes"
+            " requests from its own page only"
+        )
+    return None
 
 
 def cookie_value(token: str) -> str:
@@ -267,7 +299,9 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         run_id = request.path_params["run_id"]
         await known(run_id)
         live = live_run(run_id)
-        await manager.cancel(live)
+        status = await manager.cancel(live)
+        if status != "cancelled":  # it ended on its own before the cancel reached it
+            raise Failure(409, f"run {run_id} had already finished: {status}")
         return JSONResponse({"run_id": run_id, "status": "cancelled"})
 
     async def add_task(request: Request) -> Response:

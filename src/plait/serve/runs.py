@@ -437,12 +437,21 @@ class RunManager:
 
     # control --------------------------------------------------------------------------
 
-    async def cancel(self, live: LiveRun) -> None:
-        live.cancelled_by_user = True
-        assert live.task is not None
-        live.task.cancel()
+    async def cancel(self, live: LiveRun) -> str:
+        """Cancel the run; its status once it stopped: `cancelled`, or how it ended if it
+        had ended on its own before (done, failed), or `running` if it would not stop."""
+        task = live.task
+        assert task is not None
+        if not task.done():
+            live.cancelled_by_user = True
+            task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(live.task), timeout=30)
+            await asyncio.wait_for(asyncio.shield(task), timeout=30)
+        if not task.done():
+            return "running"
+        if task.cancelled():
+            return "cancelled"
+        return "failed" if task.exception() is not None else task.result().status
 
     async def stop_all(self) -> None:
         """The server stops: cancel the runs, then give them back to the store as running
