@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from servesupport import WAIT, Server, events, key, open_gate, ran, wait_for
 
-PLAN = '1. add(1, 2)\n2. add($1, 10)\n'
+PLAN = "1. add(1, 2)\n2. add($1, 10)\n"
 GATED = '1. gate("g")\n2. echo($1)\n'
 
 
@@ -204,7 +204,7 @@ def test_no_client_sees_an_event_the_store_lost_to_a_sigkill(
     try:
         db.execute("BEGIN IMMEDIATE")
         open_gate(serve_env)
-        assert _poll(lambda: (2 in {t for _, t in ran(serve_env, run_id)}), WAIT)
+        assert _poll(lambda: 2 in {t for _, t in ran(serve_env, run_id)}, WAIT)
         # Unfixed, the stream sends task 2's events at once: give it the chance (bounded).
         _poll(lambda: reader.saw("task_finished", 2), 2.0)
         server.kill()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,5 +77,44 @@ async def test_a_cancel_that_comes_after_the_run_ended_says_how_it_ended(tmp_pat
         await live.task
         assert await manager.cancel(live) == "done"
         assert not live.cancelled_by_user
+    finally:
+        store.close()
+
+
+async def test_a_plan_is_checked_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 100,000-task plan took seconds to check on the loop: every stream and /healthz
+    stood still meanwhile."""
+    import httpx
+
+    from plait.serve.app import build_app
+
+    @plait.tool
+    async def one() -> int:
+        return 1
+
+    where: list[bool] = []
+    parse = plait.parse_plan
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        where.append(threading.current_thread() is threading.main_thread())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(plait, "parse_plan", watched)
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        manager = RunManager(store, plait.Tools([one]), "local", Metrics())
+        app = build_app(manager, None, resume_on_start=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            response = await c.post("/v1/runs", json={"plan": "1. one()"})
+            assert response.status_code == 201, response.text
+            bad = await c.post("/v1/runs", json={"plan": "1. two()"})
+            assert bad.status_code == 400 and "unknown tool 'two'" in bad.json()["error"]
+        assert where == [False, False]  # both checks ran in a worker thread
+        for live in list(manager.live.values()):
+            assert live.task is not None
+            await live.task
     finally:
         store.close()

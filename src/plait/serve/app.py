@@ -218,6 +218,12 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         ):
             raise Failure(404, f"no run {_shown(run_id)}")
 
+    def check_plan(plan: str) -> None:
+        """Raise PlanError for a plan that cannot run. In a thread: a plan of 100,000 tasks
+        takes seconds to check, and the loop has every other run and stream to serve."""
+        for task in plait.parse_plan(plan, tools=tools):
+            tools.prepare(task)
+
     async def create_run(request: Request) -> Response:
         body = await _json_body(request)
         if not isinstance(body, dict):
@@ -235,8 +241,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             if plan is not None:
                 if not isinstance(plan, str):
                     raise Failure(400, '"plan" must be a string')
-                for task in plait.parse_plan(plan, tools=tools):  # before anything runs
-                    tools.prepare(task)
+                await asyncio.to_thread(check_plan, plan)  # before anything runs
                 live = await manager.start_plan(plan, run_id)
             else:
                 model, replans = body.get("model"), body.get("max_replans", 2)

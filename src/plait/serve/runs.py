@@ -20,8 +20,10 @@ and live events never overlap. A live event is sent only once the store has its 
 (the run's log commits every few milliseconds, on its own thread; `CommitWatch` tells the
 run what each commit held): a server killed before a commit loses those records, the next
 session numbers its own from the same S, and a client that had seen the lost ones would
-take the new ones for them. `run_finished` goes once the run has closed its log. Events a resumed session re-emits for what it restored from
-the store (`restored`) are not sent again: the client had them, or gets them from the log.
+take the new ones for them. `run_finished` goes once the run has closed its log.
+
+Events a resumed session re-emits for what it restored from the store (`restored`) are not
+sent again: the client had them, or gets them from the log.
 Times (`t`, `started`) are seconds since the run was created, as the store keeps them.
 """
 
@@ -256,7 +258,8 @@ class LiveRun:
     def _reveal(self) -> None:
         shown, events = self.shown, self.events
         while (
-            shown < len(events) and events[shown].key[0] <= self.committed
+            shown < len(events)
+            and events[shown].key[0] <= self.committed
             and events[shown].key[1] != END
         ):
             shown += 1
