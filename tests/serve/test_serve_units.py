@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -117,4 +118,73 @@ async def test_a_plan_is_checked_off_the_event_loop(
             assert live.task is not None
             await live.task
     finally:
+        store.close()
+
+
+class _HeldClose:
+    """A store whose final commit of a run (its status, the lease let go) waits for
+    `release`: the run is held in its last moment, after run_finished."""
+
+    def __init__(self, store: Any) -> None:
+        self.inner = store
+        self.url = store.url
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, run_id: str, holder: str, records: Any, progress: Any) -> None:
+        if progress.release:
+            self.reached.set()
+            assert self.release.wait(60)
+        self.inner.append(run_id, holder, records, progress)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_run_that_is_finishing_takes_no_edit_and_no_cancel(tmp_path: Path) -> None:
+    """Between run_finished and its log's last commit, an edit was a 500 that left a task
+    `pending` forever in a run stored `done`; a cancel said `cancelled` of a run the store
+    says is `done`."""
+    import httpx
+
+    from plait.serve.app import build_app
+
+    @plait.tool
+    async def one() -> int:
+        return 1
+
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    held = _HeldClose(store)
+    try:
+        manager = RunManager(held, plait.Tools([one]), "local", Metrics())  # type: ignore[arg-type]
+        app = build_app(manager, None, resume_on_start=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            run_id = (await c.post("/v1/runs", json={"plan": "1. one()"})).json()["run_id"]
+            assert await asyncio.to_thread(held.reached.wait, 60)
+            live = manager.live[run_id]
+            assert live.closing and not live.ended
+            edit = await c.post(f"/v1/runs/{run_id}/tasks", json={"tool": "one", "args": []})
+            assert edit.status_code == 409 and "finishing" in edit.json()["error"], edit.text
+            gone = await c.delete(f"/v1/runs/{run_id}/tasks/1")
+            assert gone.status_code == 409, gone.text
+            asked = asyncio.Event()
+            cancel_run = manager.cancel
+
+            async def cancel_seen(live: Any) -> str:
+                asked.set()
+                return await cancel_run(live)
+
+            manager.cancel = cancel_seen  # type: ignore[method-assign]
+            cancelling = asyncio.create_task(c.post(f"/v1/runs/{run_id}/cancel"))
+            await asyncio.wait_for(asked.wait(), 60)  # the cancel reached the run, still closing
+            held.release.set()
+            cancel = await cancelling
+            assert cancel.status_code == 409, cancel.text
+            assert cancel.json()["error"] == f"run {run_id} had already finished: done"
+            run = (await c.get(f"/v1/runs/{run_id}")).json()
+        assert run["status"] == "done"
+        assert [(t["id"], t["status"]) for t in run["tasks"]] == [(1, "done")]
+    finally:
+        held.release.set()
         store.close()

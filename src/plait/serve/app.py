@@ -211,6 +211,12 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             raise Failure(409, f"run {_shown(run_id)} is not running in this server")
         return live
 
+    def editable(run_id: str) -> LiveRun:
+        live = live_run(run_id)
+        if live.closing:  # its graph has closed: a task added now would never run
+            raise Failure(409, f"run {run_id} is finishing: it takes no more edits")
+        return live
+
     async def known(run_id: str) -> None:
         if (
             run_id not in manager.live
@@ -312,7 +318,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     async def add_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        live = live_run(run_id)
+        live = editable(run_id)
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise Failure(400, "the body must be one task as a JSON object")
@@ -336,7 +342,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     async def cancel_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        live = live_run(run_id)
+        live = editable(run_id)
         raw = request.path_params["task_id"]
         if not (_TASK_ID.fullmatch(raw)):
             raise Failure(400, f"task id {_shown(raw)!r} is not a number (0 to 18 digits)")

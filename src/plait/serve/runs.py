@@ -179,6 +179,7 @@ class LiveRun:
         self.committed = 0  # the highest seq of this run the store has committed
         self.ended = False  # no more events will come
         self.cancelled_by_user = False
+        self.closing = False  # run_finished was emitted: the graph is closed to edits
         self.stopping = False  # the server is shutting down: leave the run resumable
         self.started = asyncio.Event()  # the run exists in the store (or failed to start)
         self._offset = 0.0
@@ -215,6 +216,8 @@ class LiveRun:
         return seq if isinstance(seq, int) else self._seq + 1
 
     def on_event(self, e: ev.Event) -> None:
+        if isinstance(e, ev.RunFinished):
+            self.closing = True  # it is closing its log: its end is decided
         if self.stopping:
             return  # the server stops: what the run reports now (cancelled) is not its end
         if isinstance(e, ev.RunStarted):
@@ -445,7 +448,7 @@ class RunManager:
         had ended on its own before (done, failed), or `running` if it would not stop."""
         task = live.task
         assert task is not None
-        if not task.done():
+        if not task.done() and not live.closing:  # closing: its end is decided, and stored
             live.cancelled_by_user = True
             task.cancel()
         with contextlib.suppress(BaseException):
