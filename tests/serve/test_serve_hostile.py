@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from typing import Any
 
 import httpx
-from servesupport import WAIT, Server, events, key, open_gate, ran, wait_for
+from servesupport import PLAIT, TOOLS, WAIT, Server, events, key, open_gate, ran, wait_for
 
 PLAN = "1. add(1, 2)\n2. add($1, 10)\n"
 GATED = '1. gate("g")\n2. echo($1)\n'
@@ -245,3 +246,14 @@ def test_without_a_token_other_sites_and_rebound_host_names_are_refused(server: 
         assert mine.status_code == 201, mine.text
         for host in [f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.1"]:
             assert c.get("/v1/runs", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_token_no_client_could_send_is_refused_at_start(store_url: str, serve_env: dict) -> None:
+    for token in [" padded ", "line\nbreak", "tab\tinside"]:
+        done = subprocess.run(
+            [*PLAIT, "serve", "--tools", str(TOOLS), "--store", store_url, "--port", "0"],
+            env={**serve_env, "PLAIT_TOKEN": token}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "token" in done.stderr
+        assert token not in done.stderr
