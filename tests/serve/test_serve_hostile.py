@@ -257,3 +257,12 @@ def test_a_token_no_client_could_send_is_refused_at_start(store_url: str, serve_
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and "token" in done.stderr
         assert token not in done.stderr
+
+
+def test_a_client_cannot_name_a_model_that_reads_a_file_on_the_server(server: Server) -> None:
+    with server.client() as c:
+        for spec in ["replay:/etc/passwd", "local:/etc/passwd", "replay:/no/such/file"]:
+            refused = c.post("/v1/runs", json={"question": "q", "model": spec})
+            _one_line_error(refused, 400, "not allowed from a client", spec)
+            assert "Expecting value" not in refused.text and "not found" not in refused.text
+        assert c.get("/v1/runs").json() == []  # nothing was started

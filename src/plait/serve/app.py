@@ -65,6 +65,25 @@ SETTLED = ("done", "failed", "skipped", "cancelled")  # a task's, once it will n
 STATIC = files("plait.serve").joinpath("static")
 
 
+# Model specs a client may name: they reach a server over the network, never a file here.
+CLIENT_MODEL_SCHEMES = ("openai", "ollama")
+
+
+def check_model(spec: str, own: str) -> None:
+    """A model a client asks for: the server's own `--model`, the embedded `local`, or an
+    `openai:`/`ollama:` spec. Specs that read a file on the server (`local:/path`,
+    `replay:FILE`) are refused: a client must not make the server open its files (nor learn
+    which exist from the error)."""
+    scheme, _, rest = spec.partition(":")
+    if spec == own or spec == "local" or (scheme in CLIENT_MODEL_SCHEMES and rest):
+        return
+    raise Failure(
+        400,
+        f'"model": {spec[:60]!r} is not allowed from a client: use the server\'s own --model, '
+        '"local", or an openai:/ollama: spec',
+    )
+
+
 class Failure(Exception):
     """A request that cannot be done: its status code and one line."""
 
@@ -255,6 +274,8 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
                     raise Failure(400, '"question" must be a non-empty string')
                 if model is not None and not isinstance(model, str):
                     raise Failure(400, '"model" must be a string (a model spec)')
+                if model is not None:
+                    check_model(model, manager.model)
                 if type(replans) is not int or replans < 0:
                     raise Failure(400, '"max_replans" must be an integer >= 0')
                 live = await manager.start_question(question, model, replans, run_id)
