@@ -70,13 +70,21 @@ def test_last_event_id_resumes_exactly_live_and_from_the_store(server: Server) -
 
 
 def test_a_question_run_streams_the_planner_and_reconnects_after_a_token(
-    server: Server, tmp_path: Path, serve_env: dict
+    store_url: str, tmp_path: Path, serve_env: dict
 ) -> None:
     replies = tmp_path / "replies.json"
     plan = '1. gate("five")\n2. echo($1)\n3. join()\n<END_OF_PLAN>'
     replies.write_text(json.dumps([plan, "Thought: done.\nAction: Finish(5)"]))
+    server = Server(store_url, serve_env, "--model", f"replay:{replies}").start()
+    try:
+        question_run(server, serve_env)
+    finally:
+        server.kill()
+
+
+def question_run(server: Server, serve_env: dict) -> None:
     with server.client() as c:
-        run_id = _start(c, question="what is 2 + 3?", model=f"replay:{replies}")
+        run_id = _start(c, question="what is 2 + 3?")
         # The gate holds the run live while the stream connects: it gets every event.
         got = events(c, run_id, until=lambda e: e["event"] == "task_started")
         open_gate(serve_env)

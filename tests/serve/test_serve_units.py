@@ -3,18 +3,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 import plait
 from plait import events as ev
 from plait.serve import loopback
-from plait.serve.runs import END, event_name, key_text, parse_key
+from plait.serve.metrics import Metrics
+from plait.serve.runs import END, RunManager, event_name, key_text, parse_key
 
 
 def test_stream_ids_round_trip_and_order() -> None:
     for key in [(1, 0), (12, 3), (12, END), (10**17, 7)]:
         assert parse_key(key_text(key)) == key
     assert parse_key("12") < parse_key("12.1") < parse_key("12.end") < parse_key("13")
-    for unreadable in [None, "", "abc", "1.2.3", "-1", "1.x", " 7 x"]:
-        assert parse_key(unreadable) == (0, -1), unreadable
+    assert parse_key(None) == parse_key("") == parse_key("  ") == (0, -1)  # from the start
+    for unreadable in ["abc", "1.2.3", "-1", "1.x", " 7 x", "1" * 19, "1.-1"]:
+        with pytest.raises(ValueError, match="not an event id"):
+            parse_key(unreadable)
 
 
 def test_event_names_are_snake_case() -> None:
@@ -51,3 +61,130 @@ async def test_on_scheduler_gives_the_run_s_scheduler_for_live_edits() -> None:
     )
     assert len(seen) == 1 and isinstance(seen[0], plait.Scheduler)
     assert {t.id: t.result for t in result.tasks} == {1: 6, 5: 12, 2: 12}
+
+
+async def test_a_cancel_that_comes_after_the_run_ended_says_how_it_ended(tmp_path: Path) -> None:
+    """The route found the run live; it ended before the cancel reached it: not `cancelled`."""
+
+    @plait.tool
+    async def one() -> int:
+        return 1
+
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        manager = RunManager(store, plait.Tools([one]), "local", Metrics())
+        live = await manager.start_plan("1. one()", None)
+        assert live.task is not None
+        await live.task
+        assert await manager.cancel(live) == "done"
+        assert not live.cancelled_by_user
+    finally:
+        store.close()
+
+
+async def test_a_plan_is_checked_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 100,000-task plan took seconds to check on the loop: every stream and /healthz
+    stood still meanwhile."""
+    import httpx
+
+    from plait.serve.app import build_app
+
+    @plait.tool
+    async def one() -> int:
+        return 1
+
+    where: list[bool] = []
+    parse = plait.parse_plan
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        where.append(threading.current_thread() is threading.main_thread())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(plait, "parse_plan", watched)
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        manager = RunManager(store, plait.Tools([one]), "local", Metrics())
+        app = build_app(manager, None, resume_on_start=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            response = await c.post("/v1/runs", json={"plan": "1. one()"})
+            assert response.status_code == 201, response.text
+            bad = await c.post("/v1/runs", json={"plan": "1. two()"})
+            assert bad.status_code == 400 and "unknown tool 'two'" in bad.json()["error"]
+        assert where == [False, False]  # both checks ran in a worker thread
+        for live in list(manager.live.values()):
+            assert live.task is not None
+            await live.task
+    finally:
+        store.close()
+
+
+class _HeldClose:
+    """A store whose final commit of a run (its status, the lease let go) waits for
+    `release`: the run is held in its last moment, after run_finished."""
+
+    def __init__(self, store: Any) -> None:
+        self.inner = store
+        self.url = store.url
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, run_id: str, holder: str, records: Any, progress: Any) -> None:
+        if progress.release:
+            self.reached.set()
+            assert self.release.wait(60)
+        self.inner.append(run_id, holder, records, progress)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_run_that_is_finishing_takes_no_edit_and_no_cancel(tmp_path: Path) -> None:
+    """Between run_finished and its log's last commit, an edit was a 500 that left a task
+    `pending` forever in a run stored `done`; a cancel said `cancelled` of a run the store
+    says is `done`."""
+    import httpx
+
+    from plait.serve.app import build_app
+
+    @plait.tool
+    async def one() -> int:
+        return 1
+
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    held = _HeldClose(store)
+    try:
+        manager = RunManager(held, plait.Tools([one]), "local", Metrics())  # type: ignore[arg-type]
+        app = build_app(manager, None, resume_on_start=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            run_id = (await c.post("/v1/runs", json={"plan": "1. one()"})).json()["run_id"]
+            assert await asyncio.to_thread(held.reached.wait, 60)
+            live = manager.live[run_id]
+            assert live.closing and not live.ended
+            edit = await c.post(f"/v1/runs/{run_id}/tasks", json={"tool": "one", "args": []})
+            assert edit.status_code == 409 and "finishing" in edit.json()["error"], edit.text
+            gone = await c.delete(f"/v1/runs/{run_id}/tasks/1")
+            assert gone.status_code == 409, gone.text
+            asked = asyncio.Event()
+            cancel_run = manager.cancel
+
+            async def cancel_seen(live: Any) -> str:
+                asked.set()
+                return await cancel_run(live)
+
+            manager.cancel = cancel_seen  # type: ignore[method-assign]
+            cancelling = asyncio.create_task(c.post(f"/v1/runs/{run_id}/cancel"))
+            await asyncio.wait_for(asked.wait(), 60)  # the cancel reached the run, still closing
+            held.release.set()
+            cancel = await cancelling
+            assert cancel.status_code == 409, cancel.text
+            assert cancel.json()["error"] == f"run {run_id} had already finished: done"
+            run = (await c.get(f"/v1/runs/{run_id}")).json()
+        assert run["status"] == "done"
+        assert [(t["id"], t["status"]) for t in run["tasks"]] == [(1, "done")]
+    finally:
+        held.release.set()
+        store.close()

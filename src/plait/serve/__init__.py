@@ -64,6 +64,11 @@ def serve(
     from .metrics import Metrics
     from .runs import RunManager
 
+    if token and (token != token.strip() or not token.isprintable()):
+        raise PlaitError(
+            "the token has spaces at an end or control characters: no client could send it"
+            " in an Authorization header"
+        )
     if not token and not loopback(host):
         raise PlaitError(
             f"--host {host} is not loopback: give --token (or $PLAIT_TOKEN) to listen there"

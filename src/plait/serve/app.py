@@ -14,14 +14,15 @@ Routes (JSON everywhere; an error is `{"error": "one line"}` with its status cod
     GET    /                               the live page (static files under static/)
 
 Auth: with a token, every route but /healthz needs `Authorization: Bearer TOKEN` or the
-page's cookie (set by its login form), compared in constant time; the token is never
-logged or echoed.
+page's cookie (set by its login form: a digest of the token, never the token itself),
+compared in constant time; the token is never logged or echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -32,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -49,14 +51,37 @@ import plait
 from plait.errors import PlaitError, PlanError
 from plait.stores.base import RunExists
 
-from .runs import LiveRun, RunManager, parse_key
+from . import loopback
+from .runs import LiveRun, RunManager, key_text, parse_key
 
 log = logging.getLogger("plait.serve")
 COOKIE = "plait_token"
 KEEPALIVE_SECONDS = 15.0  # a comment line on an idle stream, so proxies keep it open
 MAX_BODY = 8 * 1024 * 1024
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TASK_ID = re.compile(r"[0-9]{1,18}")
+STATUSES = ("running", "done", "failed", "cancelled", "interrupted")  # a run's, as listed
+SETTLED = ("done", "failed", "skipped", "cancelled")  # a task's, once it will not run
 STATIC = files("plait.serve").joinpath("static")
+
+
+# Model specs a client may name: they reach a server over the network, never a file here.
+CLIENT_MODEL_SCHEMES = ("openai", "ollama")
+
+
+def check_model(spec: str, own: str) -> None:
+    """A model a client asks for: the server's own `--model`, the embedded `local`, or an
+    `openai:`/`ollama:` spec. Specs that read a file on the server (`local:/path`,
+    `replay:FILE`) are refused: a client must not make the server open its files (nor learn
+    which exist from the error)."""
+    scheme, _, rest = spec.partition(":")
+    if spec == own or spec == "local" or (scheme in CLIENT_MODEL_SCHEMES and rest):
+        return
+    raise Failure(
+        400,
+        f'"model": {spec[:60]!r} is not allowed from a client: use the server\'s own --model, '
+        '"local", or an openai:/ollama: spec',
+    )
 
 
 class Failure(Exception):
@@ -79,20 +104,29 @@ class TokenAuth:
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.cookie = cookie_value(token).encode() if token else None
 
     def allowed(self, scope: Scope) -> bool:
         if self.token is None:
             return True
         request = Request(scope)
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
+        # Header values arrive as latin-1 text: back to the bytes the client sent (UTF-8).
+        header = request.headers.get("authorization", "").encode("latin-1")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
             return True
         cookie = request.cookies.get(COOKIE)
-        return cookie is not None and hmac.compare_digest(cookie.encode(), self.token)
+        assert self.cookie is not None
+        return cookie is not None and hmac.compare_digest(_raw(cookie), self.cookie)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in ("/healthz", "/login"):
+        if scope["type"] != "http" or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        if self.token is None and (refused := _other_site(scope)):
+            await _error(403, refused)(scope, receive, send)
+            return
+        if scope["path"] == "/login":
             await self.app(scope, receive, send)
             return
         if self.allowed(scope):
@@ -107,6 +141,43 @@ class TokenAuth:
         await response(scope, receive, send)
 
 
+def _other_site(scope: Scope) -> str | None:
+    """Why a request to a server without a token is refused, if it is: it must name this
+    loopback server as its Host (a DNS name rebound to 127.0.0.1 does not), and come from
+    its own page when a browser says where from (Origin). Else any web page open in the
+    user's browser could start runs, and so run tools, on this machine."""
+    headers = Headers(scope=scope)
+    host = headers.get("host")
+    if host is None:
+        return None  # not from a browser: browsers always send Host
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if not loopback(name):
+        return (
+            f"Host {_shown(host)!r} is not a loopback address: without --token, plait serve"
+            " answers to 127.0.0.1, localhost or [::1] only"
+        )
+    origin = headers.get("origin")
+    if origin is not None and origin != f"http://{host}":
+        return (
+            f"Origin {_shown(origin)!r} is another site: without --token, plait serve takes"
+            " requests from its own page only"
+        )
+    return None
+
+
+def cookie_value(token: str) -> str:
+    """What the page's cookie holds: ASCII whatever the token's characters, and not the
+    token (a cookie jar read elsewhere does not give away the bearer token)."""
+    return hmac.new(token.encode(), b"plait serve page cookie", hashlib.sha256).hexdigest()
+
+
+def _raw(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
 def _login_page(wrong: bool = False) -> str:
     note = '<p class="wrong">That token is not right.</p>' if wrong else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -118,14 +189,34 @@ form{{display:grid;gap:.6em}}.wrong{{color:#b00}}</style></head><body>
 </label><button type="submit">Sign in</button></form></body></html>"""
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
+async def _body(request: Request) -> bytes:
+    """The request's body, refused (413) once it passes MAX_BODY: never held whole first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
         raise Failure(413, f"request body over {MAX_BODY} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Failure(413, f"request body over {MAX_BODY} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await _body(request)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise Failure(400, f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise Failure(400, "request body is not JSON this server reads: nested too deep") from None
+
+
+def _shown(text: str, most: int = 80) -> str:
+    """An id from the request, as an error message shows it: printable and short."""
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def build_app(manager: RunManager, token: str | None, resume_on_start: bool = True) -> ASGIApp:
@@ -136,7 +227,13 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     def live_run(run_id: str) -> LiveRun:
         live = manager.live.get(run_id)
         if live is None:
-            raise Failure(409, f"run {run_id} is not running in this server")
+            raise Failure(409, f"run {_shown(run_id)} is not running in this server")
+        return live
+
+    def editable(run_id: str) -> LiveRun:
+        live = live_run(run_id)
+        if live.closing:  # its graph has closed: a task added now would never run
+            raise Failure(409, f"run {run_id} is finishing: it takes no more edits")
         return live
 
     async def known(run_id: str) -> None:
@@ -144,7 +241,13 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             run_id not in manager.live
             and await asyncio.to_thread(manager.store.get, run_id) is None
         ):
-            raise Failure(404, f"no run {run_id}")
+            raise Failure(404, f"no run {_shown(run_id)}")
+
+    def check_plan(plan: str) -> None:
+        """Raise PlanError for a plan that cannot run. In a thread: a plan of 100,000 tasks
+        takes seconds to check, and the loop has every other run and stream to serve."""
+        for task in plait.parse_plan(plan, tools=tools):
+            tools.prepare(task)
 
     async def create_run(request: Request) -> Response:
         body = await _json_body(request)
@@ -163,8 +266,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             if plan is not None:
                 if not isinstance(plan, str):
                     raise Failure(400, '"plan" must be a string')
-                for task in plait.parse_plan(plan, tools=tools):  # before anything runs
-                    tools.prepare(task)
+                await asyncio.to_thread(check_plan, plan)  # before anything runs
                 live = await manager.start_plan(plan, run_id)
             else:
                 model, replans = body.get("model"), body.get("max_replans", 2)
@@ -172,6 +274,8 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
                     raise Failure(400, '"question" must be a non-empty string')
                 if model is not None and not isinstance(model, str):
                     raise Failure(400, '"model" must be a string (a model spec)')
+                if model is not None:
+                    check_model(model, manager.model)
                 if type(replans) is not int or replans < 0:
                     raise Failure(400, '"max_replans" must be an integer >= 0')
                 live = await manager.start_question(question, model, replans, run_id)
@@ -191,19 +295,32 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         if not 1 <= limit <= 10_000:
             raise Failure(400, "limit must be 1 to 10000")
         status = request.query_params.get("status") or None
+        if status is not None and status not in STATUSES:
+            raise Failure(400, f"status {_shown(status)!r} is not one of {', '.join(STATUSES)}")
         return JSONResponse(await manager.runs(limit, status))
 
     async def get_run(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         data = await manager.result(run_id)
         if data is None:
-            raise Failure(404, f"no run {run_id}")
+            raise Failure(404, f"no run {_shown(run_id)}")
         return JSONResponse(data)
 
     async def events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        after = parse_key(request.headers.get("last-event-id"))
+        try:
+            after = parse_key(request.headers.get("last-event-id"))
+        except ValueError as e:
+            raise Failure(400, str(e)) from None
+        if after[0] > 0:
+            newest = await manager.newest(run_id)
+            if after[0] > newest:
+                raise Failure(
+                    400,
+                    f"Last-Event-ID {key_text(after)} is past the end of run {_shown(run_id)}"
+                    f" (its log has {newest} records): an id of another run?",
+                )
         return StreamingResponse(
             _frames(manager, run_id, after),
             media_type="text/event-stream",
@@ -214,13 +331,15 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         run_id = request.path_params["run_id"]
         await known(run_id)
         live = live_run(run_id)
-        await manager.cancel(live)
+        status = await manager.cancel(live)
+        if status != "cancelled":  # it ended on its own before the cancel reached it
+            raise Failure(409, f"run {run_id} had already finished: {status}")
         return JSONResponse({"run_id": run_id, "status": "cancelled"})
 
     async def add_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        live = live_run(run_id)
+        live = editable(run_id)
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise Failure(400, "the body must be one task as a JSON object")
@@ -244,14 +363,17 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     async def cancel_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        live = live_run(run_id)
+        live = editable(run_id)
         raw = request.path_params["task_id"]
-        if not raw.isdigit():
-            raise Failure(400, f"task id {raw!r} is not a number")
-        if live.scheduler is None or int(raw) not in live.scheduler.graph.nodes:
+        if not (_TASK_ID.fullmatch(raw)):
+            raise Failure(400, f"task id {_shown(raw)!r} is not a number (0 to 18 digits)")
+        node = live.scheduler.graph.nodes.get(int(raw)) if live.scheduler is not None else None
+        if node is None:
             raise Failure(404, f"run {run_id} has no task {raw}")
+        if node.status in SETTLED:
+            raise Failure(409, f"task {raw} of run {run_id} has already settled: {node.status}")
         try:
-            cancelled = live.scheduler.cancel(int(raw))
+            cancelled = live.scheduler.cancel(int(raw))  # type: ignore[union-attr]
         except PlanError as e:
             raise Failure(409, str(e)) from None
         return JSONResponse({"run_id": run_id, "cancelled": cancelled})
@@ -277,12 +399,12 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     async def login(request: Request) -> Response:
         if token is None:
             return RedirectResponse("/", status_code=303)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        form = parse_qs((await _body(request)).decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
         if not hmac.compare_digest(given.encode(), token.encode()):
             return HTMLResponse(_login_page(wrong=True), status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/")
+        response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict", path="/")
         return response
 
     def guarded(handler: Any) -> Any:
@@ -291,6 +413,8 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
                 return await handler(request)  # type: ignore[no-any-return]
             except Failure as f:
                 return _error(f.status, f.message)
+            except Exception as e:  # a bug: one line in the log and to the client
+                return await internal(request, e)
 
         return call
 
@@ -329,7 +453,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal error ({type(exc).__name__}): see the server's log")
 
     app = Starlette(
         routes=routes,

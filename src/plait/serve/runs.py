@@ -16,8 +16,14 @@ resumes exactly, from this server's buffer or, after a restart, from the store:
 - `run_finished` has `S.end`, S the run's last record, whether sent live or from the store.
 
 Ids compare as (S, K); a stream sends only ids greater than the last one sent, so backlog
-and live events never overlap. Events a resumed session re-emits for what it restored from
-the store (`restored`) are not sent again: the client had them, or gets them from the log.
+and live events never overlap. A live event is sent only once the store has its record S
+(the run's log commits every few milliseconds, on its own thread; `CommitWatch` tells the
+run what each commit held): a server killed before a commit loses those records, the next
+session numbers its own from the same S, and a client that had seen the lost ones would
+take the new ones for them. `run_finished` goes once the run has closed its log.
+
+Events a resumed session re-emits for what it restored from the store (`restored`) are not
+sent again: the client had them, or gets them from the log.
 Times (`t`, `started`) are seconds since the run was created, as the store keeps them.
 """
 
@@ -30,7 +36,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic_core import to_json, to_jsonable_python
@@ -39,7 +45,7 @@ import plait
 from plait import events as ev
 from plait.runs.runlog import replay_events, stored_result
 from plait.stores import LEASE_SECONDS, Progress, Record, RunInfo
-from plait.stores.base import RunExists, RunHeld, new_holder
+from plait.stores.base import Row, RunExists, RunHeld, new_holder
 
 from .metrics import Metrics
 
@@ -63,10 +69,14 @@ _ID = re.compile(r"(\d{1,18})(?:\.(\d{1,18}|end))?")
 
 
 def parse_key(text: str | None) -> Key:
-    """A `Last-Event-ID` as a key; absent or unreadable means from the start."""
-    m = _ID.fullmatch((text or "").strip())
-    if m is None:
+    """A `Last-Event-ID` as a key; absent or empty means from the start.
+
+    Raises ValueError for anything else that is not S, S.K or S.end."""
+    if text is None or not text.strip():
         return (0, -1)
+    m = _ID.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"Last-Event-ID {text[:40]!r} is not an event id (S, S.K or S.end)")
     k = m.group(2)
     return (int(m.group(1)), 0 if k is None else END if k == "end" else int(k))
 
@@ -165,8 +175,11 @@ class LiveRun:
         self.task: asyncio.Task[plait.RunResult] | None = None
         self.scheduler: plait.Scheduler | None = None
         self.events: list[Sent] = []
+        self.shown = 0  # events[:shown] may be sent: their records are in the store
+        self.committed = 0  # the highest seq of this run the store has committed
         self.ended = False  # no more events will come
         self.cancelled_by_user = False
+        self.closing = False  # run_finished was emitted: the graph is closed to edits
         self.stopping = False  # the server is shutting down: leave the run resumable
         self.started = asyncio.Event()  # the run exists in the store (or failed to start)
         self._offset = 0.0
@@ -178,7 +191,7 @@ class LiveRun:
 
     @property
     def first(self) -> Key | None:
-        return self.events[0].key if self.events else None
+        return self.events[0].key if self.shown else None
 
     # from the run ---------------------------------------------------------------------
 
@@ -203,6 +216,8 @@ class LiveRun:
         return seq if isinstance(seq, int) else self._seq + 1
 
     def on_event(self, e: ev.Event) -> None:
+        if isinstance(e, ev.RunFinished):
+            self.closing = True  # it is closing its log: its end is decided
         if self.stopping:
             return  # the server stops: what the run reports now (cancelled) is not its end
         if isinstance(e, ev.RunStarted):
@@ -235,10 +250,31 @@ class LiveRun:
 
     def _append(self, sent: Sent) -> None:
         self.events.append(sent)
-        self._wake()
+        self._reveal()
 
-    def end(self) -> None:
+    def commit(self, seq: int) -> None:
+        """The store has committed this run's records up to `seq`."""
+        if seq > self.committed:
+            self.committed = seq
+            self._reveal()
+
+    def _reveal(self) -> None:
+        shown, events = self.shown, self.events
+        while (
+            shown < len(events)
+            and events[shown].key[0] <= self.committed
+            and events[shown].key[1] != END
+        ):
+            shown += 1
+        if shown != self.shown:
+            self.shown = shown
+            self._wake()
+
+    def end(self, closed: bool = True) -> None:
+        """No more events; `closed`: the run closed its log (so the store has them all)."""
         self.ended = True
+        if closed:
+            self.shown = len(self.events)
         self.started.set()
         self._wake()
 
@@ -249,8 +285,8 @@ class LiveRun:
                 w.set_result(None)
 
     async def wait_beyond(self, index: int) -> None:
-        """Until there is an event at `index` or the run has ended."""
-        if index < len(self.events) or self.ended:
+        """Until there is an event to send at `index` or the run has ended."""
+        if index < self.shown or self.ended:
             return
         w = asyncio.get_running_loop().create_future()
         self._waiters.append(w)
@@ -267,11 +303,12 @@ class RunManager:
         model: str,
         metrics: Metrics,
     ) -> None:
-        self.store = store
+        self.store: plait.Store = CommitWatch(store, self._committed)
         self.tools = tools
         self.model = model
         self.metrics = metrics
         self.live: dict[str, LiveRun] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.passed: set[str] = set()  # runs this server cannot resume (their tools, say)
 
     # starting -------------------------------------------------------------------------
@@ -322,14 +359,29 @@ class RunManager:
         return live
 
     def _launch(self, live: LiveRun, coro: Any) -> None:
+        self._loop = asyncio.get_running_loop()
         self.live[live.run_id] = live
         live.task = asyncio.create_task(coro, name=f"plait-run-{live.run_id}")
         live.task.add_done_callback(lambda t: self._finished(live, t))
 
+    def _committed(self, run_id: str, seq: int) -> None:
+        """From a run log's writer thread: the store has `run_id`'s records up to `seq`."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(self._commit, run_id, seq)
+
+    def _commit(self, run_id: str, seq: int) -> None:
+        live = self.live.get(run_id)
+        if live is not None:
+            live.commit(seq)
+
     def _finished(self, live: LiveRun, task: asyncio.Task[plait.RunResult]) -> None:
         if self.live.get(live.run_id) is live:
             del self.live[live.run_id]
-        live.end()
+        # Ended by a result or a cancel, the run closed its log: every record is committed.
+        # Ended by an error (the store's, say), what was not committed is read from the store.
+        live.end(closed=task.cancelled() or task.exception() is None)
         if task.cancelled():
             status = "cancelled"
         elif task.exception() is not None:
@@ -391,12 +443,21 @@ class RunManager:
 
     # control --------------------------------------------------------------------------
 
-    async def cancel(self, live: LiveRun) -> None:
-        live.cancelled_by_user = True
-        assert live.task is not None
-        live.task.cancel()
+    async def cancel(self, live: LiveRun) -> str:
+        """Cancel the run; its status once it stopped: `cancelled`, or how it ended if it
+        had ended on its own before (done, failed), or `running` if it would not stop."""
+        task = live.task
+        assert task is not None
+        if not task.done() and not live.closing:  # closing: its end is decided, and stored
+            live.cancelled_by_user = True
+            task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(live.task), timeout=30)
+            await asyncio.wait_for(asyncio.shield(task), timeout=30)
+        if not task.done():
+            return "running"
+        if task.cancelled():
+            return "cancelled"
+        return "failed" if task.exception() is not None else task.result().status
 
     async def stop_all(self) -> None:
         """The server stops: cancel the runs, then give them back to the store as running
@@ -432,6 +493,14 @@ class RunManager:
             return info, list(self.store.records(run_id))
 
         return await asyncio.to_thread(read)
+
+    async def newest(self, run_id: str) -> int:
+        """The highest record seq of the run a client can have seen (0: none yet)."""
+        live = self.live.get(run_id)
+        if live is not None and live.committed:
+            return live.committed
+        found = await self.info(run_id)
+        return found[1][-1].seq if found is not None and found[1] else 0
 
     async def result(self, run_id: str) -> dict[str, Any] | None:
         """The run's `--json` object as the store has it; `running` while it runs."""
@@ -528,13 +597,58 @@ class RunManager:
         index = 0
         while True:
             await live.wait_beyond(index)
-            if index >= len(live.events):
+            if index >= live.shown:
                 return  # ended
-            batch = _after(live.events[index:], last)  # ids only grow along the buffer
-            index = len(live.events)
+            batch = _after(live.events[index : live.shown], last)  # ids grow along it
+            index = live.shown
             if batch:
                 last = batch[-1].key
                 yield batch
+
+
+class CommitWatch:
+    """The server's store, telling `on_commit(run_id, seq)` (from the committing thread)
+    the highest seq each append of records committed; everything else passes through."""
+
+    def __init__(self, store: plait.Store, on_commit: Callable[[str, int], None]) -> None:
+        self.inner = store
+        self.url = store.url
+        self.on_commit = on_commit
+
+    def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
+        self.inner.append(run_id, holder, records, progress)
+        if records:
+            self.on_commit(run_id, max(row[0] for row in records))
+
+    def create(self, info: RunInfo) -> None:
+        self.inner.create(info)
+
+    def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
+        return self.inner.claim(run_id, holder, ttl)
+
+    def renew(self, run_id: str, holder: str, ttl: float) -> bool:
+        return self.inner.renew(run_id, holder, ttl)
+
+    def get(self, run_id: str) -> RunInfo | None:
+        return self.inner.get(run_id)
+
+    def records(self, run_id: str) -> Iterator[Record]:
+        return self.inner.records(run_id)
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        return self.inner.runs(limit)
+
+    def delete(self, run_ids: Sequence[str]) -> list[str]:
+        return self.inner.delete(run_ids)
+
+    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
+        return self.inner.get_calls(scope, keys)
+
+    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None:
+        self.inner.put_calls(scope, items)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _after(events: Iterable[Sent], last: Key) -> list[Sent]:

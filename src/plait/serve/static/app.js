@@ -117,6 +117,11 @@ async function follow(run) {
       });
       if (response.status === 401) { location.reload(); return; }
       if (response.status === 404) { note("no such run"); return; }
+      if (response.status === 400 && run.lastId !== null) { // an id this run's log lacks
+        note(`stream: ${(await response.json().catch(() => ({}))).error || "HTTP 400"}; reloaded`);
+        if (plait.run === run) openRun(run.id);
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       plait.streams += 1;
       setConn("live");
