@@ -45,8 +45,8 @@ from ..errors import PlanError, WorkerLost
 from . import events as ev
 from .backend import Backend, InProcess, ToolRaised
 from .context import TaskContext, entered
-from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
-from .remote import holds_remote
+from .graph import CANCELLED, DONE, FAILED, PENDING, READY, SETTLED, Graph, GraphError, Node
+from .remote import Remote, holds_remote
 from .shared import SharedCalls, call_key
 from .task import Task, dependencies, resolve
 from .tools import Tool, Tools
@@ -56,14 +56,16 @@ LOST_BACKOFF = 0.5  # seconds before the first re-run of a call whose worker was
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
-    status: str  # done, failed or cancelled
+class Recorded:
+    """How a task ended in an earlier session, as its journal kept it."""
+
+    status: str  # DONE, FAILED or CANCELLED
     result: Any = None
     error: str | None = None
 
 
 class Journal(Protocol):
-    def recorded(self, task: Task) -> Settled | None:
+    def recorded(self, task: Task) -> Recorded | None:
         """How `task` settled in an earlier session, if it did (same id and same call)."""
 
     def check(self, task_id: int, result: Any) -> Any:
@@ -111,6 +113,7 @@ class Scheduler:
         self._idle.set()
         self._interrupting = False
         self._restored: set[int] = set()  # tasks settled from the journal this session
+        self._remotes = False  # whether a result is kept on a cluster (see `_call`)
         self._signalled: BaseException | None = None  # a signal's interrupt, met in a tool
 
     async def __aenter__(self) -> Scheduler:
@@ -166,10 +169,10 @@ class Scheduler:
         elif node.status == READY:
             self._dispatch(node)
         elif node.status != PENDING:
-            self._settled([node])
+            self._report_unrun([node])
         return node
 
-    def _restorable(self, node: Node, record: Settled) -> bool:
+    def _restorable(self, node: Node, record: Recorded) -> bool:
         """A record stands only where the task could have settled that way in this session:
         every input done, and restored too (an input that ran again may differ now)."""
         if record.status == CANCELLED:
@@ -180,12 +183,12 @@ class Scheduler:
             and node.task.deps <= self._restored
         )
 
-    def _restore(self, node: Node, record: Settled) -> None:
+    def _restore(self, node: Node, record: Recorded) -> None:
         task_id = node.task.id
         self._restored.add(task_id)
         t = self._clock()
         if record.status == CANCELLED:
-            self._settled(self.graph.cancel(task_id), restored=True)
+            self._report_unrun(self.graph.cancel(task_id), restored=True)
             return
         self.graph.start(task_id)
         if record.status == DONE:
@@ -197,7 +200,7 @@ class Scheduler:
                 self._idle.set()
         else:
             self._emit(ev.TaskFinished(t, task_id, FAILED, None, record.error, True))
-            self._settled(self.graph.fail(task_id, record.error or "failed"))
+            self._report_unrun(self.graph.fail(task_id, record.error or FAILED))
 
     def cancel(self, task_id: int) -> list[int]:
         """Cancel a task and everything that depends on it; return the ids cancelled."""
@@ -209,12 +212,12 @@ class Scheduler:
             running = self._running.pop(node.task.id, None)
             if running is not None:
                 running.cancel()
-        self._settled(nodes)
+        self._report_unrun(nodes)
         return [n.task.id for n in nodes]
 
     def cancel_all(self) -> None:
         for task_id, node in list(self.graph.nodes.items()):
-            if node.status not in ("done", "failed", "skipped", "cancelled"):
+            if node.status not in SETTLED:
                 self.cancel(task_id)
 
     def _interrupt(self) -> None:
@@ -259,13 +262,15 @@ class Scheduler:
         self._running.pop(task.id, None)
         ok, value = outcome
         if ok:
+            if type(value) is Remote:
+                self._remotes = True
             ready = self.graph.finish(task.id, value)
-            self._emit(ev.TaskFinished(self._clock(), task.id, "done", value))
+            self._emit(ev.TaskFinished(self._clock(), task.id, DONE, value))
             for dep in ready:
                 self._dispatch(dep)
         else:
-            self._emit(ev.TaskFinished(self._clock(), task.id, "failed", None, value))
-            self._settled(self.graph.fail(task.id, value))
+            self._emit(ev.TaskFinished(self._clock(), task.id, FAILED, None, value))
+            self._report_unrun(self.graph.fail(task.id, value))
         if self.graph.open == 0:
             self._idle.set()
 
@@ -307,25 +312,25 @@ class Scheduler:
         kwargs = task.kwargs
         if task.deps:
             kwargs = resolve(kwargs, self.graph.results, task.deps)
-        if holds_remote(kwargs):
+        # Only a backend's result is ever a Remote: until one is, no argument holds one.
+        if (self._remotes or not task.deps) and holds_remote(kwargs):
             # A result kept on the cluster: the backend checks the arguments where the value is.
-            return await self._timed(tool, kwargs)
+            return await self._invoke(tool, kwargs)
         kwargs = tool.validate(kwargs)
         if tool.pure and self.shared is not None:
             key = call_key(tool.name, kwargs)
             if key is not None:
-                return await self.shared.call(key, lambda: self._timed(tool, kwargs))
-        return await self._timed(tool, kwargs)
-
-    async def _timed(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
-        if tool.timeout is None:
-            return await self._invoke(tool, kwargs)
-        async with asyncio.timeout(tool.timeout):
-            return await self._invoke(tool, kwargs)
+                return await self.shared.call(key, lambda: self._invoke(tool, kwargs))
+        return await self._invoke(tool, kwargs)
 
     async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
+        """The backend's call, under the tool's timeout; a BaseException the tool raised
+        is its failure (`ToolRaised`), unless it is a real cancel or signal."""
         try:
-            return await self.backend.call(tool, kwargs)
+            if tool.timeout is None:
+                return await self.backend.call(tool, kwargs)
+            async with asyncio.timeout(tool.timeout):
+                return await self.backend.call(tool, kwargs)
         except Exception:
             raise
         except asyncio.CancelledError:
@@ -339,7 +344,7 @@ class Scheduler:
                 raise  # a real Ctrl-C or SIGTERM, landed in the tool's code: the run stops
             raise ToolRaised(e) from None
 
-    def _settled(self, nodes: list[Node], restored: bool = False) -> None:
+    def _report_unrun(self, nodes: list[Node], restored: bool = False) -> None:
         """Report nodes that settled without running (skipped or cancelled)."""
         t = self._clock()
         for n in nodes:

@@ -132,10 +132,15 @@ def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | Non
     stays as written whatever else has finished, so a task's arguments never depend on
     which of its siblings happened to finish first (nor on whether the run was resumed).
     """
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str or isinstance(value, str):
         if "$" not in value:
             return value
-        n = whole_ref(value)
+        digits = value[1:]  # the common whole reference, "$12", without the regex
+        if value[0] == "$" and digits.isascii() and digits.isdigit() and len(digits) <= 18:
+            n = int(digits)
+        else:
+            n = whole_ref(value)
         if n is not None and n in results and (inputs is None or n in inputs):
             return results[n]
 
@@ -150,12 +155,12 @@ def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | Non
             return result_text(results[k])
 
         return _REF.sub(sub, value)
-    if isinstance(value, list):
+    if kind is dict or (kind is not list and isinstance(value, dict)):
+        return {k: resolve(v, results, inputs) for k, v in value.items()}
+    if kind is list or isinstance(value, list):
         return [resolve(v, results, inputs) for v in value]
     if isinstance(value, tuple):
         return tuple(resolve(v, results, inputs) for v in value)
-    if isinstance(value, dict):
-        return {k: resolve(v, results, inputs) for k, v in value.items()}
     return value
 
 

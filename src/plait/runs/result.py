@@ -155,7 +155,7 @@ class Recorder:
         self.usage = Usage()
         self.answer: str | None = None
         self.replans = 0
-        self._handlers: dict[type, Any] = {
+        self.handlers: dict[type, Any] = {
             ev.TaskAdded: self._task_added,
             ev.TaskStarted: self._task_started,
             ev.TaskRetrying: self._task_retrying,
@@ -170,7 +170,7 @@ class Recorder:
         }
 
     def __call__(self, e: ev.Event) -> None:
-        handler = self._handlers.get(type(e))
+        handler = self.handlers.get(type(e))
         if handler is not None:
             handler(e)
 
