@@ -135,7 +135,8 @@ def timed(cmd: list[str]) -> float:
 def whole_process(n: int, repeat: int, shapes: tuple[str, ...]) -> None:
     plait_exe = shutil.which("plait") or str(Path(sys.executable).with_name("plait"))
     print(f"whole process, {n:,} tasks, median of {repeat}; plait ÷ bare asyncio")
-    print(f"{'shape':>8} {'SQLite s':>9} {'×':>6} {'memory s':>9} {'×':>6} {'bare s':>7} {'empty s':>8}")
+    head = ("shape", "SQLite s", "×", "memory s", "×", "bare s", "empty s")
+    print("{:>8} {:>9} {:>6} {:>9} {:>6} {:>7} {:>8}".format(*head))
     for shape in shapes:
         s, m, b, e = _whole_process(plait_exe, make_dag(n, shape), repeat)
         print(f"{shape:>8} {s:9.3f} {s / b:6.2f} {m:9.3f} {m / b:6.2f} {b:7.3f} {e:8.3f}")

@@ -76,10 +76,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # None and lists of them. Those are JSON once references are quoted and the constants
 # spelled JSON's way, so a strict JSON decoder reads them, or rejects what Python would too
 # (a trailing comma, a missing one): then the line goes the general way.
-_SIMPLE_TOKEN = r'"[^"\\\x00-\x1f]*"|\$(?:\{\d{1,18}\}|\d{1,18})(?!\d)|-?(?:0|[1-9]\d{0,17})(?!\d)'
+_SIMPLE_TOKEN = (
+    r'"[^"\\\x00-\x1f]*"|\$(?:\{\d{1,18}\}|\d{1,18})(?!\d)|-?(?:0|[1-9]\d{0,17})(?!\d)'
+    r"|True|False|None|[\[\],]"
+)
 _SIMPLE_LINE = re.compile(
-    rf"[ \t]*(\d{{1,18}})\.[ \t]*([A-Za-z_]\w*)\(((?:[ \t]*(?:{_SIMPLE_TOKEN}|True|False|None|[\[\],]))*)"
-    r"[ \t]*\)\s*"
+    rf"[ \t]*(\d{{1,18}})\.[ \t]*([A-Za-z_]\w*)\(((?:[ \t]*(?:{_SIMPLE_TOKEN}))*)[ \t]*\)\s*"
 )
 _SIMPLE_REWRITE = re.compile(r'"[^"]*"|\$\{?(\d+)\}?|True|False|None')
 _JSON_CONSTANTS = {"True": "true", "False": "false", "None": "null"}

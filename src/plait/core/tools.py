@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin, overload
 
@@ -238,7 +238,9 @@ class Tool:
             if types is None or type(value) not in types:
                 break
         else:
-            return {k: v if type(v) not in (list, dict) else type(v)(v) for k, v in arguments.items()}
+            return {
+                k: v if type(v) not in (list, dict) else type(v)(v) for k, v in arguments.items()
+            }
         if not self._names:
             return dict(arguments)
         try:
@@ -281,23 +283,17 @@ def _type_adapter(ann: Any) -> pydantic.TypeAdapter[Any]:
         return pydantic.TypeAdapter(ann, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
 
 
-# Types whose values pydantic returns unchanged (lists and dicts as shallow copies).
-_UNCHANGED = {t: (t,) for t in (str, int, float, bool, list, dict, type(None))}
-_UNCHANGED[Any] = _UNCHANGED[object] = tuple(_UNCHANGED)
+# Types whose values pydantic hands on unchanged (a list or dict as a shallow copy).
+_PLAIN = (str, int, float, bool, list, dict, type(None))
+_UNCHANGED = [(t, (t,)) for t in _PLAIN] + [(Any, _PLAIN), (object, _PLAIN)]
 
 
 def _as_is(ann: Any) -> tuple[type, ...]:
-    """The value types a parameter annotated `ann` takes as they are: for a plain type,
-    itself; for a union of plain types (`list | None`), each one's (smart unions keep an
-    exact match). Empty for everything else (constraints, generics, models): validate."""
-    plain = _UNCHANGED.get(ann) if isinstance(ann, Hashable) else None
-    if plain is not None:
-        return plain
-    if get_origin(ann) in (Union, UnionType):
-        parts = [_UNCHANGED.get(a) for a in get_args(ann)]
-        if all(p is not None and a not in (Any, object) for a, p in zip(get_args(ann), parts)):
-            return tuple(t for p in parts if p is not None for t in p)
-    return ()
+    """The value types a parameter annotated `ann` takes as they are: a plain type's own,
+    or a union's of plain types (a smart union keeps an exact match); else none."""
+    parts = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+    found = [next((ts for t, ts in _UNCHANGED if t is a), None) for a in parts]
+    return () if None in found else tuple(t for ts in found if ts is not None for t in ts)
 
 
 def _type_name(ann: Any) -> str:

@@ -34,8 +34,8 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from ..core import events as ev
-from ..core.remote import REMOTE, Remote
 from ..core.graph import CANCELLED, DONE, SKIPPED
+from ..core.remote import REMOTE, Remote
 from ..core.scheduler import INTERRUPTED, Recorded
 from ..core.task import Task
 from ..stores import LEASE_SECONDS, Progress, Record, RunHeld, RunInfo, Store, StoreError
