@@ -640,16 +640,21 @@ class PlanParser:
         plan literals already (the simple line's), so they need no walk."""
         if task_id in self.known:
             raise PlanError(f"task id {task_id} is used twice", line=line)
-        if deps is None:
-            where = f"task {task_id}"
-            args = tuple(carried(v, f"{where}: argument {i}", line) for i, v in enumerate(args, 1))
-            kwargs = {
-                carried(k, where, line): carried(v, f"{where}: argument {k!r}", line)
-                for k, v in kwargs.items()
-            }
-            deps = dependencies(task_id, (*args, *kwargs.values()), self.known, line)
+        if deps is not None:
+            self.known.add(task_id)
+            return Task(task_id, name, tuple(args), dict(kwargs), deps, line)
+        where = f"task {task_id}"
+        carried_args = tuple(
+            carried(v, f"{where}: argument {i}", line) for i, v in enumerate(args, 1)
+        )
+        carried_kwargs = {
+            carried(k, where, line): carried(v, f"{where}: argument {k!r}", line)
+            for k, v in kwargs.items()
+        }
+        values = (*carried_args, *carried_kwargs.values())
+        deps = dependencies(task_id, values, self.known, line)
         self.known.add(task_id)
-        return Task(task_id, name, args, kwargs, deps, line)
+        return Task(task_id, name, carried_args, carried_kwargs, deps, line)
 
     # JSON form -------------------------------------------------------------------------
 

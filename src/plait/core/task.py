@@ -68,12 +68,11 @@ def references(value: Any) -> list[tuple[int, bool]]:
     """(task id, is_whole) for every reference in a nested argument value."""
     found: list[tuple[int, bool]] = []
     for text in _strings(value):
-        if "$" in text:
-            m = _WHOLE_REF.fullmatch(text)
-            if m:
-                found.append((int(m.group(1) or m.group(2)), True))
-            else:
-                found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(text))
+        n = whole_ref(text)
+        if n is not None:
+            found.append((n, True))
+        elif "$" in text:
+            found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(text))
     return found
 
 

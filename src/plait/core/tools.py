@@ -232,12 +232,7 @@ class Tool:
 
         Values of a type pydantic hands on unchanged skip it (the common case: a str for a
         str, an int for an int); a list or dict is then copied, as pydantic would."""
-        as_is = self._as_is
-        for key, value in arguments.items():
-            types = as_is.get(key)
-            if types is None or type(value) not in types:
-                break
-        else:
+        if all(type(v) in self._as_is.get(k, ()) for k, v in arguments.items()):
             return {
                 k: v if type(v) not in (list, dict) else type(v)(v) for k, v in arguments.items()
             }
