@@ -73,6 +73,7 @@ class Tool:
         self._var_keyword = False
         fields: dict[str, Any] = {}
         annotations: dict[str, Any] = {}
+        self._defaults: dict[str, Any] = {}  # what the arguments model fills in
         for i, (pname, p) in enumerate(self._signature.parameters.items()):
             if p.kind is p.VAR_KEYWORD:
                 self._var_keyword = True
@@ -83,6 +84,8 @@ class Tool:
                 self._var_positional = pname
                 ann, default = list[ann], []  # type: ignore[valid-type]
             annotations[pname] = ann
+            if default is not ...:
+                self._defaults[pname] = default
             # Internal field names avoid clashes with BaseModel attributes ("json", "copy").
             fields[f"p{i}"] = (ann, pydantic.Field(default, alias=pname, title=pname))
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
@@ -108,8 +111,10 @@ class Tool:
         # Built now, not on first use: a run should not pay pydantic's schema build.
         self._adapters = {n: _type_adapter(ann) for n, ann in annotations.items()}
         # Per parameter, the types whose values pydantic hands on as they are (a list or dict
-        # as a shallow copy): such a value needs no validator call (see `validate`).
+        # as a shallow copy): such a value needs no validator call (see `validate`, which
+        # then fills in the defaults itself: not a mutable one, which the model copies).
         self._as_is = {n: _as_is(ann) for n, ann in annotations.items()}
+        self._fills = all(type(d) in _PLAIN[:4] or d is None for d in self._defaults.values())
         self._schema: dict[str, Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -232,10 +237,10 @@ class Tool:
 
         Values of a type pydantic hands on unchanged skip it (the common case: a str for a
         str, an int for an int); a list or dict is then copied, as pydantic would."""
-        if all(type(v) in self._as_is.get(k, ()) for k, v in arguments.items()):
-            return {
-                k: v if type(v) not in (list, dict) else type(v)(v) for k, v in arguments.items()
-            }
+        if self._fills and all(type(v) in self._as_is.get(k, ()) for k, v in arguments.items()):
+            out = {**self._defaults, **arguments}
+            if len(out) == len(self._as_is):  # every parameter given or defaulted
+                return {k: v if type(v) not in (list, dict) else type(v)(v) for k, v in out.items()}
         if not self._names:
             return dict(arguments)
         try:
