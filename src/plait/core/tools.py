@@ -103,11 +103,7 @@ class Tool:
             **fields,
         )
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
-        self._required = [
-            n
-            for n, p in self._signature.parameters.items()
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
+        self._required = [n for n in annotations if n not in self._defaults]
         # Built now, not on first use: a run should not pay pydantic's schema build.
         self._adapters = {n: _type_adapter(ann) for n, ann in annotations.items()}
         # Per parameter, the types whose values pydantic hands on as they are (a list or dict
@@ -233,10 +229,8 @@ class Tool:
         return PlanError(f"task {task.id} ({self.name}): {why}", line=task.line)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """Arguments after pydantic validation (and coercion), ready for the call.
-
-        Values of a type pydantic hands on unchanged skip it (the common case: a str for a
-        str, an int for an int); a list or dict is then copied, as pydantic would."""
+        """Arguments after pydantic validation (and coercion), ready for the call. Values of
+        a type pydantic hands on unchanged skip it (a list or dict copied, as it would)."""
         if self._fills and all(type(v) in self._as_is.get(k, ()) for k, v in arguments.items()):
             out = {**self._defaults, **arguments}
             if len(out) == len(self._as_is):  # every parameter given or defaulted
