@@ -1,20 +1,26 @@
 """Per-task overhead: many trivial async tasks, plait against bare asyncio.
 
-The DAG (seeded): task i calls `noop(i)`, or `noop(i, [$a, $b])` with 0-2 references to
-random earlier tasks, so it is a realistic web of dependencies, not a flat fan-out.
+Task i calls `noop(i)`, or `noop(i, [$a, $b])` with references to earlier tasks. Four DAG
+shapes (seeded), `--shape chain|fanout|web|layered|all`:
+
+    chain    10 long chains: task i references task i-10
+    fanout   one source, every other task references it (a 50k-wide fan-out)
+    web      0-2 references to random earlier tasks: a realistic web of dependencies
+    layered  layers of 100 tasks, each referencing 1-2 tasks of the layer before
 
 1. Whole process, 50,000 tasks: `plait exec plan.txt --tools tools.py --json > /dev/null`
    as a subprocess, with its default SQLite run store and with `--store memory://`,
    against a subprocess running a bare-asyncio script over the same DAG (one asyncio task
    per node that awaits its inputs' tasks, then the same trivial coroutine). Both include
    interpreter start and reading their input; plait's time also includes parsing and
-   validating the plan and building the --json result. Median of
-   --repeat runs; the ratio is plait ÷ bare asyncio (target ≤ 6×).
+   validating the plan and building the --json result. Median of --repeat runs; the
+   ratio is plait ÷ bare asyncio, per shape (targets: ≤ 5× SQLite, ≤ 4× memory://).
 2. In one process (no interpreter start): `plait.aexecute` at 1k, 10k, 50k and 100k tasks,
    in µs per task, beside bare asyncio in the same process. Flat µs/task means the
-   per-task cost does not grow with the size of the plan.
+   per-task cost does not grow with the size of the plan. On the web shape, or the one
+   shape given.
 
-    python bench/scale.py [--tasks 50000] [--repeat 3] [--sizes 1000,10000,50000,100000]
+    python bench/scale.py [--shape all] [--tasks 50000] [--repeat 3] [--sizes 1000,...]
 """
 
 from __future__ import annotations
@@ -72,13 +78,26 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def make_dag(n: int, seed: int = 1) -> list[list[int]]:
-    """deps[i-1] = the earlier task ids task i references (0-2 of them)."""
+SHAPES = ("chain", "fanout", "web", "layered")
+
+
+def make_dag(n: int, shape: str = "web", seed: int = 1) -> list[list[int]]:
+    """deps[i-1] = the earlier task ids task i references."""
     rng = random.Random(seed)
+    if shape == "chain":
+        return [[i - 10] if i > 10 else [] for i in range(1, n + 1)]
+    if shape == "fanout":
+        return [[1] if i > 1 else [] for i in range(1, n + 1)]
     dag: list[list[int]] = [[]]
     for i in range(2, n + 1):
-        k = rng.choice((0, 1, 1, 2, 2)) if i > 2 else rng.randint(0, 1)
-        dag.append(sorted(set(rng.sample(range(1, i), k))))
+        if shape == "layered":
+            layer = (i - 1) // 100
+            lo = (layer - 1) * 100 + 1
+            k = rng.randint(1, 2) if layer else 0
+            dag.append(sorted(rng.sample(range(lo, lo + 100), k)))
+        else:
+            k = rng.choice((0, 1, 1, 2, 2)) if i > 2 else rng.randint(0, 1)
+            dag.append(sorted(set(rng.sample(range(1, i), k))))
     return dag
 
 
@@ -113,11 +132,22 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def whole_process(n: int, repeat: int) -> None:
+def whole_process(n: int, repeat: int, shapes: tuple[str, ...]) -> None:
     plait_exe = shutil.which("plait") or str(Path(sys.executable).with_name("plait"))
+    print(f"whole process, {n:,} tasks, median of {repeat}; plait ÷ bare asyncio")
+    head = ("shape", "SQLite s", "×", "memory s", "×", "bare s", "empty s")
+    print("{:>8} {:>9} {:>6} {:>9} {:>6} {:>7} {:>8}".format(*head))
+    for shape in shapes:
+        s, m, b, e = _whole_process(plait_exe, make_dag(n, shape), repeat)
+        print(f"{shape:>8} {s:9.3f} {s / b:6.2f} {m:9.3f} {m / b:6.2f} {b:7.3f} {e:8.3f}")
+    print("  (targets: ≤ 5× with the default SQLite store, ≤ 4× with --store memory://)")
+
+
+def _whole_process(
+    plait_exe: str, dag: list[list[int]], repeat: int
+) -> tuple[float, float, float, float]:
     with tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp:
         d = Path(tmp)
-        dag = make_dag(n)
         (d / "plan.txt").write_text(plan_text(dag))
         (d / "dag.json").write_text(json.dumps(dag))
         (d / "tools.py").write_text(TOOLS_PY)
@@ -140,19 +170,15 @@ def whole_process(n: int, repeat: int) -> None:
             base.append(timed(bare_cmd))
             empty.append(timed(empty_cmd))
     s, m, b, e = (statistics.median(x) for x in (stored, memory, base, empty))
-    print(f"whole process, {n:,} tasks, median of {repeat} (target ≤ 6×)")
-    print(f"  plait exec --json, SQLite store (default)  {s:7.3f} s   {s / b:5.2f} ×")
-    print(f"  plait exec --json --store memory://        {m:7.3f} s   {m / b:5.2f} ×")
-    print(f"  bare asyncio script                        {b:7.3f} s")
-    print(f"  (empty interpreter                         {e:7.3f} s)")
+    return s, m, b, e
 
 
-async def in_process(sizes: list[int], repeat: int) -> None:
-    print("\nin one process (aexecute, plan parsing included; no interpreter start)")
+async def in_process(sizes: list[int], repeat: int, shape: str) -> None:
+    print(f"\nin one process, {shape} (aexecute, plan parsing included; no interpreter start)")
     print(f"{'tasks':>8} {'plait s':>8} {'µs/task':>8} {'bare s':>8} {'µs/task':>8} {'ratio':>6}")
     await plait.aexecute(plan_text(make_dag(1000)), tools=[noop])  # warm-up
     for n in sizes:
-        dag = make_dag(n)
+        dag = make_dag(n, shape)
         plan = plan_text(dag)
         ours, base = [], []
         for _ in range(repeat):
@@ -172,9 +198,14 @@ async def in_process(sizes: list[int], repeat: int) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=(*SHAPES, "all"), default="all")
     ap.add_argument("--tasks", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sizes", default="1000,10000,50000,100000")
     args = ap.parse_args()
-    whole_process(args.tasks, args.repeat)
-    asyncio.run(in_process([int(s) for s in args.sizes.split(",")], args.repeat))
+    shapes = SHAPES if args.shape == "all" else (args.shape,)
+    whole_process(args.tasks, args.repeat, shapes)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        shape = "web" if args.shape == "all" else args.shape
+        asyncio.run(in_process(sizes, args.repeat, shape))

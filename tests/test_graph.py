@@ -42,7 +42,7 @@ def test_add_ready_and_pending():
     assert statuses(g) == {1: READY, 2: PENDING, 3: PENDING, 4: PENDING, 5: READY}
     assert g.nodes[4].waiting == 2
     assert g.open == 5
-    assert len(g) == 5 and 4 in g and 6 not in g
+    assert len(g.nodes) == 5 and 4 in g.nodes and 6 not in g.nodes
 
 
 def test_finish_makes_dependents_ready():
@@ -151,7 +151,7 @@ def test_duplicate_id_and_unknown_dependency():
         g.add(t(1))
     with pytest.raises(GraphError, match="unknown task 9"):
         g.add(t(6, 1, 9))
-    assert 6 not in g and g.open == 5  # a rejected add changes nothing
+    assert 6 not in g.nodes and g.open == 5  # a rejected add changes nothing
     assert g.nodes[1].dependents == [2, 3]
 
 
@@ -199,7 +199,7 @@ def test_random_runs_settle_consistently(deps, data):
         assert g.open == sum(n.status not in SETTLED for n in g.nodes.values())
 
     assert g.open == 0
-    assert len(g) == len(deps)
+    assert len(g.nodes) == len(deps)
     for i, node in g.nodes.items():
         task_deps = [g.nodes[d] for d in node.task.deps]
         if node.status == DONE:

@@ -909,3 +909,31 @@ def test_a_long_whitespace_prelude_is_not_sniffed_again_at_every_chunk(
     tasks = parser.feed('1. a("x")\n') + parser.close()
     assert [(t.id, t.line) for t in tasks] == [(1, 5001)]
     assert calls == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        '"a", 1, -2, True, False, None',
+        '[$1, ${1}, [], [[1, "b"]]], "x $1 y"',
+        '"$1", "", "é ü", "(,)", "a\'b"',
+        "$1,",  # a trailing comma: Python's, not JSON's
+        '"a" "b"',  # implicit concatenation
+        "1 2",
+        "[1,]",
+        "007",
+        "12345678901234567890",
+        '"tab\there"',
+    ],
+)
+def test_a_simple_line_reads_as_the_general_reader_does(args):
+    """`N. tool(args)` of plain literals takes a fast way; a decorated line (`- N.`) the
+    general one: both must give the same task, or the same error."""
+
+    def read(prefix: str) -> object:
+        try:
+            return parse_plan(f"1. a()\n{prefix}2. f({args})\n")[1]
+        except PlanError as e:
+            return str(e)
+
+    assert read("") == read("- ")

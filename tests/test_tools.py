@@ -378,3 +378,23 @@ def test_a_mapping_renames_a_tool_and_keeps_its_limits():
     renamed = as_tools({"lookup": limited})["lookup"]
     assert renamed.name == "lookup"
     assert (renamed.max_concurrency, renamed.timeout, renamed.retries) == (2, 5, 3)
+
+
+def test_validate_hands_plain_values_on_as_the_model_would():
+    @tool
+    def f(a: int, b: float = 1.5, c: list | None = None, d: str = "x") -> None: ...
+
+    items = [1, "$2"]
+    out = f.validate({"a": 3, "c": items})
+    # Defaults filled in (a pure call's key depends on it), a list copied, not shared.
+    assert out == {"a": 3, "b": 1.5, "c": [1, "$2"], "d": "x"} and out["c"] is not items
+    coerced = f.validate({"a": 3, "b": 2})
+    assert coerced["b"] == 2.0 and type(coerced["b"]) is float  # not a plain match: pydantic's
+    with pytest.raises(ValueError, match="invalid arguments for f"):
+        f.validate({"a": "three"})
+
+    @tool
+    def g(a: int, xs: list | None = []) -> None: ...  # noqa: B006 - the model copies it
+
+    out = g.validate({"a": 1})
+    assert out["xs"] == [] and out["xs"] is not g._defaults["xs"]

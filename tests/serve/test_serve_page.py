@@ -98,15 +98,23 @@ def test_start_a_run_from_the_page_and_open_a_task(
 
 
 def test_a_question_streams_the_planner_and_joiner_text(
-    server: Server, page: Page, tmp_path: Path
+    store_url: str, serve_env: dict, page: Page, tmp_path: Path
 ) -> None:
     replies = tmp_path / "replies.json"
     plan = '1. add(2, 3)\n2. echo("five")\n3. join()\n<END_OF_PLAN>'
     replies.write_text(json.dumps([plan, "Thought: both are in.\nAction: Finish(5)"]))
+    # The model is the server's own: a client may not name a file on the server.
+    server = Server(store_url, serve_env, "--model", f"replay:{replies}?tps=200").start()
+    try:
+        question_page(server, page, tmp_path)
+    finally:
+        server.kill()
+
+
+def question_page(server: Server, page: Page, tmp_path: Path) -> None:
     page.goto(server.url + "/")
     page.check("input[name=kind][value=question]")
     page.fill("textarea[name=text]", "what is 2 + 3?")
-    page.fill("input[name=model]", f"replay:{replies}?tps=200")
     page.click("button[type=submit]")
     _all_done(page, 2)
     assert "add(2, 3)" in page.inner_text("#planner")

@@ -46,6 +46,8 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from pydantic_core import from_json
+
 from ..core.task import JOIN, Task, dependencies, shown
 from ..errors import PlanError
 
@@ -68,6 +70,21 @@ _AFTER_CALL = re.compile(r"[\s*_`.,;]*")  # what may follow a task's closing par
 _TOOL_NAME = re.compile(r"[A-Za-z_][\w.]*")
 _FENCE = re.compile(r"\s*```[\w-]*\s*")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+# The common task line, read without the general machinery: `N. tool(args)` whose arguments
+# are only double-quoted strings without escapes, bare references, integers, True, False,
+# None and lists of them. Those are JSON once references are quoted and the constants
+# spelled JSON's way, so a strict JSON decoder reads them, or rejects what Python would too
+# (a trailing comma, a missing one): then the line goes the general way.
+_SIMPLE_TOKEN = (
+    r'"[^"\\\x00-\x1f]*"|\$(?:\{\d{1,18}\}|\d{1,18})(?!\d)|-?(?:0|[1-9]\d{0,17})(?!\d)'
+    r"|True|False|None|[\[\],]"
+)
+_SIMPLE_LINE = re.compile(
+    rf"[ \t]*(\d{{1,18}})\.[ \t]*([A-Za-z_]\w*)\(((?:[ \t]*(?:{_SIMPLE_TOKEN}))*)[ \t]*\)\s*"
+)
+_SIMPLE_REWRITE = re.compile(r'"[^"]*"|\$\{?(\d+)\}?|True|False|None')
+_JSON_CONSTANTS = {"True": "true", "False": "false", "None": "null"}
 
 
 # A quote opening a string literal, or a bracket; and the rest of each kind of string
@@ -493,6 +510,9 @@ class PlanParser:
 
     def _start(self, line: str, out: list[Task]) -> None:
         """A line outside any task: a task's first line, the plan's end, an error, or text."""
+        m = _SIMPLE_LINE.fullmatch(line)
+        if m is not None and m.group(2) != JOIN and self._simple(m, out):
+            return
         if _JOIN_LINE.fullmatch(line):
             self.done = self.joined = True
             return
@@ -515,6 +535,43 @@ class PlanParser:
                 f"{name}(...) has no task id: write N. {name}(...), N the next id",
                 line=self._line,
             )
+
+    def _simple(self, m: re.Match[str], out: list[Task]) -> bool:
+        """The task of a line `_SIMPLE_LINE` matched, if its arguments decode as JSON (the
+        same values `ast` would give) and hold no surrogate; else False, and nothing done."""
+        text = m.group(3)
+        if text.count("[") > MAX_NESTING or (not text.isascii() and _SURROGATE.search(text)):
+            return False  # the general way names the line and the fault
+        refs: list[int] = []
+        inner = False  # a quoted string holds a "$": its references need the general walk
+
+        def json_token(t: re.Match[str]) -> str:
+            nonlocal inner
+            token = t.group()
+            if token[0] == '"':
+                inner = inner or "$" in token
+                return token
+            if token[0] == "$":
+                refs.append(int(t.group(1)))
+                return f'"{token}"'
+            return _JSON_CONSTANTS[token]
+
+        try:
+            args = from_json(f"[{_SIMPLE_REWRITE.sub(json_token, text)}]")
+        except ValueError:
+            return False
+        task_id, line = int(m.group(1)), self._line
+        if inner:
+            deps = dependencies(task_id, args, self.known, line)
+        else:
+            for n in refs:
+                if n not in self.known or n == task_id:
+                    raise PlanError(
+                        f"task {task_id} references ${n}, which is not an earlier task", line=line
+                    )
+            deps = frozenset(refs)
+        out.append(self._task(task_id, m.group(2), tuple(args), {}, line, deps))
+        return True
 
     def _calls_tool(self, name: str) -> bool:
         return name == JOIN or (self.tools is not None and name in self.tools)
@@ -571,19 +628,33 @@ class PlanParser:
     # both forms ------------------------------------------------------------------------
 
     def _task(
-        self, task_id: int, name: str, args: Iterable[Any], kwargs: Mapping[str, Any], line: int
+        self,
+        task_id: int,
+        name: str,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any],
+        line: int,
+        deps: frozenset[int] | None = None,
     ) -> Task:
+        """The task, once its id is new; `deps` given means its arguments are known to be
+        plan literals already (the simple line's), so they need no walk."""
         if task_id in self.known:
             raise PlanError(f"task id {task_id} is used twice", line=line)
+        if deps is not None:
+            self.known.add(task_id)
+            return Task(task_id, name, tuple(args), dict(kwargs), deps, line)
         where = f"task {task_id}"
-        args = tuple(carried(v, f"{where}: argument {i}", line) for i, v in enumerate(args, 1))
-        kwargs = {
+        carried_args = tuple(
+            carried(v, f"{where}: argument {i}", line) for i, v in enumerate(args, 1)
+        )
+        carried_kwargs = {
             carried(k, where, line): carried(v, f"{where}: argument {k!r}", line)
             for k, v in kwargs.items()
         }
-        deps = dependencies(task_id, (*args, *kwargs.values()), self.known, line)
+        values = (*carried_args, *carried_kwargs.values())
+        deps = dependencies(task_id, values, self.known, line)
         self.known.add(task_id)
-        return Task(task_id, name, args, kwargs, deps, line)
+        return Task(task_id, name, carried_args, carried_kwargs, deps, line)
 
     # JSON form -------------------------------------------------------------------------
 

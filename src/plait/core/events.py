@@ -139,32 +139,35 @@ class RunFinished:
     result: Any
 
 
-Event = (
-    RunStarted
-    | TaskAdded
-    | TaskStarted
-    | TaskRetrying
-    | TaskFinished
-    | LLMStarted
-    | LLMToken
-    | LLMRetrying
-    | LLMFinished
-    | PlanInvalid
-    | Replanning
-    | Answered
-    | RunFinished
-)
+TaskEvent = TaskAdded | TaskStarted | TaskRetrying | TaskFinished
+LLMEvent = LLMStarted | LLMToken | LLMRetrying | LLMFinished
+Event = RunStarted | TaskEvent | LLMEvent | PlanInvalid | Replanning | Answered | RunFinished
 Listener = Callable[[Event], None]
 
 
 class Emitter:
-    """Fans each event out to listeners, synchronously and in order."""
+    """Fans each event out to listeners, synchronously and in order. A listener with a
+    `handlers` map (event type -> function) gets only those types, straight to the function."""
 
-    __slots__ = ("listeners",)
+    __slots__ = ("_routes", "listeners")
 
     def __init__(self, *listeners: Listener | None) -> None:
-        self.listeners = [f for f in listeners if f is not None]
+        self.listeners = tuple(f for f in listeners if f is not None)
+        self._routes: dict[type, tuple[Listener, ...]] = {}
 
     def __call__(self, event: Event) -> None:
-        for f in self.listeners:
+        route = self._routes.get(type(event))
+        if route is None:
+            route = self._routes[type(event)] = self._route(type(event))
+        for f in route:
             f(event)
+
+    def _route(self, kind: type) -> tuple[Listener, ...]:
+        route = []
+        for f in self.listeners:
+            handlers = getattr(f, "handlers", None)
+            if handlers is None:
+                route.append(f)
+            elif kind in handlers:
+                route.append(handlers[kind])
+        return tuple(route)

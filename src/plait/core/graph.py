@@ -58,34 +58,22 @@ class Graph:
         self.results: dict[int, Any] = {}
         self.open = 0
 
-    def __contains__(self, task_id: int) -> bool:
-        return task_id in self.nodes
-
-    def __len__(self) -> int:
-        return len(self.nodes)
-
     def add(self, task: Task) -> Node:
         """Add a task. Its status is ready, pending, or already skipped/cancelled by an input."""
         if task.id in self.nodes:
             raise GraphError(f"task id {task.id} is already in the graph")
-        missing = [d for d in task.deps if d not in self.nodes]
-        if missing:
-            raise GraphError(f"task {task.id} depends on unknown task {missing[0]}")
-        node = Node(task)
-        self.nodes[task.id] = node
+        for d in task.deps:
+            if d not in self.nodes:
+                raise GraphError(f"task {task.id} depends on unknown task {d}")
+        node = self.nodes[task.id] = Node(task)
         self.open += 1
-        for d in task.deps:
-            dep = self.nodes[d]
-            if dep.status == DONE:
-                continue
-            if dep.status in (FAILED, SKIPPED):
-                self._settle(node, SKIPPED, f"input ${d} {dep.status}")
-            elif dep.status == CANCELLED:
-                self._settle(node, CANCELLED, f"input ${d} cancelled")
-            if node.status in SETTLED:
+        waits = [self.nodes[d] for d in task.deps]
+        for dep in waits:
+            if dep.status in (FAILED, SKIPPED, CANCELLED):  # it never runs, nor waits
+                status = CANCELLED if dep.status == CANCELLED else SKIPPED
+                self._settle(node, status, f"input ${dep.task.id} {dep.status}")
                 return node
-        for d in task.deps:
-            dep = self.nodes[d]
+        for dep in waits:
             if dep.status != DONE:
                 dep.dependents.append(task.id)
                 node.waiting += 1

@@ -1,33 +1,29 @@
 """The scheduler: pure dataflow over a Graph, inside one structured-concurrency scope.
 
-There is no loop here that polls or steps. Adding a task dispatches it if its inputs are
-done; a task that finishes dispatches the dependents it made ready, from its own coroutine,
-at once. So a fast branch never waits for a slow one (LangGraph's supersteps do), and the
-planner's tasks start while it is still writing.
+No loop here polls or steps: adding a task dispatches it if its inputs are done, and a task
+that finishes dispatches the dependents it made ready, from its own coroutine, at once. So a
+fast branch never waits for a slow one (LangGraph's supersteps do), and the planner's tasks
+start while it is still writing.
 
-Every task runs as a child of one `asyncio.TaskGroup`; leaving `async with Scheduler(...)`
-waits for or cancels all of them, so no task a run started outlives it. Where a call runs is
-the business of the `Backend` the scheduler is given (core/backend.py's protocol): a run's
-session passes `plait.backends.local` (async tools on the loop, sync ones on daemon threads)
-or Ray, and closes it; the scheduler never constructs one. A thread cannot be interrupted,
-so a sync tool that times out is reported failed at once and its thread abandoned by the
-local backend. Give long sync work a `timeout` that it honours itself, or make it async, or
-run it on Ray, whose tasks can be stopped.
+Every task runs as a child of one `asyncio.TaskGroup`: no task a run started outlives
+`async with Scheduler(...)`. Where a call runs is the business of the `Backend` it is given
+(core/backend.py): `plait.backends.local` (async tools on the loop, sync ones on daemon
+threads) or Ray; the scheduler never constructs one. A thread cannot be interrupted, so a
+sync tool that times out is reported failed at once and its thread abandoned: give long
+sync work a `timeout` it honours itself, make it async, or run it on Ray.
 
-A tool's exception is the tool's failure whatever its type: SystemExit, KeyboardInterrupt or
-its own CancelledError fail its task like any other. Only a KeyboardInterrupt raised by the
-process's signal handler (a real Ctrl-C or SIGTERM that landed in a tool's code) stops the
-run, and only a cancel the task really received cancels it.
+A tool's exception is the tool's failure whatever its type (SystemExit, KeyboardInterrupt,
+its own CancelledError). Only a KeyboardInterrupt raised by the process's signal handler (a
+real Ctrl-C or SIGTERM that landed in a tool's code) stops the run, and only a cancel the
+task really received cancels it. A backend that loses a call's worker (a Ray node died)
+raises `WorkerLost`; the call runs again, within `lost_retries` of its own.
 
-A backend that loses a call's worker (a Ray node died) raises `WorkerLost`; the call runs
-again, reported as a retry, within `lost_retries` that do not spend the tool's own retries.
-
-A `Journal` (the run store's side, see plait/runs/runlog.py) makes the scheduler durable without the
-scheduler knowing about storage: a task the journal recorded as settled in an earlier session
-settles again from that record instead of running, and every result is offered to the
-journal before it counts, so one that cannot be stored fails at the tool boundary. A tool
-can read `current_task()` for an idempotency key: a task that was running when a process
-died runs again on resume (at-least-once).
+A `Journal` (the run store's side, plait/runs/runlog.py) makes the scheduler durable without
+it knowing about storage: a task the journal recorded as ended in an earlier session ends
+again from that record instead of running, and every result is offered to the journal
+before it counts, so one that cannot be stored fails at the tool boundary. A task that was
+running when a process died runs again on resume (at-least-once; `current_task()` gives
+tools an idempotency key).
 """
 
 from __future__ import annotations
@@ -45,8 +41,8 @@ from ..errors import PlanError, WorkerLost
 from . import events as ev
 from .backend import Backend, InProcess, ToolRaised
 from .context import TaskContext, entered
-from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
-from .remote import holds_remote
+from .graph import CANCELLED, DONE, FAILED, PENDING, READY, SETTLED, Graph, GraphError, Node
+from .remote import Remote, holds_remote
 from .shared import SharedCalls, call_key
 from .task import Task, dependencies, resolve
 from .tools import Tool, Tools
@@ -56,14 +52,16 @@ LOST_BACKOFF = 0.5  # seconds before the first re-run of a call whose worker was
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
-    status: str  # done, failed or cancelled
+class Recorded:
+    """How a task ended in an earlier session, as its journal kept it."""
+
+    status: str  # DONE, FAILED or CANCELLED
     result: Any = None
     error: str | None = None
 
 
 class Journal(Protocol):
-    def recorded(self, task: Task) -> Settled | None:
+    def recorded(self, task: Task) -> Recorded | None:
         """How `task` settled in an earlier session, if it did (same id and same call)."""
 
     def check(self, task_id: int, result: Any) -> Any:
@@ -111,6 +109,7 @@ class Scheduler:
         self._idle.set()
         self._interrupting = False
         self._restored: set[int] = set()  # tasks settled from the journal this session
+        self._remotes = False  # whether a result is kept on a cluster (see `_call`)
         self._signalled: BaseException | None = None  # a signal's interrupt, met in a tool
 
     async def __aenter__(self) -> Scheduler:
@@ -166,10 +165,10 @@ class Scheduler:
         elif node.status == READY:
             self._dispatch(node)
         elif node.status != PENDING:
-            self._settled([node])
+            self._report_unrun([node])
         return node
 
-    def _restorable(self, node: Node, record: Settled) -> bool:
+    def _restorable(self, node: Node, record: Recorded) -> bool:
         """A record stands only where the task could have settled that way in this session:
         every input done, and restored too (an input that ran again may differ now)."""
         if record.status == CANCELLED:
@@ -180,24 +179,15 @@ class Scheduler:
             and node.task.deps <= self._restored
         )
 
-    def _restore(self, node: Node, record: Settled) -> None:
+    def _restore(self, node: Node, record: Recorded) -> None:
         task_id = node.task.id
         self._restored.add(task_id)
-        t = self._clock()
         if record.status == CANCELLED:
-            self._settled(self.graph.cancel(task_id), restored=True)
+            self._report_unrun(self.graph.cancel(task_id), restored=True)
             return
         self.graph.start(task_id)
-        if record.status == DONE:
-            ready = self.graph.finish(task_id, record.result)
-            self._emit(ev.TaskFinished(t, task_id, DONE, record.result, None, True))
-            for dep in ready:
-                self._dispatch(dep)
-            if self.graph.open == 0:
-                self._idle.set()
-        else:
-            self._emit(ev.TaskFinished(t, task_id, FAILED, None, record.error, True))
-            self._settled(self.graph.fail(task_id, record.error or "failed"))
+        ok = record.status == DONE
+        self._ended(task_id, ok, record.result if ok else record.error or FAILED, restored=True)
 
     def cancel(self, task_id: int) -> list[int]:
         """Cancel a task and everything that depends on it; return the ids cancelled."""
@@ -209,21 +199,16 @@ class Scheduler:
             running = self._running.pop(node.task.id, None)
             if running is not None:
                 running.cancel()
-        self._settled(nodes)
+        self._report_unrun(nodes)
         return [n.task.id for n in nodes]
-
-    def cancel_all(self) -> None:
-        for task_id, node in list(self.graph.nodes.items()):
-            if node.status not in ("done", "failed", "skipped", "cancelled"):
-                self.cancel(task_id)
 
     def _interrupt(self) -> None:
         """The run itself is stopping: cancel what is open, reported as INTERRUPTED.
-
-        Unlike an edit's `cancel`, this is no decision about the tasks: a resume runs them.
-        """
+        Unlike an edit's `cancel`, this is no decision about the tasks: a resume runs them."""
         self._interrupting = True
-        self.cancel_all()
+        for task_id, node in list(self.graph.nodes.items()):
+            if node.status not in SETTLED:
+                self.cancel(task_id)
 
     async def wait(self) -> None:
         """Until every task added so far has settled."""
@@ -237,8 +222,7 @@ class Scheduler:
 
     def _dispatch(self, node: Node) -> None:
         assert self._group is not None, "use the scheduler inside `async with`"
-        task_id = node.task.id
-        self._running[task_id] = self._group.create_task(self._run(node))
+        self._running[node.task.id] = self._group.create_task(self._run(node))
 
     async def _run(self, node: Node) -> None:
         task = node.task
@@ -257,17 +241,22 @@ class Scheduler:
                 return  # an edit cancelled just this task; already reported
             raise
         self._running.pop(task.id, None)
-        ok, value = outcome
+        self._ended(task.id, *outcome)
+
+    def _ended(self, task_id: int, ok: bool, value: Any, restored: bool = False) -> None:
+        """Report how a task that ran (or was restored) ended; start what that made ready."""
+        t = self._clock()
         if ok:
-            ready = self.graph.finish(task.id, value)
-            self._emit(ev.TaskFinished(self._clock(), task.id, "done", value))
-            for dep in ready:
-                self._dispatch(dep)
+            self._remotes = self._remotes or type(value) is Remote
+            ready = self.graph.finish(task_id, value)
+            self._emit(ev.TaskFinished(t, task_id, DONE, value, None, restored))
+            for node in ready:
+                self._dispatch(node)
+            if self.graph.open == 0:
+                self._idle.set()
         else:
-            self._emit(ev.TaskFinished(self._clock(), task.id, "failed", None, value))
-            self._settled(self.graph.fail(task.id, value))
-        if self.graph.open == 0:
-            self._idle.set()
+            self._emit(ev.TaskFinished(t, task_id, FAILED, None, value, restored))
+            self._report_unrun(self.graph.fail(task_id, value))
 
     async def _attempts(self, node: Node, tool: Tool) -> tuple[bool, Any]:
         task = node.task
@@ -278,8 +267,6 @@ class Scheduler:
             try:
                 entered(TaskContext(self.run_id, task.id, attempt + 1))
                 value = await self._call(tool, task)
-            except asyncio.CancelledError:
-                raise
             except WorkerLost as e:
                 lost += 1
                 error, n, backoff = f"worker lost: {e}", lost, LOST_BACKOFF
@@ -307,25 +294,25 @@ class Scheduler:
         kwargs = task.kwargs
         if task.deps:
             kwargs = resolve(kwargs, self.graph.results, task.deps)
-        if holds_remote(kwargs):
+        # Only a backend's result is ever a Remote: until one is, no argument holds one.
+        if (self._remotes or not task.deps) and holds_remote(kwargs):
             # A result kept on the cluster: the backend checks the arguments where the value is.
-            return await self._timed(tool, kwargs)
+            return await self._invoke(tool, kwargs)
         kwargs = tool.validate(kwargs)
-        if tool.pure and self.shared is not None:
+        if tool.pure:
             key = call_key(tool.name, kwargs)
             if key is not None:
-                return await self.shared.call(key, lambda: self._timed(tool, kwargs))
-        return await self._timed(tool, kwargs)
-
-    async def _timed(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
-        if tool.timeout is None:
-            return await self._invoke(tool, kwargs)
-        async with asyncio.timeout(tool.timeout):
-            return await self._invoke(tool, kwargs)
+                return await self.shared.call(key, lambda: self._invoke(tool, kwargs))
+        return await self._invoke(tool, kwargs)
 
     async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
+        """The backend's call, under the tool's timeout; a BaseException the tool raised
+        is its failure (`ToolRaised`), unless it is a real cancel or signal."""
         try:
-            return await self.backend.call(tool, kwargs)
+            if tool.timeout is None:
+                return await self.backend.call(tool, kwargs)
+            async with asyncio.timeout(tool.timeout):
+                return await self.backend.call(tool, kwargs)
         except Exception:
             raise
         except asyncio.CancelledError:
@@ -339,7 +326,7 @@ class Scheduler:
                 raise  # a real Ctrl-C or SIGTERM, landed in the tool's code: the run stops
             raise ToolRaised(e) from None
 
-    def _settled(self, nodes: list[Node], restored: bool = False) -> None:
+    def _report_unrun(self, nodes: list[Node], restored: bool = False) -> None:
         """Report nodes that settled without running (skipped or cancelled)."""
         t = self._clock()
         for n in nodes:

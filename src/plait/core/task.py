@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ JOIN = "join"  # the name that ends a plan; no tool may take it
 # Ids have at most 18 digits: a longer run of digits is no task's id, just text (and
 # int() of thousands of digits raises ValueError).
 _REF = re.compile(r"\$\{(\d{1,18})\}|\$(\d{1,18})(?!\d)")
+_INERT = {int, float, bool, type(None)}  # values no reference can be in
 _WHOLE_REF = re.compile(r"\s*\$(?:\{(\d{1,18})\}|(\d{1,18}))\s*")
 
 
@@ -54,6 +55,9 @@ class Task:
 def whole_ref(value: Any) -> int | None:
     """Task id if `value` is exactly a reference string like "$3" or "${3}"."""
     if isinstance(value, str) and "$" in value:
+        digits = value[1:]  # the common form, "$12", without the regex
+        if value[0] == "$" and digits.isascii() and digits.isdigit() and len(digits) <= 18:
+            return int(digits)
         m = _WHOLE_REF.fullmatch(value)
         if m:
             return int(m.group(1) or m.group(2))
@@ -63,37 +67,30 @@ def whole_ref(value: Any) -> int | None:
 def references(value: Any) -> list[tuple[int, bool]]:
     """(task id, is_whole) for every reference in a nested argument value."""
     found: list[tuple[int, bool]] = []
-    _collect(value, found)
+    for text in _strings(value):
+        n = whole_ref(text)
+        if n is not None:
+            found.append((n, True))
+        elif "$" in text:
+            found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(text))
     return found
-
-
-def _collect(value: Any, found: list[tuple[int, bool]]) -> None:
-    if type(value) is str:  # the hot path: most values are strings or numbers
-        if "$" in value:
-            m = _WHOLE_REF.fullmatch(value)
-            if m:
-                found.append((int(m.group(1) or m.group(2)), True))
-            else:
-                found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(value))
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for v in value:
-            _collect(v, found)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _collect(v, found)
-    elif isinstance(value, str):  # a str subclass
-        _collect(str(value), found)
 
 
 def mentions_reference(value: Any) -> bool:
     """Whether a value may hold a reference (a "$" in any of its strings): a cheap test."""
-    if type(value) is str:
-        return "$" in value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(mentions_reference(v) for v in value)
-    if isinstance(value, dict):
-        return any(mentions_reference(v) for v in value.values())
-    return isinstance(value, str) and "$" in value
+    return any("$" in text for text in _strings(value))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a nested value (a str subclass as a plain str)."""
+    if isinstance(value, str):
+        yield str(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for v in value:
+            yield from _strings(v)
 
 
 def dependencies(
@@ -104,14 +101,13 @@ def dependencies(
 ) -> frozenset[int]:
     """The earlier tasks that `values` reference; a whole reference to any other is an error."""
     deps: set[int] = set()
-    for value in values:
-        for n, whole in references(value):
-            if n in known and n != task_id:
-                deps.add(n)
-            elif whole:
-                raise PlanError(
-                    f"task {task_id} references ${n}, which is not an earlier task", line=line
-                )
+    for n, whole in references(list(values)):
+        if n in known and n != task_id:
+            deps.add(n)
+        elif whole:
+            raise PlanError(
+                f"task {task_id} references ${n}, which is not an earlier task", line=line
+            )
     return frozenset(deps)
 
 
@@ -132,7 +128,8 @@ def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | Non
     stays as written whatever else has finished, so a task's arguments never depend on
     which of its siblings happened to finish first (nor on whether the run was resumed).
     """
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str or isinstance(value, str):
         if "$" not in value:
             return value
         n = whole_ref(value)
@@ -150,12 +147,14 @@ def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | Non
             return result_text(results[k])
 
         return _REF.sub(sub, value)
-    if isinstance(value, list):
-        return [resolve(v, results, inputs) for v in value]
+    if kind is dict or (kind is not list and isinstance(value, dict)):
+        return {
+            k: v if type(v) in _INERT else resolve(v, results, inputs) for k, v in value.items()
+        }
+    if kind is list or isinstance(value, list):
+        return [v if type(v) in _INERT else resolve(v, results, inputs) for v in value]
     if isinstance(value, tuple):
         return tuple(resolve(v, results, inputs) for v in value)
-    if isinstance(value, dict):
-        return {k: resolve(v, results, inputs) for k, v in value.items()}
     return value
 
 

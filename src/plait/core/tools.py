@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Annotated, Any, get_args, get_origin, overload
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin, overload
 
 import pydantic
 
@@ -67,12 +68,12 @@ class Tool:
             raise ToolError(
                 f"tool {self.name}: cannot read its type hints: {type(e).__name__}: {e}"
             ) from None
-        self._params: list[str] = []
         self._positional: list[str] = []
         self._var_positional: str | None = None  # the name of *args, which takes a list
         self._var_keyword = False
         fields: dict[str, Any] = {}
         annotations: dict[str, Any] = {}
+        self._defaults: dict[str, Any] = {}  # what the arguments model fills in
         for i, (pname, p) in enumerate(self._signature.parameters.items()):
             if p.kind is p.VAR_KEYWORD:
                 self._var_keyword = True
@@ -83,9 +84,10 @@ class Tool:
                 self._var_positional = pname
                 ann, default = list[ann], []  # type: ignore[valid-type]
             annotations[pname] = ann
+            if default is not ...:
+                self._defaults[pname] = default
             # Internal field names avoid clashes with BaseModel attributes ("json", "copy").
             fields[f"p{i}"] = (ann, pydantic.Field(default, alias=pname, title=pname))
-            self._params.append(pname)
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 self._positional.append(pname)
         # Called with keywords only, unless *args or positional-only parameters forbid it.
@@ -101,8 +103,14 @@ class Tool:
             **fields,
         )
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
+        self._required = [n for n in annotations if n not in self._defaults]
         # Built now, not on first use: a run should not pay pydantic's schema build.
         self._adapters = {n: _type_adapter(ann) for n, ann in annotations.items()}
+        # Per parameter, the types whose values pydantic hands on as they are (a list or dict
+        # as a shallow copy): such a value needs no validator call (see `validate`, which
+        # then fills in the defaults itself: not a mutable one, which the model copies).
+        self._as_is = {n: _as_is(ann) for n, ann in annotations.items()}
+        self._fills = all(type(d) in _PLAIN[:4] or d is None for d in self._defaults.values())
         self._schema: dict[str, Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -186,11 +194,10 @@ class Tool:
 
     def bind(self, task: Task) -> dict[str, Any]:
         """Name every argument and check the ones that need no result; raise PlanError if not."""
-        where = f"task {task.id} ({self.name})"
         if len(task.args) > len(self._positional) and not self._var_positional:
             raise PlanError(
-                f"{where}: takes {len(self._positional)} positional arguments, "
-                f"{len(task.args)} given",
+                f"task {task.id} ({self.name}): takes {len(self._positional)} positional "
+                f"arguments, {len(task.args)} given",
                 line=task.line,
             )
         bound = dict(zip(self._positional, task.args, strict=False))
@@ -199,28 +206,35 @@ class Tool:
             bound[self._var_positional] = list(extra)
         for key, value in task.kwargs.items():
             if key in bound:
-                raise PlanError(f"{where}: argument {key!r} given twice", line=task.line)
-            if key not in self._params and not self._var_keyword:
-                raise PlanError(f"{where}: unknown argument {key!r}", line=task.line)
+                raise self._unfit(task, f"argument {key!r} given twice")
+            if key not in self._as_is and not self._var_keyword:
+                raise self._unfit(task, f"unknown argument {key!r}")
             bound[key] = value
-        for pname, p in self._signature.parameters.items():
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            if pname not in bound and p.default is p.empty:
-                raise PlanError(f"{where}: missing argument {pname!r}", line=task.line)
+        for pname in self._required:
+            if pname not in bound:
+                raise self._unfit(task, f"missing argument {pname!r}")
         for key, value in bound.items():
+            as_is = self._as_is.get(key)
+            if as_is is None or type(value) in as_is:
+                continue  # a **kwargs extra, or valid as it is
             # Values holding a reference are checked at call time, once resolved.
-            if key in self._params and (not task.deps or not mentions_reference(value)):
+            if not task.deps or not mentions_reference(value):
                 try:
                     self._adapters[key].validate_python(value)
                 except pydantic.ValidationError as e:
-                    raise PlanError(
-                        f"{where}: argument {key!r}: {_first_error(e)}", line=task.line
-                    ) from None
+                    raise self._unfit(task, f"argument {key!r}: {_first_error(e)}") from None
         return bound
 
+    def _unfit(self, task: Task, why: str) -> PlanError:
+        return PlanError(f"task {task.id} ({self.name}): {why}", line=task.line)
+
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """Arguments after pydantic validation (and coercion), ready for the call."""
+        """Arguments after pydantic validation (and coercion), ready for the call. Values of
+        a type pydantic hands on unchanged skip it (a list or dict copied, as it would)."""
+        if self._fills and all(type(v) in self._as_is.get(k, ()) for k, v in arguments.items()):
+            out = {**self._defaults, **arguments}
+            if len(out) == len(self._as_is):  # every parameter given or defaulted
+                return {k: v if type(v) not in (list, dict) else type(v)(v) for k, v in out.items()}
         if not self._names:
             return dict(arguments)
         try:
@@ -261,6 +275,19 @@ def _type_adapter(ann: Any) -> pydantic.TypeAdapter[Any]:
         return pydantic.TypeAdapter(ann)
     except pydantic.PydanticSchemaGenerationError:
         return pydantic.TypeAdapter(ann, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+
+
+# Types whose values pydantic hands on unchanged (a list or dict as a shallow copy).
+_PLAIN = (str, int, float, bool, list, dict, type(None))
+_UNCHANGED = [(t, (t,)) for t in _PLAIN] + [(Any, _PLAIN), (object, _PLAIN)]
+
+
+def _as_is(ann: Any) -> tuple[type, ...]:
+    """The value types a parameter annotated `ann` takes as they are: a plain type's own,
+    or a union's of plain types (a smart union keeps an exact match); else none."""
+    parts = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+    found = [next((ts for t, ts in _UNCHANGED if t is a), None) for a in parts]
+    return () if None in found else tuple(t for ts in found if ts is not None for t in ts)
 
 
 def _type_name(ann: Any) -> str:

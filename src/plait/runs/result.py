@@ -15,6 +15,7 @@ from pydantic_core import to_json, to_jsonable_python
 
 from ..core import events as ev
 from ..core.events import Usage
+from ..core.graph import DONE, PENDING, RUNNING
 from ..core.remote import json_fallback
 
 
@@ -23,7 +24,7 @@ class TaskRecord:
     id: int
     tool: str
     args: Any
-    status: str = "pending"
+    status: str = PENDING
     result: Any = None
     error: str | None = None
     started: float | None = None
@@ -74,7 +75,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "done"
+        return self.status == DONE
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio reprs a finished task's result, and a run may hold 100k tasks.
@@ -155,7 +156,8 @@ class Recorder:
         self.usage = Usage()
         self.answer: str | None = None
         self.replans = 0
-        self._handlers: dict[type, Any] = {
+        # By event type (also the `Emitter`'s route to this listener).
+        self.handlers: dict[type, Any] = {
             ev.TaskAdded: self._task_added,
             ev.TaskStarted: self._task_started,
             ev.TaskRetrying: self._task_retrying,
@@ -170,7 +172,7 @@ class Recorder:
         }
 
     def __call__(self, e: ev.Event) -> None:
-        handler = self._handlers.get(type(e))
+        handler = self.handlers.get(type(e))
         if handler is not None:
             handler(e)
 
@@ -180,7 +182,7 @@ class Recorder:
 
     def _task_started(self, e: ev.TaskStarted) -> None:
         rec = self.tasks[e.id]
-        rec.status, rec.started, rec.attempts = "running", e.t, 1
+        rec.status, rec.started, rec.attempts = RUNNING, e.t, 1
 
     def _task_retrying(self, e: ev.TaskRetrying) -> None:
         self.tasks[e.id].attempts += 1

@@ -16,6 +16,11 @@ What that buys and costs, exactly:
 
 Results are stored as JSON, never pickled. `check` encodes each result at the tool boundary,
 so a result that cannot be stored fails its task there, with the reason.
+
+One wire format, written in one place and read in one: `RunLog`'s handlers turn events into
+records (a kind below and a JSON object), `Decoder` turns records back into events; the
+journal a resume reads (`Restored`), `plait show` and a finished run's result all read
+through the decoder.
 """
 
 from __future__ import annotations
@@ -29,14 +34,27 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from ..core import events as ev
+from ..core.graph import CANCELLED, DONE, SKIPPED
 from ..core.remote import REMOTE, Remote
-from ..core.scheduler import INTERRUPTED, Settled
+from ..core.scheduler import INTERRUPTED, Recorded
 from ..core.task import Task
 from ..stores import LEASE_SECONDS, Progress, Record, RunHeld, RunInfo, Store, StoreError
 from ..stores.base import Row
 from .result import Recorder, RunResult
 
 _PLAIN = {str, int, bool, type(None)}  # types whose JSON form decodes to an equal value
+
+# Record kinds as every store keeps them, each named after the event it stands for.
+RUN_STARTED = "session"
+TASK_ADDED = "task"
+TASK_STARTED = "start"
+TASK_RETRYING = "retry"
+TASK_FINISHED = "settle"
+LLM_FINISHED = "llm"  # with the call's start: one record for LLMStarted and LLMFinished
+LLM_RETRYING = "llm_retry"
+PLAN_INVALID = "plan_invalid"
+REPLANNING = "replan"
+ANSWERED = "answer"
 
 
 def _is_remote(result: Any) -> bool:
@@ -52,29 +70,27 @@ class Restored:
     """What earlier sessions left in a run's log, folded in order: later records win."""
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
-        self.tasks: dict[int, tuple[bytes, Settled | None]] = {}
+        self.tasks: dict[int, tuple[bytes, Recorded | None]] = {}
         self.defined: dict[int, Task] = {}  # each task as last dispatched
         self.replies: dict[int, ev.LLMFinished] = {}
         self.seq = 0
         self.sessions = 0
+        decode = Decoder()
         for record in records:
             self.seq = record.seq
-            data = from_json(record.data)
-            match record.kind:
-                case "task":
-                    task = _task(data)
-                    self.tasks[task.id] = (task_key(task), None)
-                    self.defined[task.id] = task
-                case "settle":
-                    if _is_remote(data.get("result")):
-                        continue  # its value lived in a cluster that may be gone: run again
-                    if data["id"] in self.tasks and data["status"] != "skipped":
-                        settled = Settled(data["status"], data.get("result"), data.get("error"))
-                        self.tasks[data["id"]] = (self.tasks[data["id"]][0], settled)
-                case "llm":
-                    if data.get("error") is None:
-                        self.replies[data["call"]] = _llm_finished(record.t, data)
-                case "session":
+            for e in decode(record):
+                if isinstance(e, ev.TaskAdded):
+                    self.tasks[e.task.id] = (task_key(e.task), None)
+                    self.defined[e.task.id] = e.task
+                elif isinstance(e, ev.TaskFinished):
+                    # A Remote's value lived in a cluster that may be gone: it runs again.
+                    if e.id in self.tasks and e.status != SKIPPED and not _is_remote(e.result):
+                        recorded = Recorded(e.status, e.result, e.error)
+                        self.tasks[e.id] = (self.tasks[e.id][0], recorded)
+                elif isinstance(e, ev.LLMFinished):
+                    if e.error is None:
+                        self.replies[e.call] = e
+                elif isinstance(e, ev.RunStarted):
                     self.sessions += 1
 
 
@@ -106,14 +122,15 @@ class RunLog:
         self.failure: BaseException | None = None
         self._seq = self.restored.seq
         self._queue: collections.deque[Row] = collections.deque()
-        self._encoded: dict[int, bytes] = {}
+        self._encoded: dict[int, str] = {}  # results' JSON, from `check` to their record
         self._calls: dict[int, tuple[str, str, float]] = {}
         self._ids: set[int] = set()
         self._done: set[int] = set()
         self._final: Progress | None = None
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._write_loop, name="plait-runlog", daemon=True)
-        self._handlers: dict[type, Any] = {
+        # The encoder, by event type (also the `Emitter`'s route to this listener).
+        self.handlers: dict[type, Any] = {
             ev.RunStarted: self._run_started,
             ev.TaskAdded: self._task_added,
             ev.TaskStarted: self._task_started,
@@ -129,7 +146,7 @@ class RunLog:
 
     # Journal ---------------------------------------------------------------------------
 
-    def recorded(self, task: Task) -> Settled | None:
+    def recorded(self, task: Task) -> Recorded | None:
         entry = self.restored.tasks.pop(task.id, None)
         if entry is None or entry[1] is None or entry[0] != task_key(task):
             return None
@@ -142,10 +159,10 @@ class RunLog:
         A Remote (kept on the cluster) is recorded by its summary only and handed on as
         itself; a resume cannot restore it, so it runs again (see Restored)."""
         if isinstance(result, Remote):
-            self._encoded[task_id] = to_json({REMOTE: result.summary()})
+            self._encoded[task_id] = to_json({REMOTE: result.summary()}).decode()
             return result
         try:
-            encoded = to_json(result, bytes_mode="base64")
+            encoded = to_json(result, bytes_mode="base64").decode()
         except Exception as e:  # pydantic_core's serialization errors are not TypeErrors
             raise TypeError(f"{type(result).__name__} is not JSON-serializable ({e})") from None
         self._encoded[task_id] = encoded
@@ -214,52 +231,59 @@ class RunLog:
     # events -> records -----------------------------------------------------------------
 
     def __call__(self, e: ev.Event) -> None:
-        handler = self._handlers.get(type(e))
+        handler = self.handlers.get(type(e))
         if handler is not None:
             handler(e)
 
-    def _put(self, kind: str, t: float, data: bytes | str) -> None:
+    def _put(self, kind: str, t: float, data: str) -> None:
         self._seq += 1
-        text = data if isinstance(data, str) else data.decode()
-        self._queue.append((self._seq, kind, self.offset + t, text))
+        self._queue.append((self._seq, kind, self.offset + t, data))
         if len(self._queue) >= self.batch and not self._wake.is_set():
             self._wake.set()
 
     def _run_started(self, e: ev.RunStarted) -> None:
-        self._put("session", e.t, to_json({"resumed": e.resumed}))
+        self._put(RUN_STARTED, e.t, _json({"resumed": e.resumed}))
 
     def _task_added(self, e: ev.TaskAdded) -> None:
         task = e.task
         self._ids.add(task.id)
         if not e.restored:
-            self._put("task", e.t, to_json(_task_data(task), bytes_mode="base64"))
+            data = {
+                "id": task.id,
+                "tool": task.tool,
+                "args": list(task.args),
+                "kwargs": task.kwargs,
+                "deps": sorted(task.deps),
+                "line": task.line,
+            }
+            self._put(TASK_ADDED, e.t, _json(data))
 
     def _task_started(self, e: ev.TaskStarted) -> None:
-        self._put("start", e.t, f'{{"id":{e.id}}}')
+        self._put(TASK_STARTED, e.t, f'{{"id":{e.id}}}')
 
     def _task_retrying(self, e: ev.TaskRetrying) -> None:
-        self._put("retry", e.t, to_json({"id": e.id, "attempt": e.attempt, "error": e.error}))
+        self._put(TASK_RETRYING, e.t, _json({"id": e.id, "attempt": e.attempt, "error": e.error}))
 
     def _task_finished(self, e: ev.TaskFinished) -> None:
-        if e.status == "done":
+        if e.status == DONE:
             self._done.add(e.id)
-        if e.restored or (e.status == "cancelled" and e.error == INTERRUPTED):
+        if e.restored or (e.status == CANCELLED and e.error == INTERRUPTED):
             return  # an interrupted task is not settled: a resume runs it
         encoded = self._encoded.pop(e.id, None)
-        if encoded is not None and e.status == "done":
-            self._put("settle", e.t, b'{"id":%d,"status":"done","result":%s}' % (e.id, encoded))
+        if encoded is not None and e.status == DONE:
+            self._put(TASK_FINISHED, e.t, f'{{"id":{e.id},"status":"done","result":{encoded}}}')
         else:
             data = {"id": e.id, "status": e.status, "error": e.error}
-            if e.status == "done":
+            if e.status == DONE:
                 data["result"] = e.result
-            self._put("settle", e.t, to_json(data, fallback=repr))
+            self._put(TASK_FINISHED, e.t, to_json(data, fallback=repr).decode())
 
     def _llm_started(self, e: ev.LLMStarted) -> None:
         self._calls[e.call] = (e.role, e.model, e.t)
 
     def _llm_retrying(self, e: ev.LLMRetrying) -> None:
         data = {"call": e.call, "attempt": e.attempt, "error": e.error, "delay": e.delay}
-        self._put("llm_retry", e.t, to_json(data))
+        self._put(LLM_RETRYING, e.t, _json(data))
 
     def _llm_finished(self, e: ev.LLMFinished) -> None:
         role, model, started = self._calls.pop(e.call, ("llm", "", e.t))
@@ -274,54 +298,79 @@ class RunLog:
             "error": e.error,
             "text": e.text,
         }
-        self._put("llm", e.t, to_json(data))
+        self._put(LLM_FINISHED, e.t, _json(data))
 
     def _plan_invalid(self, e: ev.PlanInvalid) -> None:
-        self._put("plan_invalid", e.t, to_json({"error": e.error}))
+        self._put(PLAN_INVALID, e.t, _json({"error": e.error}))
 
     def _replanning(self, e: ev.Replanning) -> None:
-        self._put("replan", e.t, to_json({"round": e.round, "reason": e.reason}))
+        self._put(REPLANNING, e.t, _json({"round": e.round, "reason": e.reason}))
 
     def _answered(self, e: ev.Answered) -> None:
-        self._put("answer", e.t, to_json({"answer": e.answer}))
+        self._put(ANSWERED, e.t, _json({"answer": e.answer}))
 
 
-# records -> events, for `plait show`, traces, and the result of a finished run -----------
+def _json(data: Any) -> str:
+    return to_json(data, bytes_mode="base64").decode()
+
+
+# records -> events, for `Restored`, `plait show`, traces and a finished run's result --------
+
+
+class Decoder:
+    """Turns a run's records, in order, back into the events they stand for, with `t` in
+    seconds since the run was created. The one reader of the format `RunLog` writes."""
+
+    def __init__(self, run_id: str = "", question: str | None = None) -> None:
+        self.run_id = run_id
+        self.question = question
+        self.tools: dict[int, str] = {}  # each task's tool, for its TaskStarted
+
+    def __call__(self, record: Record) -> tuple[ev.Event, ...]:
+        data = from_json(record.data)
+        t, kind = record.t, record.kind
+        if kind == TASK_FINISHED:
+            status, result, error = data["status"], data.get("result"), data.get("error")
+            return (ev.TaskFinished(t, data["id"], status, result, error),)
+        if kind == TASK_STARTED:
+            return (ev.TaskStarted(t, data["id"], self.tools.get(data["id"], "")),)
+        if kind == TASK_ADDED:
+            task = Task(
+                data["id"],
+                data["tool"],
+                tuple(data.get("args", ())),
+                data.get("kwargs", {}),
+                frozenset(data.get("deps", ())),
+                data.get("line"),
+            )
+            self.tools[task.id] = task.tool
+            return (ev.TaskAdded(t, task),)
+        if kind == RUN_STARTED:
+            return (ev.RunStarted(t, self.run_id, self.question, data["resumed"]),)
+        if kind == TASK_RETRYING:
+            return (ev.TaskRetrying(t, data["id"], data["attempt"], data["error"]),)
+        if kind == LLM_FINISHED:
+            usage = ev.Usage(*data.get("usage", (0, 0)))
+            return (
+                ev.LLMStarted(data["started"], data["call"], data["role"], data["model"]),
+                ev.LLMFinished(t, data["call"], usage, data.get("error"), data.get("text", "")),
+            )
+        if kind == LLM_RETRYING:
+            return (ev.LLMRetrying(t, data["call"], data["attempt"], data["error"], data["delay"]),)
+        if kind == PLAN_INVALID:
+            return (ev.PlanInvalid(t, data["error"]),)
+        if kind == REPLANNING:
+            return (ev.Replanning(t, data["round"], data["reason"]),)
+        if kind == ANSWERED:
+            return (ev.Answered(t, data["answer"]),)
+        return ()
 
 
 def replay_events(info: RunInfo, records: Iterable[Record]) -> Iterator[ev.Event]:
     """The events a run's log stands for, with `t` in seconds since the run was created."""
-    question = info.source if info.kind == "question" else None
-    tools: dict[int, str] = {}
+    decode = Decoder(info.id, info.source if info.kind == "question" else None)
     for record in records:
-        data = from_json(record.data)
-        t = record.t
-        match record.kind:
-            case "session":
-                yield ev.RunStarted(t, info.id, question, data["resumed"])
-            case "task":
-                task = _task(data)
-                tools[task.id] = task.tool
-                yield ev.TaskAdded(t, task)
-            case "start":
-                yield ev.TaskStarted(t, data["id"], tools.get(data["id"], ""))
-            case "retry":
-                yield ev.TaskRetrying(t, data["id"], data["attempt"], data["error"])
-            case "settle":
-                yield ev.TaskFinished(
-                    t, data["id"], data["status"], data.get("result"), data.get("error")
-                )
-            case "llm":
-                yield ev.LLMStarted(data["started"], data["call"], data["role"], data["model"])
-                yield _llm_finished(t, data)
-            case "llm_retry":
-                yield ev.LLMRetrying(t, data["call"], data["attempt"], data["error"], data["delay"])
-            case "plan_invalid":
-                yield ev.PlanInvalid(t, data["error"])
-            case "replan":
-                yield ev.Replanning(t, data["round"], data["reason"])
-            case "answer":
-                yield ev.Answered(t, data["answer"])
+        yield from decode(record)
 
 
 def stored_result(info: RunInfo, records: Iterable[Record]) -> RunResult:
@@ -335,30 +384,3 @@ def stored_result(info: RunInfo, records: Iterable[Record]) -> RunResult:
         recorder.answer = info.answer
     status = info.state if info.status != "running" else "interrupted"
     return recorder.result(status, info.error, last)
-
-
-def _task_data(task: Task) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "tool": task.tool,
-        "args": list(task.args),
-        "kwargs": task.kwargs,
-        "deps": sorted(task.deps),
-        "line": task.line,
-    }
-
-
-def _task(data: dict[str, Any]) -> Task:
-    return Task(
-        data["id"],
-        data["tool"],
-        tuple(data.get("args", ())),
-        data.get("kwargs", {}),
-        frozenset(data.get("deps", ())),
-        data.get("line"),
-    )
-
-
-def _llm_finished(t: float, data: dict[str, Any]) -> ev.LLMFinished:
-    usage = ev.Usage(*data.get("usage", (0, 0)))
-    return ev.LLMFinished(t, data["call"], usage, data.get("error"), data.get("text", ""))
