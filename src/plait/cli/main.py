@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import re
@@ -21,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -214,26 +216,16 @@ def exec_cmd(
 ) -> int:
     """Run the plan in file PLAN (or - for stdin) without a planner."""
     text = _read_plan(plan)
-    store = store_url or default_store_url()
-    again = Again(tools, store_url, backend)
     try:
-        return _drive(
-            lambda on_event: api.aexecute(
-                text,
-                tools=tools,
-                on_event=on_event,
-                store=store,
-                run_id=run_id,
-                backend=backend,
-            ),
+        return _drive_new(
+            functools.partial(api.aexecute, text, run_id=run_id),
+            Again(tools, store_url, backend),
             as_json,
             trace_path,
-            again,
+            run_id,
         )
     except PlanError as e:
         raise PlaitError(f"{plan}: {e}") from None
-    except RunExists:
-        raise PlaitError(_taken(store, run_id, again)) from None
 
 
 @cli.command("run")
@@ -276,30 +268,17 @@ def run_cmd(
     backend: str,
 ) -> int:
     """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
-    store = store_url or default_store_url()
-    again = Again(tools, store_url, backend)
-    try:
-        return _drive(
-            lambda on_event: api.arun(
-                question,
-                tools=tools,
-                model=model,
-                base_url=base_url,
-                max_replans=max_replans,
-                on_event=on_event,
-                store=store,
-                run_id=run_id,
-                backend=backend,
-                temperature=temperature,
-                max_tokens=max_tokens,
-            ),
-            as_json,
-            trace_path,
-            again,
-            verbose,
-        )
-    except RunExists:
-        raise PlaitError(_taken(store, run_id, again)) from None
+    start = functools.partial(
+        api.arun,
+        question,
+        model=model,
+        base_url=base_url,
+        max_replans=max_replans,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        run_id=run_id,
+    )
+    return _drive_new(start, Again(tools, store_url, backend), as_json, trace_path, run_id, verbose)
 
 
 @cli.command("resume")
@@ -324,22 +303,8 @@ def resume_cmd(
     backend: str,
 ) -> int:
     """Finish run ID from its store: what it recorded settled is not done again."""
-    store = store_url or default_store_url()
-    return _drive(
-        lambda on_event: api.aresume(
-            run_id,
-            tools=tools,
-            store=store,
-            model=model,
-            base_url=base_url,
-            on_event=on_event,
-            backend=backend,
-        ),
-        as_json,
-        trace_path,
-        Again(tools, store_url, backend),
-        verbose,
-    )
+    start = functools.partial(api.aresume, run_id, model=model, base_url=base_url)
+    return _drive(start, Again(tools, store_url, backend), as_json, trace_path, verbose)
 
 
 @cli.command("batch")
@@ -538,6 +503,7 @@ class Again:
     def __init__(self, tools: str | tuple[str, ...], store_url: str | None, backend: str) -> None:
         self.tools = (tools,) if isinstance(tools, str) else tools  # each --tools given
         self.store_url = store_url  # as given: None means the default, which a resume uses too
+        self.store = store_url or default_store_url()  # the one the run uses
         self.backend = backend
 
     def flags(self, tools: bool = True) -> str:
@@ -574,13 +540,30 @@ def _taken(store: str, run_id: str | None, again: Again) -> str:
     return f"run {rid} already exists{state}: finish it with `{again.resume(rid)}`"
 
 
-def _drive(
-    start: Any,
+def _drive_new(
+    start: Callable[..., Coroutine[Any, Any, RunResult]],
+    again: Again,
     as_json: bool,
     trace_path: str | None,
-    again: Again | None = None,
+    run_id: str | None,
     verbose: bool = False,
 ) -> int:
+    """`_drive` a new run (exec, run): a --run-id already taken is a one-line error."""
+    try:
+        return _drive(start, again, as_json, trace_path, verbose)
+    except RunExists:
+        raise PlaitError(_taken(again.store, run_id, again)) from None
+
+
+def _drive(
+    start: Callable[..., Coroutine[Any, Any, RunResult]],
+    again: Again,
+    as_json: bool,
+    trace_path: str | None,
+    verbose: bool = False,
+) -> int:
+    """Run `start` (an api call, given here the run's tools, store, backend and event
+    listener) to its end with the live view or --json; its exit code."""
     trace = TraceRecorder() if trace_path else None
     view = None if as_json else LiveView(verbose)
     final: list[RunResult] = []
@@ -599,7 +582,14 @@ def _drive(
             # stdout is the answer's (or the one JSON object's): what tools print while the
             # run goes, here or forwarded from Ray workers, goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                result = asyncio.run(start(on_event))
+                result = asyncio.run(
+                    start(
+                        tools=again.tools,
+                        store=again.store,
+                        backend=again.backend,
+                        on_event=on_event,
+                    )
+                )
         finally:
             if view is not None:
                 view.stop()
@@ -624,11 +614,8 @@ def _drive(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _resume_hint(run_id: str, again: Again | None) -> str:
-    if again is None:
-        return ""
-    store = again.store_url or default_store_url()
-    if store.startswith("memory:"):
+def _resume_hint(run_id: str, again: Again) -> str:
+    if again.store.startswith("memory:"):
         return ""
     return f"; finish it with: {again.resume(run_id)}"
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from .backend import Backend, InProcess, ToolRaised
 from .context import TaskContext, entered
 from .graph import CANCELLED, DONE, FAILED, PENDING, READY, Graph, GraphError, Node
 from .remote import holds_remote
-from .shared import SharedCalls, call_key
+from .shared import SharedCalls, backoff, call_key
 from .task import Task, dependencies, resolve
 from .tools import Tool, Tools
 
@@ -282,13 +281,13 @@ class Scheduler:
                 raise
             except WorkerLost as e:
                 lost += 1
-                error, n, backoff = f"worker lost: {e}", lost, LOST_BACKOFF
+                error, n, base = f"worker lost: {e}", lost, LOST_BACKOFF
                 if lost > self.lost_retries:
                     return False, error
             except Exception as e:
                 error = _describe(e, tool)
                 failures += 1
-                n, backoff = failures, tool.retry_backoff
+                n, base = failures, tool.retry_backoff
                 if failures > tool.retries:
                     return False, error
             else:
@@ -301,7 +300,7 @@ class Scheduler:
             attempt += 1
             self._emit(ev.TaskRetrying(self._clock(), task.id, attempt, error))
             # A lost worker's cluster needs a moment to notice: LOST_BACKOFF is longer.
-            await asyncio.sleep(backoff * 2 ** (n - 1) * (0.5 + random.random()))
+            await asyncio.sleep(backoff(base, n))
 
     async def _call(self, tool: Tool, task: Task) -> Any:
         kwargs = task.kwargs
