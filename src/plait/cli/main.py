@@ -120,15 +120,35 @@ def _utf8_error(raw: bytes) -> UnicodeDecodeError:
     raise AssertionError("valid UTF-8")
 
 
-def _store_option(f: Any) -> Any:
+def _store_option(
+    help: str = "Run store: sqlite:///PATH.db, postgresql://…, memory:// "
+    "[default: $PLAIT_STORE, else runs.db in the user data directory].",
+) -> Any:
+    return click.option("--store", "store_url", default=None, metavar="URL", help=help)
+
+
+def _trace_option(help: str) -> Any:
     return click.option(
-        "--store",
-        "store_url",
+        "--trace",
+        "trace_path",
+        type=click.Path(dir_okay=False),
         default=None,
-        metavar="URL",
-        help="Run store: sqlite:///PATH.db, postgresql://…, memory:// "
-        "[default: $PLAIT_STORE, else runs.db in the user data directory].",
-    )(f)
+        callback=_output_path,
+        help=help,
+    )
+
+
+def _run_id_option(help: str) -> Any:
+    return click.option("--run-id", default=None, metavar="ID", callback=_text_arg, help=help)
+
+
+_model_option = click.option(
+    "--model",
+    default=api.DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
+)
 
 
 def _backend_option(f: Any) -> Any:
@@ -143,14 +163,8 @@ def _backend_option(f: Any) -> Any:
 
 
 def _durable(f: Any) -> Any:
-    f = click.option(
-        "--run-id",
-        default=None,
-        metavar="ID",
-        callback=_text_arg,
-        help="Name the run (default: a random id).",
-    )(f)
-    return _store_option(f)
+    f = _run_id_option("Name the run (default: a random id).")(f)
+    return _store_option()(f)
 
 
 def _sampling(f: Any) -> Any:
@@ -181,14 +195,7 @@ def _verbose(f: Any) -> Any:
 
 def _common(f: Any) -> Any:
     f = click.option("--debug", is_flag=True, help="Show tracebacks.")(f)
-    f = click.option(
-        "--trace",
-        "trace_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        callback=_output_path,
-        help="Write a Chrome trace-event JSON file (open it in Perfetto).",
-    )(f)
+    f = _trace_option("Write a Chrome trace-event JSON file (open it in Perfetto).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
     f = _tools_option(f)
     return _backend_option(f)
@@ -232,13 +239,7 @@ def exec_cmd(
 @click.argument("question", callback=_text_arg)
 @_common
 @_verbose
-@click.option(
-    "--model",
-    default=api.DEFAULT_MODEL,
-    show_default=True,
-    metavar="SPEC",
-    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
-)
+@_model_option
 @click.option(
     "--base-url", default=None, help="Server URL for openai: models (else OPENAI_BASE_URL)."
 )
@@ -285,7 +286,7 @@ def run_cmd(
 @click.argument("run_id", metavar="ID")
 @_common
 @_verbose
-@_store_option
+@_store_option()
 @click.option(
     "--model", default=None, metavar="SPEC", help="Override the model the run was started with."
 )
@@ -310,13 +311,7 @@ def resume_cmd(
 @cli.command("batch")
 @click.argument("input_path", metavar="INPUT.jsonl")
 @_tools_option
-@click.option(
-    "--model",
-    default=api.DEFAULT_MODEL,
-    show_default=True,
-    metavar="SPEC",
-    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
-)
+@_model_option
 @click.option("--base-url", default=None, help="Server URL for openai: models.")
 @_sampling
 @click.option(
@@ -332,20 +327,8 @@ def resume_cmd(
     "--concurrency", default=8, show_default=True, type=click.IntRange(min=1), metavar="N"
 )
 @click.option("--max-replans", default=2, show_default=True, type=click.IntRange(min=0))
-@click.option(
-    "--store",
-    "store_url",
-    default=None,
-    metavar="URL",
-    help="Record every item's run, so an interrupted batch resumes items it had begun.",
-)
-@click.option(
-    "--run-id",
-    default=None,
-    metavar="ID",
-    callback=_text_arg,
-    help="Name the batch (its runs: ID:ITEM).",
-)
+@_store_option("Record every item's run, so an interrupted batch resumes items it had begun.")
+@_run_id_option("Name the batch (its runs: ID:ITEM).")
 @click.option(
     "--llm-slots",
     default=None,
@@ -402,7 +385,7 @@ def batch_cmd(
 
 
 @cli.group("runs", invoke_without_command=True)
-@_store_option
+@_store_option()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of the runs.")
 @click.pass_context
@@ -426,7 +409,7 @@ def _runs_store(ctx: click.Context, store_url: str | None) -> str:
 
 @runs_cmd.command("rm")
 @click.argument("run_ids", metavar="ID...", nargs=-1, required=True, callback=_text_args)
-@_store_option
+@_store_option()
 @click.pass_context
 def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | None) -> int:
     """Delete runs ID... and their logs. A run being run now is not deleted; nothing is,
@@ -448,7 +431,7 @@ def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | N
     "An AGE reaching before 1970 is an error.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the runs that would go; delete nothing.")
-@_store_option
+@_store_option()
 @click.pass_context
 def runs_prune_cmd(ctx: click.Context, age: float, dry_run: bool, store_url: str | None) -> int:
     """Delete the runs not updated for AGE (a run being run now stays), and their logs."""
@@ -460,15 +443,8 @@ def runs_prune_cmd(ctx: click.Context, age: float, dry_run: bool, store_url: str
 
 @cli.command("show")
 @click.argument("run_id", metavar="ID")
-@_store_option
-@click.option(
-    "--trace",
-    "trace_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    callback=_output_path,
-    help="Export the run as a Chrome trace-event JSON file.",
-)
+@_store_option()
+@_trace_option("Export the run as a Chrome trace-event JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result object.")
 def show_cmd(run_id: str, store_url: str | None, trace_path: str | None, as_json: bool) -> int:
     """Print run ID's tasks and timeline."""
