@@ -1,4 +1,4 @@
-"""SharedLLM (plait.llm.shared) on core/shared.InFlight: identical requests at temperature 0
+"""SharedLLM (plait.llm.shared) on core/shared.SharedCalls: identical requests at temperature 0
 go out once; a call that fails or is dropped passes to a waiter; scoring passes through.
 
 Concurrency is arranged with events, never timings.

@@ -1,9 +1,7 @@
-"""Equal work done once (`InFlight`), for pure tool calls (`SharedCalls`) and identical LLM
-requests (llm/shared.py); and `backoff`, the wait before a task's or an LLM's retry.
-
-A pure call's key is its tool's name and validated arguments as canonical JSON (sorted keys):
-`search(query="x")` and `search("x")` are one call. Failures are not kept: every waiter of a
-failed call sees the error, and its own retries ask again. Only `pure=True` tools merge.
+"""Equal calls made once (`SharedCalls`: the first caller of a key makes the call, callers
+meanwhile wait for it, later ones read its result): pure tool calls, and identical LLM requests
+(llm/shared.py). Failures are not kept: waiters see the error, retries ask again. And `backoff`,
+the wait before a task's or an LLM's retry.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
 
 
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
-    """The call's identity, or None when its arguments have no JSON form (never merged)."""
+    """The tool's name and arguments as canonical JSON (so `f(q="x")` and `f("x")` are one
+    call), or None when the arguments have no JSON form (never merged)."""
     try:
         return tool + ":" + to_json(_sorted(arguments)).decode()
     except Exception:
@@ -39,58 +38,23 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-class InFlight:
-    """Work by key: the first caller runs it, callers meanwhile wait, later ones read the
-    result (the last `size` kept). A waiter's cancel leaves the work be."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._done: OrderedDict[str, Any] = OrderedDict()
-        self._flying: dict[str, asyncio.Future[Any]] = {}
-
-    async def claim(self, key: str) -> tuple[bool, Any]:
-        """(True, result), or (False, None): run the work, then `finish` or `fail` the key."""
-        while key not in self._done:
-            if (flying := self._flying.get(key)) is None:
-                self._flying[key] = asyncio.get_running_loop().create_future()
-                return False, None
-            with contextlib.suppress(_Abandoned):  # one of the waiters runs it now
-                return True, await asyncio.shield(flying)
-        self._done.move_to_end(key)
-        return True, self._done[key]
-
-    def finish(self, key: str, value: Any, keep: bool = True) -> None:
-        self._flying.pop(key).set_result(value)
-        if keep:
-            self._done[key] = value
-            if len(self._done) > self.size:
-                self._done.popitem(last=False)
-
-    def fail(self, key: str, error: BaseException | None = None) -> None:
-        """Waiters see `error`; with None (the runner was cancelled) one of them runs it."""
-        (future := self._flying.pop(key)).set_exception(error or _Abandoned())
-        future.exception()  # retrieved: no "never retrieved" warning if nobody waits
-
-
-class _Abandoned(Exception):
-    pass
-
-
 class CallCache(Protocol):
     """Where results outlive the process (a batch's run store; see batch.StoredCalls)."""
 
     async def get(self, key: str) -> tuple[bool, Any]: ...
-
     async def put(self, key: str, value: Any) -> None: ...
 
 
-class SharedCalls(InFlight):
-    """Pure calls' results (with a `cache`, kept there too: a resumed batch does not call again)."""
+class SharedCalls:
+    """Results by key: in flight, or done (the last `size` kept; with a `cache`, all of them
+    there too, so a resumed batch does not call again). A waiter's cancel leaves a call be."""
 
     def __init__(self, size: int = 100_000, cache: CallCache | None = None) -> None:
-        super().__init__(size)
+        self.size = size
         self.cache = cache
-        self.requested = self.executed = 0  # calls asked for, calls that ran
+        self.requested = self.executed = 0  # `call`s asked for, and run
+        self._done: OrderedDict[str, Any] = OrderedDict()
+        self._flying: dict[str, asyncio.Future[Any]] = {}
 
     async def call(self, key: str, run: Callable[[], Awaitable[Any]]) -> Any:
         self.requested += 1
@@ -109,3 +73,30 @@ class SharedCalls(InFlight):
             raise
         self.finish(key, value, keep=not getattr(value, "kept", False))  # a Remote: in flight only
         return value
+
+    async def claim(self, key: str) -> tuple[bool, Any]:
+        """(True, result), or (False, None): make the call, then `finish` or `fail` the key."""
+        while key not in self._done:
+            if (flying := self._flying.get(key)) is None:
+                self._flying[key] = asyncio.get_running_loop().create_future()
+                return False, None
+            with contextlib.suppress(_Abandoned):  # one of the waiters makes it now
+                return True, await asyncio.shield(flying)
+        self._done.move_to_end(key)
+        return True, self._done[key]
+
+    def finish(self, key: str, value: Any, keep: bool = True) -> None:
+        self._flying.pop(key).set_result(value)
+        if keep:
+            self._done[key] = value
+            if len(self._done) > self.size:
+                self._done.popitem(last=False)
+
+    def fail(self, key: str, error: BaseException | None = None) -> None:
+        """Waiters see `error`; with None (the caller gave up) one of them calls again."""
+        (future := self._flying.pop(key)).set_exception(error or _Abandoned())
+        future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+
+
+class _Abandoned(Exception):
+    pass

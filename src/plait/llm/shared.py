@@ -4,7 +4,8 @@ At temperature 0 a request's reply is a function of the request, so a second ide
 need not be paid for: a caller that finds it in flight waits for it and gets the whole reply
 as one delta; a later one reads it. The call that ran reports the usage; the copies report
 none, so summed usage is what was spent. Requests with any temperature above 0 pass through.
-Errors are not kept: the next identical request asks again.
+Errors are not kept: the next identical request asks again. The waiting and keeping is
+core/shared.py's SharedCalls, which pure tool calls share too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from ..core.shared import InFlight
+from ..core.shared import SharedCalls
 from .base import LLM, Delta, Request, Usage, Wrapper
 
 
@@ -21,7 +22,7 @@ class SharedLLM(Wrapper):
         super().__init__(llm)
         self.requested = 0
         self.made = 0
-        self._replies = InFlight(size)
+        self._replies = SharedCalls(size)  # by request: claim, finish or fail, as it streams
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         self.requested += 1
