@@ -225,7 +225,7 @@ def exec_cmd(
     text = _read_plan(plan)
     try:
         return _drive_new(
-            functools.partial(api.aexecute, text, run_id=run_id),
+            functools.partial(api.aexecute, text),
             Again(tools, store_url, backend),
             as_json,
             trace_path,
@@ -277,7 +277,6 @@ def run_cmd(
         max_replans=max_replans,
         temperature=temperature,
         max_tokens=max_tokens,
-        run_id=run_id,
     )
     return _drive_new(start, Again(tools, store_url, backend), as_json, trace_path, run_id, verbose)
 
@@ -524,9 +523,9 @@ def _drive_new(
     run_id: str | None,
     verbose: bool = False,
 ) -> int:
-    """`_drive` a new run (exec, run): a --run-id already taken is a one-line error."""
+    """`_drive` a new run (exec, run) named `run_id`: one already taken is a one-line error."""
     try:
-        return _drive(start, again, as_json, trace_path, verbose)
+        return _drive(functools.partial(start, run_id=run_id), again, as_json, trace_path, verbose)
     except RunExists:
         raise PlaitError(_taken(again.store, run_id, again)) from None
 
