@@ -13,6 +13,7 @@ tables, `{columns}` and `{row}` for the runs table's columns and a row's placeho
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -78,22 +79,27 @@ class Dialect:
 
     def sql(self, text: str, n: int = 0) -> str:
         """`text` (see the module doc) as this dialect writes it; `{marks}` is `n` long."""
-        p = self.prefix
-        return text.format(
-            runs=f"{p}runs",
-            events=f"{p}events",
-            calls=f"{p}calls",
-            columns=RUN_COLUMNS,
-            row=_ROW,
-            marks=", ".join("?" * n),
-            real=self.real,
-            json=self.json,
-            log_options=self.log_options,
-        ).replace("?", self.mark)
+        return _render(self, text, n)
 
     def migrations(self) -> list[str]:
         """The schema's steps (SCHEMA) in this dialect."""
         return [self.sql(step) for step in SCHEMA]
+
+
+@functools.lru_cache(maxsize=1024)  # the same few statements, rendered once each
+def _render(d: Dialect, text: str, n: int) -> str:
+    p = d.prefix
+    return text.format(
+        runs=f"{p}runs",
+        events=f"{p}events",
+        calls=f"{p}calls",
+        columns=RUN_COLUMNS,
+        row=_ROW,
+        marks=", ".join("?" * n),
+        real=d.real,
+        json=d.json,
+        log_options=d.log_options,
+    ).replace("?", d.mark)
 
 
 def statements(step: str) -> list[str]:
