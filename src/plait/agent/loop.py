@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..core import events as ev
 from ..core.scheduler import Scheduler
+from ..core.shared import backoff
 from ..core.task import Task, result_text
 from ..core.tools import Tools
 from ..errors import PlaitError, PlanError
@@ -74,7 +74,7 @@ TACTICS: contextvars.ContextVar[Tactics] = contextvars.ContextVar("plait_tactics
 
 @dataclass(slots=True)
 class RetryPolicy:
-    """How lost LLM replies are retried: exponential backoff with full jitter."""
+    """How lost LLM replies are retried: exponential backoff (core.shared.backoff), capped."""
 
     attempts: int = 4  # retries after the first try
     base: float = 0.25
@@ -83,7 +83,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.cap * 4)
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+        return backoff(self.base, attempt + 1, self.cap)
 
 
 class Outcome:
