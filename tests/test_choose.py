@@ -87,13 +87,11 @@ async def test_the_plan_and_the_answer_are_chosen_among_grounded_candidates(
 async def test_a_scoring_model_is_asked_to_generate_when_the_technique_is_off(
     tools: plait.Tools,
 ) -> None:
-    from plait.agent.loop import TACTICS, Tactics
+    from plait.agent.loop import Tactics
 
-    token = TACTICS.set(Tactics(choose=False))
-    try:
-        result = await plait.arun(QUESTION, tools=tools, model=Script(), store="memory://")
-    finally:
-        TACTICS.reset(token)
+    result = await plait.arun(
+        QUESTION, tools=tools, model=Script(), store="memory://", tactics=Tactics(choose=False)
+    )
     assert result.status == "failed" and "not asked to generate" in (result.error or "")
 
 
