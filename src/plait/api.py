@@ -62,7 +62,7 @@ async def aexecute(
     run_id = run_id or new_run_id()
     now = time.time()
     new = RunInfo(run_id, "plan", plan, None, list(registry), created=now, updated=now)
-    spec = RunSpec(registry, run_id, None, store, new, backend, on_event=on_event)
+    spec = RunSpec(registry, run_id, None, store=store, new=new, backend=backend, on_event=on_event)
     return await run_session(spec, _plan_body(tasks))
 
 
@@ -109,7 +109,16 @@ async def arun(
     new = RunInfo(
         run_id, "question", question, spec_name, list(registry), options, created=now, updated=now
     )
-    spec = RunSpec(registry, run_id, question, store, new, backend, shared, on_event)
+    spec = RunSpec(
+        registry,
+        run_id,
+        question,
+        store=store,
+        new=new,
+        backend=backend,
+        shared=shared,
+        on_event=on_event,
+    )
     shots = examples if examples is not None else registry.examples
     return await run_session(
         spec, _question_body(question, llm, max_replans, shots, retry, tactics)
@@ -180,30 +189,48 @@ async def aresume(
         missing = sorted(set(info.tools) - set(registry))
         if missing:
             raise StoreError(f"run {run_id} used tools this --tools lacks: {', '.join(missing)}")
-        if info.kind == "plan":
-            tasks = prepare_plan(info.source, registry)
-            spec = RunSpec(registry, run_id, None, opened, None, backend, shared, on_event)
-            return await run_session(spec, _plan_body(tasks))
-        options = info.options
-        model = model if model is not None else info.model
-        if model is None:
-            raise StoreError(f"run {run_id} does not say which model it used: pass model=")
-        llm = with_sampling(
-            resolve_model(model, base_url=base_url or options.get("base_url")),
-            options.get("temperature"),
-            options.get("max_tokens"),
+        question = None if info.kind == "plan" else info.source
+        if question is None:
+            body = _plan_body(prepare_plan(info.source, registry))
+        else:
+            body = _resumed_body(info, registry, model, base_url, retry)
+        spec = RunSpec(
+            registry,
+            run_id,
+            question,
+            store=opened,
+            backend=backend,
+            shared=shared,
+            on_event=on_event,
         )
-        examples = options.get("examples")
-        shots = examples if examples is not None else registry.examples
-        tactics = Tactics(**options["tactics"]) if "tactics" in options else None
-        body = _question_body(
-            info.source, llm, options.get("max_replans", 2), shots, retry, tactics
-        )
-        spec = RunSpec(registry, run_id, info.source, opened, None, backend, shared, on_event)
         return await run_session(spec, body)
     finally:
         if isinstance(store, str):
             await asyncio.to_thread(opened.close)
+
+
+def _resumed_body(
+    info: RunInfo,
+    registry: Tools,
+    model: str | LLM | None,
+    base_url: str | None,
+    retry: RetryPolicy | None,
+) -> Body:
+    """A recorded question's body, asked as it was first (the model, sampling, examples and
+    tactics kept with the run) unless `model` or `base_url` say otherwise."""
+    options = info.options
+    model = model if model is not None else info.model
+    if model is None:
+        raise StoreError(f"run {info.id} does not say which model it used: pass model=")
+    llm = with_sampling(
+        resolve_model(model, base_url=base_url or options.get("base_url")),
+        options.get("temperature"),
+        options.get("max_tokens"),
+    )
+    examples = options.get("examples")
+    shots = examples if examples is not None else registry.examples
+    tactics = Tactics(**options["tactics"]) if "tactics" in options else None
+    return _question_body(info.source, llm, options.get("max_replans", 2), shots, retry, tactics)
 
 
 def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:

@@ -213,13 +213,17 @@ async def abatch(
             store=store,
             shared=Shared(calls, tool_limits(registry)),
             backend=await opened.enter_async_context(using_backend(backend)),
-            run=_RunOptions(
-                registry, max_replans, examples, retry, temperature, max_tokens, tactics
-            ),
+            tools=registry,
+            max_replans=max_replans,
+            examples=examples,
+            retry=retry,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            tactics=tactics,
         )
         results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
-        skipped = _Skipped({item_key(i) for i in skip}, set(skip_positions))
-        driver = asyncio.create_task(_drive(batch, items, concurrency, skipped, results))
+        skipped = {item_key(i) for i in skip}, set(skip_positions)
+        driver = asyncio.create_task(_drive(batch, items, concurrency, *skipped, results))
         try:
             while (result := await _next_result(results, driver)) is not None:
                 _count_calls(batch)
@@ -233,19 +237,6 @@ async def abatch(
 
 
 @dataclass(frozen=True, slots=True)
-class _RunOptions:
-    """What every item's run is asked with (arun's keywords)."""
-
-    tools: Tools
-    max_replans: int
-    examples: str | None
-    retry: RetryPolicy | None
-    temperature: float | None
-    max_tokens: int | None
-    tactics: Tactics | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Batch:
     """One batch, as its items' runs see it: what they share, and where they count."""
 
@@ -256,24 +247,27 @@ class _Batch:
     store: Store | None
     shared: Shared  # pure calls done once, per-tool limits across the batch
     backend: Backend  # one for the whole batch: one local thread pool, not one per item
-    run: _RunOptions
-
-
-@dataclass(frozen=True, slots=True)
-class _Skipped:
-    keys: set[str]  # item keys to leave out
-    positions: set[int]  # input positions to leave out
+    # what every item's run is asked with (arun's keywords)
+    tools: Tools
+    max_replans: int
+    examples: str | None
+    retry: RetryPolicy | None
+    temperature: float | None
+    max_tokens: int | None
+    tactics: Tactics | None
 
 
 async def _drive(
     batch: _Batch,
     items: Iterable[Any] | AsyncIterable[Any],
     concurrency: int,
-    skipped: _Skipped,
+    skip: set[str],
+    skip_positions: set[int],
     results: asyncio.Queue[BatchResult | None],
 ) -> None:
-    """Read the items lazily and run each (at most `concurrency` at once) into `results`;
-    None after the last."""
+    """Read the items lazily and run each (at most `concurrency` at once) into `results`,
+    leaving out the item keys in `skip` and the positions in `skip_positions`; None after
+    the last."""
     slots = asyncio.Semaphore(concurrency)
     first: dict[bytes, int] = {}  # digest of each id's key -> its first position
     try:
@@ -281,7 +275,7 @@ async def _drive(
             index = 0
             async for item in _aiter(items):
                 index += 1
-                if item is BLANK or index in skipped.positions:
+                if item is BLANK or index in skip_positions:
                     continue
                 repeated = None
                 if isinstance(item, dict) and item.get("id") is not None:
@@ -291,7 +285,7 @@ async def _drive(
                         repeated = (
                             f"{batch.label} {index}: id {key} is {batch.label} {seen}'s already"
                         )
-                    elif key in skipped.keys:
+                    elif key in skip:
                         continue
                 await slots.acquire()
                 group.create_task(_in_slot(batch, slots, results, index, item, repeated))
@@ -347,7 +341,6 @@ async def _item(batch: _Batch, index: int, item: Any, repeated: str | None) -> B
 
 async def _answer(batch: _Batch, question: str, item_id: Any, where: str) -> RunResult:
     """Run one item's question; with a store, as run `BATCH:ITEM`, resumed if it exists."""
-    o = batch.run
     counted = _counter(batch.stats)
     run_id = None
     if batch.store is not None:
@@ -361,25 +354,25 @@ async def _answer(batch: _Batch, question: str, item_id: Any, where: str) -> Run
                 )
             return await api.aresume(
                 run_id,
-                tools=o.tools,
+                tools=batch.tools,
                 store=batch.store,
                 model=batch.llm,
                 on_event=counted,
-                retry=o.retry,
+                retry=batch.retry,
                 backend=batch.backend,
                 shared=batch.shared,
             )
     return await api.arun(
         question,
-        tools=o.tools,
+        tools=batch.tools,
         model=batch.llm,
-        max_replans=o.max_replans,
-        examples=o.examples,
-        retry=o.retry,
+        max_replans=batch.max_replans,
+        examples=batch.examples,
+        retry=batch.retry,
         on_event=counted,
-        temperature=o.temperature,
-        max_tokens=o.max_tokens,
-        tactics=o.tactics,
+        temperature=batch.temperature,
+        max_tokens=batch.max_tokens,
+        tactics=batch.tactics,
         store=batch.store,
         run_id=run_id,
         backend=batch.backend,
