@@ -3,6 +3,9 @@
 Async is canonical: `run` and `execute` are `asyncio.run` over `arun` and `aexecute`, never a
 second implementation (on a worker thread's own loop when the caller's thread runs one).
 `astream` is the same run seen as its event stream, for UIs.
+
+Each entry point only says what its run is: a `RunSpec` and a body (the agent loop, or a
+written plan) that returns its Outcome; `runs/session.py` runs it and decides its status.
 """
 
 from __future__ import annotations
