@@ -3,6 +3,7 @@ stops early is still read for its usage, and a call is reported once however it 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,3 +62,36 @@ async def test_a_plan_stopped_at_a_bad_line_keeps_its_usage_and_its_text_as_used
         "content": '1. search("Eiffel Tower")\n2. no_such_tool(1)\n',
     }
     assert [t.id for t in result.tasks] == [1, 3]
+
+
+class Lingering:
+    """A model whose plan is complete (join()) but whose stream never ends after it."""
+
+    name = "lingering"
+    supports_json_schema = False
+
+    def __init__(self, plan: str) -> None:
+        self.plan = plan
+        self.draining = asyncio.Event()  # set once the reader has stopped and reads on
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+        yield Delta(self.plan)
+        self.draining.set()
+        await asyncio.Event().wait()
+        yield Delta(usage=Usage(1, 1))  # pragma: no cover
+
+
+async def test_a_cancel_while_the_rest_of_a_used_reply_is_read_keeps_the_reply(
+    tools: plait.Tools,
+) -> None:
+    plan = '1. search("Eiffel Tower")\njoin()\n'
+    llm = Lingering(plan)
+    events: list[ev.Event] = []
+    run = asyncio.create_task(plait.arun(QUESTION, tools=tools, model=llm, on_event=events.append))
+    await llm.draining.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    finished = [e for e in events if isinstance(e, ev.LLMFinished)]
+    # The run acted on the reply: a resume must replay it, not find it failed.
+    assert [(e.call, e.error, e.text) for e in finished] == [(1, None, plan)]

@@ -223,6 +223,50 @@ class Agent:
         tools = self.scheduler.tools
         known = set(self.scheduler.graph.nodes)
         next_id = max(known, default=0) + 1
+        request, source = self._planner_request(question, reason, next_id)
+        call = self._next_call()
+        kept = self.replies.get(call)
+        added: set[int] = set()
+
+        def dispatch(tasks: Iterable[Task]) -> None:
+            for task in tasks:
+                if task.id in added:
+                    continue  # dispatched by a reply that was lost and asked again
+                if kept is not None:
+                    task = self.defined.get(task.id, task)
+                if task.id < next_id:
+                    raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
+                self.scheduler.add(task)
+                added.add(task.id)
+
+        parser = PlanParser(known, tools)
+        read: list[str] = []
+        try:
+            async with contextlib.aclosing(self._reply(call, "planner", request, source)) as reply:
+                async for text in reply:
+                    if text is AGAIN:
+                        parser, read = PlanParser(known, tools), []
+                        continue
+                    read.append(text)
+                    dispatch(parser.feed(text))
+                    if parser.done:
+                        break
+            dispatch(parser.close())
+        except PlanError as e:
+            return str(e)
+        finally:
+            # The reply as the run used it; a kept one whole, as its first session said it.
+            self._say(kept.text if kept is not None else "".join(read))
+        if not added and not parser.joined:
+            return "the plan has no tasks and no join()"
+        return None
+
+    def _planner_request(
+        self, question: str, reason: str | None, next_id: int
+    ) -> tuple[Request, Source | None]:
+        """The planner's request (the conversation extended by its turn), and where its reply
+        comes from: a candidate planner where the model scores, else the model itself."""
+        tools = self.scheduler.tools
         chooser = self._plan_chooser(question, next_id)
         json_form = self.llm.supports_json_schema and chooser is None
         if not self._conversation:
@@ -245,43 +289,7 @@ class Agent:
             json_schema=schema,
             session=self.run_id,
         )
-        call = self._next_call()
-        kept = self.replies.get(call)
-        added: set[int] = set()
-
-        def dispatch(tasks: Iterable[Task]) -> None:
-            for task in tasks:
-                if task.id in added:
-                    continue  # dispatched by a reply that was lost and asked again
-                if kept is not None:
-                    task = self.defined.get(task.id, task)
-                if task.id < next_id:
-                    raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
-                self.scheduler.add(task)
-                added.add(task.id)
-
-        parser = PlanParser(known, tools)
-        read: list[str] = []
-        try:
-            source = chooser.stream if chooser is not None else None
-            async with contextlib.aclosing(self._reply(call, "planner", request, source)) as reply:
-                async for text in reply:
-                    if text is AGAIN:
-                        parser, read = PlanParser(known, tools), []
-                        continue
-                    read.append(text)
-                    dispatch(parser.feed(text))
-                    if parser.done:
-                        break
-            dispatch(parser.close())
-        except PlanError as e:
-            return str(e)
-        finally:
-            # The reply as the run used it; a kept one whole, as its first session said it.
-            self._say(kept.text if kept is not None else "".join(read))
-        if not added and not parser.joined:
-            return "the plan has no tasks and no join()"
-        return None
+        return request, chooser.stream if chooser is not None else None
 
     def _scorer(self) -> Scorer | None:
         return self.llm if self.tactics.choose and isinstance(self.llm, Scorer) else None
@@ -401,6 +409,7 @@ class Agent:
         read: list[str] = []
         attempt = 0
         backoff: float | None = None
+        stopped = False  # the reader stopped reading: it had the whole reply it used
         while True:
             try:
                 if backoff is not None:  # the reply was lost: ask again, from the start
@@ -417,12 +426,10 @@ class Agent:
                                 self.emit(ev.LLMToken(self.clock(), call, delta.text))
                                 read.append(delta.text)
                                 yield delta.text
-                    except GeneratorExit:  # the reader stopped: it has what it needs
+                    except GeneratorExit:
+                        stopped = True
                         usage = await self._drain(call, stream, usage)
                         raise
-            except GeneratorExit:
-                self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))
-                raise
             except LLMError as e:
                 if not e.retryable or attempt >= self.retry.attempts:
                     self.emit(ev.LLMFinished(self.clock(), call, usage, str(e)))
@@ -432,7 +439,13 @@ class Agent:
                 self.emit(ev.LLMRetrying(self.clock(), call, attempt, str(e), backoff))
                 continue
             except BaseException as e:
-                self.emit(ev.LLMFinished(self.clock(), call, usage, f"{type(e).__name__}: {e}"))
+                if stopped or isinstance(e, GeneratorExit):
+                    # The reply stands as read, even if a cancel cut the drain after it short:
+                    # the run acted on it, so a resume must replay it, not ask again.
+                    self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))
+                else:
+                    error = f"{type(e).__name__}: {e}"
+                    self.emit(ev.LLMFinished(self.clock(), call, usage, error))
                 raise
             self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))
             return
