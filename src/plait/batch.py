@@ -31,7 +31,7 @@ import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic_core import from_json, to_json
 
@@ -341,7 +341,15 @@ async def _item(batch: _Batch, index: int, item: Any, repeated: str | None) -> B
 
 async def _answer(batch: _Batch, question: str, item_id: Any, where: str) -> RunResult:
     """Run one item's question; with a store, as run `BATCH:ITEM`, resumed if it exists."""
-    counted = _counter(batch.stats)
+    # What a run and a resumed run of an item are both given.
+    given = _Given(
+        tools=batch.tools,
+        model=batch.llm,
+        on_event=_counter(batch.stats),
+        retry=batch.retry,
+        backend=batch.backend,
+        shared=batch.shared,
+    )
     run_id = None
     if batch.store is not None:
         run_id = f"{batch.id}:{item_key(item_id)}"
@@ -352,32 +360,27 @@ async def _answer(batch: _Batch, question: str, item_id: Any, where: str) -> Run
                     f"{where}: run {run_id} in the store was asked another question; "
                     "give the batch another run id, or the item another id"
                 )
-            return await api.aresume(
-                run_id,
-                tools=batch.tools,
-                store=batch.store,
-                model=batch.llm,
-                on_event=counted,
-                retry=batch.retry,
-                backend=batch.backend,
-                shared=batch.shared,
-            )
+            return await api.aresume(run_id, store=batch.store, **given)
     return await api.arun(
         question,
-        tools=batch.tools,
-        model=batch.llm,
         max_replans=batch.max_replans,
         examples=batch.examples,
-        retry=batch.retry,
-        on_event=counted,
         temperature=batch.temperature,
         max_tokens=batch.max_tokens,
         tactics=batch.tactics,
         store=batch.store,
         run_id=run_id,
-        backend=batch.backend,
-        shared=batch.shared,
+        **given,
     )
+
+
+class _Given(TypedDict):
+    tools: Tools
+    model: LLM
+    on_event: ev.Listener
+    retry: RetryPolicy | None
+    backend: Backend
+    shared: Shared
 
 
 async def _next_result(
