@@ -6,7 +6,10 @@ What the runs share:
 
 - one model client, wrapped in `SharedLLM`: identical requests at temperature 0 go out once;
 - one `SharedCalls`: a pure tool called with equal arguments anywhere in the batch runs once;
-- one set of per-tool limits, so `max_concurrency` holds across the whole batch.
+- one set of per-tool limits, so `max_concurrency` holds across the whole batch;
+- one backend: sync tools of every run share one thread pool (or one Ray connection).
+
+They are given to each run explicitly (`arun(shared=..., backend=...)`); nothing is ambient.
 
 Items are read lazily and at most `concurrency` runs (and as many finished results waiting
 to be read) exist at once, so memory stays bounded however long the input is. A query that
