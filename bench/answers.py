@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import plait
-from plait.agent.loop import TACTICS, Tactics
+from plait.agent.loop import Tactics
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = str(ROOT / "examples" / "tools.py")
@@ -97,30 +97,28 @@ async def measure(
     name: str, tactics: Tactics, model: Any, questions: list[dict[str, Any]], failures: bool
 ) -> Row:
     row = Row(name, getattr(model, "name", str(model)), seconds=[], by_kind={})
-    token = TACTICS.set(tactics)
-    try:
-        for q in questions:
-            t0 = time.perf_counter()
-            result = await plait.arun(q["question"], tools=TOOLS, model=model, store="memory://")
-            took = time.perf_counter() - t0
-            ok = check(q["answer"], result.answer, q.get("not"))
-            assert row.seconds is not None and row.by_kind is not None
-            row.seconds.append(took)
-            row.total += 1
-            row.right += ok
-            row.tokens += result.usage.prompt_tokens + result.usage.completion_tokens
-            kind = row.by_kind.setdefault(q.get("kind", "?"), [0, 0])
-            kind[0] += ok
-            kind[1] += 1
-            if failures and not ok:
-                calls = "; ".join(f"{t.tool}{tuple(t.args.values())}" for t in result.tasks)
-                print(
-                    f"  [{name}] {q['id']} {q['question']!r}: got {result.answer!r} "
-                    f"({result.error}), want {q['answer']!r}; {calls}",
-                    file=sys.stderr,
-                )
-    finally:
-        TACTICS.reset(token)
+    for q in questions:
+        t0 = time.perf_counter()
+        result = await plait.arun(
+            q["question"], tools=TOOLS, model=model, store="memory://", tactics=tactics
+        )
+        took = time.perf_counter() - t0
+        ok = check(q["answer"], result.answer, q.get("not"))
+        assert row.seconds is not None and row.by_kind is not None
+        row.seconds.append(took)
+        row.total += 1
+        row.right += ok
+        row.tokens += result.usage.prompt_tokens + result.usage.completion_tokens
+        kind = row.by_kind.setdefault(q.get("kind", "?"), [0, 0])
+        kind[0] += ok
+        kind[1] += 1
+        if failures and not ok:
+            calls = "; ".join(f"{t.tool}{tuple(t.args.values())}" for t in result.tasks)
+            print(
+                f"  [{name}] {q['id']} {q['question']!r}: got {result.answer!r} "
+                f"({result.error}), want {q['answer']!r}; {calls}",
+                file=sys.stderr,
+            )
     return row
 
 

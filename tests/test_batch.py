@@ -73,6 +73,29 @@ async def test_pure_calls_run_once_across_the_batch_and_impure_ones_every_time(t
     assert (stats.done, stats.failed) == (20, 0)
 
 
+async def test_a_batch_opens_one_backend_for_all_its_runs(tmp_path, monkeypatch):
+    import plait.runs.session as session
+
+    opened: list[object] = []
+
+    def counted(name: str) -> object:
+        backend = open_backend(name)
+        opened.append(backend)
+        return backend
+
+    open_backend = session.open_backend
+    monkeypatch.setattr(session, "open_backend", counted)
+    items, replies = comparisons(6)
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(replies))
+    calls: Counter[str] = Counter()
+    results = [
+        r async for r in abatch(items, tools=tools(calls), model=f"replay:{path}", concurrency=3)
+    ]
+    assert [r.status for r in results] == ["done"] * 6
+    assert len(opened) == 1  # one local thread pool for the batch, not one per item
+
+
 async def test_identical_prompts_are_sent_to_the_model_once(tmp_path):
     items = [{"id": n, "question": "[same] Is Pisa taller than Ben?"} for n in range(6)]
     path = tmp_path / "replies.json"

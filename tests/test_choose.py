@@ -87,14 +87,24 @@ async def test_the_plan_and_the_answer_are_chosen_among_grounded_candidates(
 async def test_a_scoring_model_is_asked_to_generate_when_the_technique_is_off(
     tools: plait.Tools,
 ) -> None:
-    from plait.agent.loop import TACTICS, Tactics
+    from plait.agent.loop import Tactics
 
-    token = TACTICS.set(Tactics(choose=False))
-    try:
-        result = await plait.arun(QUESTION, tools=tools, model=Script(), store="memory://")
-    finally:
-        TACTICS.reset(token)
+    result = await plait.arun(
+        QUESTION, tools=tools, model=Script(), store="memory://", tactics=Tactics(choose=False)
+    )
     assert result.status == "failed" and "not asked to generate" in (result.error or "")
+
+
+async def test_a_run_resumed_keeps_the_tactics_it_was_started_with(tools: plait.Tools) -> None:
+    from plait.agent.loop import Tactics
+
+    store = plait.open_store("memory://")
+    off = Tactics(choose=False)
+    first = await plait.arun(QUESTION, tools=tools, model=Script(), store=store, tactics=off)
+    assert store.get(first.run_id).options["tactics"]["choose"] is False
+    # Resumed with no tactics given: still not choosing (choosing would ask Script to score).
+    again = await plait.aresume(first.run_id, tools=tools, store=store, model=Script())
+    assert again.status == "failed" and "not asked to generate" in (again.error or "")
 
 
 def test_question_phrases_are_whole_names() -> None:

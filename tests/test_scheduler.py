@@ -808,3 +808,18 @@ async def test_a_call_still_blocked_when_the_run_ends_is_left_behind_with_a_warn
     for thread in threading.enumerate():
         if thread.name.startswith("plait-tool"):
             thread.join(LIMIT)
+
+
+async def test_a_task_added_after_the_scope_closed_is_refused_and_changes_nothing():
+    @tool
+    async def noop() -> int:
+        return 1
+
+    log: list[ev.Event] = []
+    async with scheduler(noop, log=log) as s:
+        s.add(Task(1, "noop"))
+        await s.wait()
+    before = len(log)
+    with pytest.raises(RuntimeError, match="scope is closed"):
+        s.add(Task(2, "noop"))
+    assert list(s.graph.nodes) == [1] and len(log) == before  # no node, no TaskAdded

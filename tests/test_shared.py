@@ -133,3 +133,26 @@ async def test_only_the_last_size_results_are_kept(size):
     for key in ("a", "b", "a"):
         await shared.call(key, lambda: value(1))
     assert shared.executed == (3 if size == 1 else 2)
+
+
+# -- backoff: one helper for task retries and LLM retries ----------------------------------
+
+
+def test_backoff_doubles_each_attempt_within_its_jitter_and_honours_the_cap(monkeypatch):
+    from plait.core import shared
+
+    for jitter, factor in ((0.0, 0.5), (0.999999, 1.499999)):
+        monkeypatch.setattr(shared.random, "random", lambda j=jitter: j)
+        waits = [shared.backoff(0.1, n) for n in (1, 2, 3)]
+        assert waits == pytest.approx([0.1 * factor, 0.2 * factor, 0.4 * factor])
+        assert shared.backoff(0.1, 10, cap=1.0) == 1.0
+
+
+def test_llm_retries_wait_by_the_same_backoff(monkeypatch):
+    from plait.agent.loop import RetryPolicy
+    from plait.core import shared
+
+    monkeypatch.setattr(shared.random, "random", lambda: 0.5)  # the jitter's middle: ×1
+    policy = RetryPolicy(base=0.25, cap=8.0)
+    assert [policy.delay(a, None) for a in range(7)] == [0.25, 0.5, 1, 2, 4, 8, 8]
+    assert policy.delay(0, retry_after=3.0) == 3.0  # what the server asked for, as before

@@ -367,7 +367,7 @@ def _unchanged(store: Store, run_id: str) -> None:
 def test_a_batch_that_starts_at_a_written_seq_is_refused_and_changes_nothing(store):
     run_id, me = _two_records(store)
     # a second writer whose numbering overlaps the log's
-    with pytest.raises(Exception):  # noqa: B017 - the SQL stores raise their driver's error
+    with pytest.raises(StoreError, match="already written"):
         store.append(run_id, me, [rec(2, "settle", {"id": 9}), rec(3)], Progress(9, 9, "done"))
     _unchanged(store, run_id)
     # the store is still usable afterwards
@@ -377,7 +377,7 @@ def test_a_batch_that_starts_at_a_written_seq_is_refused_and_changes_nothing(sto
 
 def test_a_written_seq_later_in_a_batch_is_refused_and_changes_nothing(store):
     run_id, me = _two_records(store)
-    with pytest.raises(Exception):  # noqa: B017
+    with pytest.raises(StoreError, match="already written"):
         store.append(run_id, me, [rec(3), rec(2, "settle", {"id": 9})], Progress(9, 9, "done"))
     _unchanged(store, run_id)
     store.append(run_id, me, [rec(3)], Progress(1, 1))
@@ -386,7 +386,7 @@ def test_a_written_seq_later_in_a_batch_is_refused_and_changes_nothing(store):
 
 def test_a_seq_twice_in_one_batch_is_refused_and_changes_nothing(store):
     run_id, me = _two_records(store)
-    with pytest.raises(Exception):  # noqa: B017
+    with pytest.raises(StoreError, match="already written"):
         store.append(run_id, me, [rec(3), rec(3, "settle", {"id": 9})], Progress(9, 9, "done"))
     _unchanged(store, run_id)
 
@@ -854,6 +854,103 @@ def test_an_old_postgres_database_is_migrated_on_open_and_keeps_its_runs(postgre
     with psycopg.connect(url) as db:
         versions = [v for (v,) in db.execute("SELECT version FROM plait_schema ORDER BY version")]
     assert versions == list(range(1, len(current) + 1))
+
+
+# The schema exactly as plait wrote it before the SQL stores shared one implementation
+# (stores/sql.py): databases made then must keep opening, with every operation working.
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL, model TEXT,
+    tools TEXT NOT NULL, options TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    status TEXT NOT NULL, answer TEXT, error TEXT, holder TEXT, lease_until REAL NOT NULL,
+    tasks_total INTEGER NOT NULL, tasks_done INTEGER NOT NULL
+);
+CREATE INDEX runs_updated ON runs (updated);
+CREATE TABLE events (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, t REAL NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE calls (
+    scope TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (scope, digest)
+);
+"""
+OLD_POSTGRES_SCHEMA = """
+CREATE TABLE plait_schema (version INTEGER NOT NULL);
+INSERT INTO plait_schema VALUES (1), (2);
+CREATE TABLE plait_runs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL, model TEXT,
+    tools JSONB NOT NULL, options JSONB NOT NULL, created DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, answer TEXT, error TEXT,
+    holder TEXT, lease_until DOUBLE PRECISION NOT NULL,
+    tasks_total INTEGER NOT NULL, tasks_done INTEGER NOT NULL
+);
+CREATE INDEX plait_runs_updated ON plait_runs (updated);
+CREATE TABLE plait_events (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+    t DOUBLE PRECISION NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run, seq)
+);
+CREATE TABLE plait_calls (
+    scope TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (scope, digest)
+);
+"""
+
+
+def _works_on_an_old_database(url: str) -> None:
+    run_id, me = new_id("old"), live_holder("me")
+    store = open_store(url)
+    try:
+        store.create(info(run_id, holder=me, tools=["f", "g"]))
+        store.append(run_id, me, [rec(1), rec(2)], Progress(2, 1))
+        with pytest.raises(StoreError, match="already written"):
+            store.append(run_id, me, [rec(2)], Progress(2, 2))
+        assert store.claim(run_id, me, 30).holder == me
+        assert store.renew(run_id, me, 30)
+        store.append(run_id, me, [rec(3)], Progress(2, 2, "done", "42", release=True))
+        got = store.get(run_id)
+        assert (got.status, got.answer, got.holder, got.tools) == ("done", "42", None, ["f", "g"])
+        assert [r.seq for r in store.records(run_id)] == [1, 2, 3]
+        assert [r.id for r in store.runs()] == [run_id]
+        store.put_calls(run_id, [("f:{}", "1")])
+        assert store.get_calls(run_id, ["f:{}", "g:{}"]) == {"f:{}": "1"}
+        assert store.delete([run_id, "no-such-run"]) == [run_id]
+        assert store.get(run_id) is None and list(store.records(run_id)) == []
+    finally:
+        store.close()
+
+
+def test_a_sqlite_file_made_by_the_schema_before_sql_py_keeps_working(tmp_path):
+    path = tmp_path / "before.db"
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(OLD_SQLITE_SCHEMA)
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    finally:
+        db.close()
+    _works_on_an_old_database(f"sqlite:///{path}")
+    db = sqlite3.connect(path)
+    try:  # nothing was migrated again
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_made_by_the_schema_before_sql_py_keeps_working(postgres_url):
+    import psycopg
+
+    name = f"plait_before_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(OLD_POSTGRES_SCHEMA)
+    _works_on_an_old_database(url)
+    with psycopg.connect(url) as db:
+        versions = [v for (v,) in db.execute("SELECT version FROM plait_schema ORDER BY version")]
+    assert versions == [1, 2]
 
 
 def test_sqlite_get_calls_stays_under_a_small_parameter_limit(tmp_path):

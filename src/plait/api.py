@@ -3,6 +3,9 @@
 Async is canonical: `run` and `execute` are `asyncio.run` over `arun` and `aexecute`, never a
 second implementation (on a worker thread's own loop when the caller's thread runs one).
 `astream` is the same run seen as its event stream, for UIs.
+
+Each entry point only says what its run is: a `RunSpec` and a body (the agent loop, or a
+written plan) that returns its Outcome; `runs/session.py` runs it and decides its status.
 """
 
 from __future__ import annotations
@@ -11,249 +14,37 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from .agent.loop import Agent, Outcome, RetryPolicy, execute_plan, prepare_plan
-from .backends import Backend, open_backend
+from .agent.loop import Agent, Outcome, RetryPolicy, Tactics, execute_plan, prepare_plan
 from .core import events as ev
+from .core.graph import DONE
 from .core.scheduler import Scheduler
-from .core.shared import SharedCalls
 from .core.task import Task
 from .core.tools import Tool, Tools
 from .llm import LLM, resolve_model, with_sampling
 from .runs.loading import as_tools
-from .runs.result import Recorder, RunResult
-from .runs.runlog import Restored, RunLog, stored_result
-from .stores import LEASE_SECONDS, RunInfo, RunNotFound, Store, StoreError, open_store
-from .stores.base import new_holder
+from .runs.result import RunResult
+from .runs.runlog import stored_result
+from .runs.session import (
+    BackendLike,
+    Body,
+    Run,
+    RunSpec,
+    Shared,
+    StoreLike,
+    new_run_id,
+    run_session,
+)
+from .stores import RunInfo, RunNotFound, Store, StoreError, open_store
 
+# Told the run's Scheduler once it exists: a service's handle for live edits.
+OnScheduler = Callable[[Scheduler], None]
 ToolsLike = Tools | Iterable[Tool | Callable[..., Any] | Tools | str] | Mapping[str, Any] | str
 DEFAULT_MODEL = "local"
-
-
-StoreLike = Store | str | None
-# "local" (the default: the event loop and a thread pool), "ray", or an open Backend.
-BackendLike = Backend | str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Sharing:
-    """What the runs of one batch share: pure calls done once, per-tool limits, and where
-    tools run."""
-
-    calls: SharedCalls
-    limits: dict[str, asyncio.Semaphore]
-    backend: Backend | None = None
-
-
-@contextlib.asynccontextmanager
-async def using_backend(backend: BackendLike) -> AsyncIterator[Backend]:
-    """The backend to run on, opened here (and closed after) when given by name; None is
-    "local"."""
-    if backend is None:
-        backend = "local"
-    if not isinstance(backend, str):
-        yield backend
-        return
-    opened = open_backend(backend)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-
-
-# Set by a batch around each of its runs; a run started outside a batch shares nothing.
-sharing: contextvars.ContextVar[Sharing | None] = contextvars.ContextVar(
-    "plait_sharing", default=None
-)
-
-
-@dataclass(slots=True)
-class _Durable:
-    """The run's store side for one session: its log, and whether this session opened it."""
-
-    store: Store
-    log: RunLog
-    owned: bool
-
-    async def close(self, status: str, answer: str | None, error: str | None) -> None:
-        """Commit the log and let the run go; a second Ctrl-C does not cut this short."""
-        done = asyncio.ensure_future(asyncio.to_thread(self.log.close, status, answer, error))
-        cancelled = False
-        while not done.done():
-            try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
-                cancelled = True  # keep waiting: the store must not close under the writer
-        try:
-            done.result()
-        finally:
-            if self.owned:
-                await asyncio.to_thread(self.store.close)
-        if cancelled:
-            raise asyncio.CancelledError
-
-
-async def _open(store: StoreLike, run_id: str, new: RunInfo | None) -> _Durable | None:
-    """Create (new) or claim (resume) the run in the store, and start its log."""
-    if store is None:
-        return None
-    owned = isinstance(store, str)
-    opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
-    holder = new_holder()
-    try:
-        if new is not None:
-            new.holder, new.lease_until = holder, time.time() + LEASE_SECONDS
-            await asyncio.to_thread(opened.create, new)
-            info, restored = new, Restored()
-        else:
-            info = await asyncio.to_thread(opened.claim, run_id, holder, LEASE_SECONDS)
-            restored = await asyncio.to_thread(lambda: Restored(opened.records(run_id)))
-    except BaseException:
-        if owned:
-            await asyncio.to_thread(opened.close)
-        raise
-    session = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-
-    def stop(error: BaseException) -> None:
-        # From the writer thread: the run cannot be recorded any more, so it stops.
-        if session is not None:
-            loop.call_soon_threadsafe(session.cancel)
-
-    log = RunLog(opened, info, holder, restored, on_fatal=stop)
-    log.start()
-    return _Durable(opened, log, owned)
-
-
-@dataclass(slots=True)
-class _Run:
-    """What a session body works with."""
-
-    scheduler: Scheduler
-    emit: ev.Listener
-    clock: Callable[[], float]
-    run_id: str
-    outcome: Outcome
-    replies: dict[int, ev.LLMFinished]  # recorded replies, when resuming
-    defined: dict[int, Task]  # recorded task definitions, when resuming
-
-
-Body = Callable[[_Run], Awaitable[None]]
-# Told the run's scheduler once it exists: a service's handle for live edits (add, cancel).
-OnScheduler = Callable[[Scheduler], None]
-
-
-async def _session(
-    body: Body,
-    tools: ToolsLike,
-    on_event: ev.Listener | None,
-    run_id: str | None,
-    question: str | None,
-    store: StoreLike = None,
-    new: RunInfo | None = None,
-    backend: BackendLike = None,
-    on_scheduler: OnScheduler | None = None,
-) -> RunResult:
-    """Run `body` inside one scheduler scope and turn its events into a RunResult.
-
-    With a store, the run is created there (`new`) or claimed to be resumed (`new` is None),
-    and every event is logged; the log is committed before this returns, whatever happens.
-    """
-    shared = sharing.get()
-    if backend is None and shared is not None:
-        backend = shared.backend
-    async with using_backend(backend) as opened:
-        return await _session_on(
-            body, tools, on_event, run_id, question, store, new, opened, on_scheduler
-        )
-
-
-async def _session_on(
-    body: Body,
-    tools: ToolsLike,
-    on_event: ev.Listener | None,
-    run_id: str | None,
-    question: str | None,
-    store: StoreLike,
-    new: RunInfo | None,
-    backend: Backend,
-    on_scheduler: OnScheduler | None = None,
-) -> RunResult:
-    registry = as_tools(tools)
-    run_id = run_id or uuid.uuid4().hex[:12]
-    if new is not None:
-        new.id = run_id
-    durable = await _open(store, run_id, new)
-    log = durable.log if durable is not None else None
-    recorder = Recorder()
-    emit = ev.Emitter(recorder, log, on_event)
-    start = time.perf_counter()
-
-    def clock() -> float:
-        return time.perf_counter() - start
-
-    outcome = Outcome()
-    resumed = durable is not None and new is None
-    status = "failed"
-    try:
-        emit(ev.RunStarted(0.0, run_id, question, resumed))
-        shared = sharing.get()
-        async with Scheduler(
-            registry,
-            emit,
-            clock,
-            run_id=run_id,
-            journal=log,
-            shared=shared.calls if shared is not None else None,
-            limits=shared.limits if shared is not None else None,
-            backend=backend,
-        ) as scheduler:
-            if on_scheduler is not None:
-                on_scheduler(scheduler)
-            restored = log.restored if log is not None else Restored()
-            run = _Run(scheduler, emit, clock, run_id, outcome, restored.replies, restored.defined)
-            await body(run)
-        if outcome.answer is not None and recorder.answer is None:
-            emit(ev.Answered(clock(), outcome.answer))
-        failed = any(r.status in ("failed", "skipped") for r in recorder.tasks.values())
-        if question is None:  # a written plan: every task must succeed
-            status = "failed" if failed or outcome.answer is None else "done"
-            if failed:
-                bad = next(r for r in recorder.tasks.values() if r.status == "failed")
-                outcome.error = f"task {bad.id} ({bad.tool}) failed: {bad.error}"
-            elif outcome.answer is None:
-                bad = next(r for r in recorder.tasks.values() if r.status != "done")
-                outcome.error = f"task {bad.id} ({bad.tool}) {bad.status}: {bad.error}"
-        else:  # a question: the joiner saw any failure and still answered
-            status = "done" if outcome.answer is not None else "failed"
-    except asyncio.CancelledError:
-        status, outcome.error = "cancelled", "cancelled"
-        if log is not None and log.failure is not None:
-            # Stopped by the store's failure, not by the caller: close() raises it instead.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-        else:
-            raise
-    except KeyboardInterrupt:  # a second Ctrl-C (a tool's own is its task's failure)
-        status, outcome.error = "cancelled", "interrupted"
-        raise
-    except BaseException as e:
-        status, outcome.error = "failed", outcome.error or f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        result = recorder.result(status, outcome.error, clock())
-        try:
-            emit(ev.RunFinished(clock(), result))
-        finally:
-            if durable is not None:
-                await durable.close(status, result.answer, outcome.error)
-    return result
 
 
 async def aexecute(
@@ -272,17 +63,26 @@ async def aexecute(
     With `store` (a Store or a URL such as "sqlite:///runs.db") the run is recorded under
     `run_id` and can be finished later with `aresume` if this process dies. `backend`
     says where tools run: "local" (the default) or "ray" (a Ray cluster; see backends/ray.py).
-    `on_scheduler` is called with the run's Scheduler once it exists (for live edits).
+    `on_scheduler` is told the run's Scheduler once it exists (for live edits: add, cancel).
     """
     registry = as_tools(tools)
-    tasks = prepare_plan(plan, registry)  # before the store: a bad plan makes no run
+    # Before the store (a bad plan makes no run), and off the loop: a plan of 100k tasks
+    # takes seconds to check, which a service's other runs and streams must not wait for.
+    tasks = await asyncio.to_thread(prepare_plan, plan, registry)
+    run_id = run_id or new_run_id()
     now = time.time()
-    new = RunInfo("", "plan", plan, None, list(registry), created=now, updated=now)
-
-    async def body(r: _Run) -> None:
-        await execute_plan(tasks, r.scheduler, r.outcome)
-
-    return await _session(body, registry, on_event, run_id, None, store, new, backend, on_scheduler)
+    new = RunInfo(run_id, "plan", plan, None, list(registry), created=now, updated=now)
+    spec = RunSpec(
+        registry,
+        run_id,
+        None,
+        store=store,
+        new=new,
+        backend=backend,
+        on_event=on_event,
+        on_scheduler=on_scheduler,
+    )
+    return await run_session(spec, _plan_body(tasks))
 
 
 async def arun(
@@ -300,6 +100,8 @@ async def arun(
     backend: BackendLike = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    tactics: Tactics | None = None,
+    shared: Shared | None = None,
     on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
     """Answer a question: plan with the model, run the plan's tasks as they stream, join.
@@ -307,10 +109,12 @@ async def arun(
     With `store`, the run is recorded under `run_id`, replies and results included, and
     `aresume` finishes it without asking the model again for what it already answered.
     `temperature` and `max_tokens` (a reply's bound) apply to every model call of the run.
+    `tactics` switches the agent's techniques for small models (all on by default; kept
+    with the run). `shared` is what the runs of a batch share (plait.batch passes it).
     """
     llm = with_sampling(resolve_model(model, base_url=base_url), temperature, max_tokens)
     registry = as_tools(tools)
-    spec = model if isinstance(model, str) else llm.name
+    spec_name = model if isinstance(model, str) else llm.name
     options: dict[str, Any] = {
         "max_replans": max_replans,
         "base_url": base_url,
@@ -318,45 +122,60 @@ async def arun(
     }
     if temperature is not None or max_tokens is not None:
         options.update(temperature=temperature, max_tokens=max_tokens)
+    if tactics is not None and tactics != Tactics():
+        options["tactics"] = dataclasses.asdict(tactics)
+    run_id = run_id or new_run_id()
     now = time.time()
-    new = RunInfo("", "question", question, spec, list(registry), options, created=now, updated=now)
-    return await _session(
-        _answer(question, llm, registry, max_replans, examples, retry),
+    new = RunInfo(
+        run_id, "question", question, spec_name, list(registry), options, created=now, updated=now
+    )
+    spec = RunSpec(
         registry,
-        on_event,
         run_id,
         question,
-        store,
-        new,
-        backend,
-        on_scheduler,
+        store=store,
+        new=new,
+        backend=backend,
+        shared=shared,
+        on_event=on_event,
+        on_scheduler=on_scheduler,
+    )
+    shots = examples if examples is not None else registry.examples
+    return await run_session(
+        spec, _question_body(question, llm, max_replans, shots, retry, tactics)
     )
 
 
-def _answer(
+def _plan_body(tasks: list[Task]) -> Body:
+    async def body(run: Run) -> Outcome:
+        return await execute_plan(tasks, run.scheduler)
+
+    return body
+
+
+def _question_body(
     question: str,
     llm: LLM,
-    registry: Tools,
     max_replans: int,
     examples: str | None,
     retry: RetryPolicy | None,
+    tactics: Tactics | None,
 ) -> Body:
-    shots = examples if examples is not None else registry.examples
-
-    async def body(r: _Run) -> None:
+    async def body(run: Run) -> Outcome:
         agent = Agent(
             llm,
-            r.scheduler,
-            r.emit,
-            r.clock,
-            run_id=r.run_id,
+            run.scheduler,
+            run.emit,
+            run.clock,
+            run_id=run.run_id,
             max_replans=max_replans,
-            examples=shots,
+            examples=examples,
             retry=retry,
-            replies=r.replies,
-            defined=r.defined,
+            replies=run.replies,
+            defined=run.defined,
+            tactics=tactics,
         )
-        await agent.answer(question, r.outcome)
+        return await agent.answer(question)
 
     return body
 
@@ -371,9 +190,10 @@ async def aresume(
     on_event: ev.Listener | None = None,
     retry: RetryPolicy | None = None,
     backend: BackendLike = None,
+    shared: Shared | None = None,
     on_scheduler: OnScheduler | None = None,
 ) -> RunResult:
-    """Finish a run recorded in `store`: tasks it recorded settled are not run again, and
+    """Finish a run recorded in `store`: tasks it recorded finished are not run again, and
     replies it recorded are not asked for again. A run that already finished is returned
     as recorded. Raises RunNotFound, or RunHeld while another process is running it."""
     opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
@@ -381,7 +201,7 @@ async def aresume(
         info = await asyncio.to_thread(opened.get, run_id)
         if info is None:
             raise RunNotFound(f"no run {run_id} in {opened.url}")
-        if info.status == "done":
+        if info.status == DONE:
             records = await asyncio.to_thread(lambda: list(opened.records(run_id)))
             result = stored_result(info, records)
             if on_event is not None:
@@ -391,38 +211,49 @@ async def aresume(
         missing = sorted(set(info.tools) - set(registry))
         if missing:
             raise StoreError(f"run {run_id} used tools this --tools lacks: {', '.join(missing)}")
-        if info.kind == "plan":
-            tasks = prepare_plan(info.source, registry)
-
-            async def run_plan(r: _Run) -> None:
-                await execute_plan(tasks, r.scheduler, r.outcome)
-
-            return await _session(
-                run_plan, registry, on_event, run_id, None, opened, None, backend, on_scheduler
-            )
-        options = info.options
-        spec = model if model is not None else info.model
-        if spec is None:
-            raise StoreError(f"run {run_id} does not say which model it used: pass model=")
-        llm = with_sampling(
-            resolve_model(spec, base_url=base_url or options.get("base_url")),
-            options.get("temperature"),
-            options.get("max_tokens"),
-        )
-        body = _answer(
-            info.source,
-            llm,
+        question = None if info.kind == "plan" else info.source
+        if question is None:
+            body = _plan_body(prepare_plan(info.source, registry))
+        else:
+            body = _resumed_body(info, registry, model, base_url, retry)
+        spec = RunSpec(
             registry,
-            options.get("max_replans", 2),
-            options.get("examples"),
-            retry,
+            run_id,
+            question,
+            store=opened,
+            backend=backend,
+            shared=shared,
+            on_event=on_event,
+            on_scheduler=on_scheduler,
         )
-        return await _session(
-            body, registry, on_event, run_id, info.source, opened, None, backend, on_scheduler
-        )
+        return await run_session(spec, body)
     finally:
         if isinstance(store, str):
             await asyncio.to_thread(opened.close)
+
+
+def _resumed_body(
+    info: RunInfo,
+    registry: Tools,
+    model: str | LLM | None,
+    base_url: str | None,
+    retry: RetryPolicy | None,
+) -> Body:
+    """A recorded question's body, asked as it was first (the model, sampling, examples and
+    tactics kept with the run) unless `model` or `base_url` say otherwise."""
+    options = info.options
+    model = model if model is not None else info.model
+    if model is None:
+        raise StoreError(f"run {info.id} does not say which model it used: pass model=")
+    llm = with_sampling(
+        resolve_model(model, base_url=base_url or options.get("base_url")),
+        options.get("temperature"),
+        options.get("max_tokens"),
+    )
+    examples = options.get("examples")
+    shots = examples if examples is not None else registry.examples
+    tactics = Tactics(**options["tactics"]) if "tactics" in options else None
+    return _question_body(info.source, llm, options.get("max_replans", 2), shots, retry, tactics)
 
 
 def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:

@@ -6,7 +6,10 @@ What the runs share:
 
 - one model client, wrapped in `SharedLLM`: identical requests at temperature 0 go out once;
 - one `SharedCalls`: a pure tool called with equal arguments anywhere in the batch runs once;
-- one set of per-tool limits, so `max_concurrency` holds across the whole batch.
+- one set of per-tool limits, so `max_concurrency` holds across the whole batch;
+- one backend: sync tools of every run share one thread pool (or one Ray connection).
+
+They are given to each run explicitly (`arun(shared=..., backend=...)`); nothing is ambient.
 
 Items are read lazily and at most `concurrency` runs (and as many finished results waiting
 to be read) exist at once, so memory stays bounded however long the input is. A query that
@@ -29,24 +32,27 @@ import contextlib
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic_core import from_json, to_json
 
 from . import api
-from .agent.loop import RetryPolicy
+from .agent.loop import RetryPolicy, Tactics
 from .core import events as ev
+from .core.backend import Backend
 from .core.events import Usage
+from .core.graph import DONE, FAILED
 from .core.scheduler import tool_limits
 from .core.shared import SharedCalls
+from .core.tools import Tools
 from .llm import LLM, resolve_model
 from .llm.prefix import PrefixOrdered
 from .llm.shared import SharedLLM
 from .runs.loading import as_tools
 from .runs.result import RunResult
+from .runs.session import BackendLike, Shared, new_run_id, using_backend
 from .stores import Store, StoreError, open_store
 
 
@@ -169,9 +175,10 @@ async def abatch(
     stats: BatchStats | None = None,
     llm_slots: int | None = None,
     order: str = "prefix",
-    backend: api.BackendLike = None,
+    backend: BackendLike = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    tactics: Tactics | None = None,
 ) -> AsyncIterator[BatchResult]:
     """Answer every item's question; yield each result as it completes (not in input order).
 
@@ -186,7 +193,8 @@ async def abatch(
     `llm_slots` bounds the model calls in flight (a server's slots: 1 for llama-cpp-python's
     server); queued calls then go out in `order`: "prefix" (the call sharing the longest
     prompt prefix with what the slot ran last) or "arrival". `backend` ("local" or "ray")
-    is opened once for the whole batch. `temperature` and `max_tokens` apply to every call.
+    is opened once for the whole batch. `temperature`, `max_tokens` and `tactics` apply to
+    every call.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -194,162 +202,210 @@ async def abatch(
     inner: LLM = resolve_model(model, base_url=base_url)
     if llm_slots is not None:
         inner = PrefixOrdered(inner, slots=llm_slots, order=order)
-    llm = SharedLLM(inner)
-    batch_id = run_id or uuid.uuid4().hex[:12]
-    stats = stats if stats is not None else BatchStats()
-    skipped = {item_key(i) for i in skip}
-    skipped_positions = set(skip_positions)
-    opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
-    calls = SharedCalls(cache=StoredCalls(opened, batch_id) if opened is not None else None)
-    backends = contextlib.AsyncExitStack()
+    batch_id = run_id or new_run_id()
+    async with contextlib.AsyncExitStack() as opened:
+        if isinstance(store, str):
+            store = await asyncio.to_thread(open_store, store)
+            opened.push_async_callback(asyncio.to_thread, store.close)
+        calls = SharedCalls(cache=StoredCalls(store, batch_id) if store is not None else None)
+        batch = _Batch(
+            id=batch_id,
+            label=label,
+            stats=stats if stats is not None else BatchStats(),
+            llm=SharedLLM(inner),
+            store=store,
+            shared=Shared(calls, tool_limits(registry)),
+            backend=await opened.enter_async_context(using_backend(backend)),
+            tools=registry,
+            max_replans=max_replans,
+            examples=examples,
+            retry=retry,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            tactics=tactics,
+        )
+        results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
+        skipped = {item_key(i) for i in skip}, set(skip_positions)
+        driver = asyncio.create_task(_drive(batch, items, concurrency, *skipped, results))
+        try:
+            while (result := await _next_result(results, driver)) is not None:
+                _count_calls(batch)
+                yield result
+            await driver
+        finally:
+            if not driver.done():
+                driver.cancel()
+                with contextlib.suppress(BaseException):
+                    await driver
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One batch, as its items' runs see it: what they share, and where they count."""
+
+    id: str  # each item's run, with a store, is `ID:ITEM`
+    label: str  # what names a position in messages ("item", "FILE line")
+    stats: BatchStats
+    llm: SharedLLM  # identical requests at temperature 0 go out once
+    store: Store | None
+    shared: Shared  # pure calls done once, per-tool limits across the batch
+    backend: Backend  # one for the whole batch: one local thread pool, not one per item
+    # what every item's run is asked with (arun's keywords)
+    tools: Tools
+    max_replans: int
+    examples: str | None
+    retry: RetryPolicy | None
+    temperature: float | None
+    max_tokens: int | None
+    tactics: Tactics | None
+
+
+async def _drive(
+    batch: _Batch,
+    items: Iterable[Any] | AsyncIterable[Any],
+    concurrency: int,
+    skip: set[str],
+    skip_positions: set[int],
+    results: asyncio.Queue[BatchResult | None],
+) -> None:
+    """Read the items lazily and run each (at most `concurrency` at once) into `results`,
+    leaving out the item keys in `skip` and the positions in `skip_positions`; None after
+    the last."""
+    slots = asyncio.Semaphore(concurrency)
+    first: dict[bytes, int] = {}  # digest of each id's key -> its first position
     try:
-        run_on = await backends.enter_async_context(api.using_backend(backend))
-    except BaseException:
-        if isinstance(store, str) and opened is not None:
-            await asyncio.to_thread(opened.close)
-        raise
-    shared = api.Sharing(calls, tool_limits(registry), run_on)
-    results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
-
-    async def bad(index: int, item: Any, error: str) -> None:
-        bad_id = item.get("id") if isinstance(item, dict) else None
-        stats.failed += 1
-        await results.put(BatchResult(bad_id, "failed", error=error, line=index))
-
-    async def one(index: int, item: Any, repeated: str | None) -> None:
-        where = f"{label} {index}"
-        try:
-            item_id, question, fields = item_parts(item, where)
-        except BadItem as e:
-            await bad(index, item, str(e))
-            return
-        if repeated is not None:
-            await bad(index, item, repeated)
-            return
-        stats.running += 1
-        try:
-            run = await _answer(question, item_id, where)
-            out = BatchResult(item_id, run.status, run.answer, run.error, run.usage, fields, run)
-        except BadItem as e:
-            out = BatchResult(item_id, "failed", None, str(e), Usage(), fields)
-        except Exception as e:  # a query that cannot even start never stops the batch
-            out = BatchResult(item_id, "failed", None, _one_line(e), Usage(), fields)
-        finally:
-            stats.running -= 1
-        if out.status == "done":
-            stats.done += 1
-        else:
-            out.status = "failed"
-            stats.failed += 1
-        stats.usage = stats.usage + out.usage
-        await results.put(out)
-
-    async def _answer(question: str, item_id: Any, where: str) -> RunResult:
-        counted = _counter(stats)
-        token = api.sharing.set(shared)
-        try:
-            if opened is None:
-                return await api.arun(
-                    question,
-                    tools=registry,
-                    model=llm,
-                    max_replans=max_replans,
-                    examples=examples,
-                    retry=retry,
-                    on_event=counted,
-                    temperature=temperature,
-                    max_tokens=max_tokens,
-                )
-            query_run = f"{batch_id}:{item_key(item_id)}"
-            info = await asyncio.to_thread(opened.get, query_run)
-            if info is not None:
-                if info.kind != "question" or info.source != question:
-                    raise BadItem(
-                        f"{where}: run {query_run} in the store was asked another question; "
-                        "give the batch another run id, or the item another id"
-                    )
-                return await api.aresume(
-                    query_run, tools=registry, store=opened, model=llm, on_event=counted
-                )
-            return await api.arun(
-                question,
-                tools=registry,
-                model=llm,
-                max_replans=max_replans,
-                examples=examples,
-                retry=retry,
-                on_event=counted,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                store=opened,
-                run_id=query_run,
-            )
-        finally:
-            api.sharing.reset(token)
-
-    async def drive() -> None:
-        slots = asyncio.Semaphore(concurrency)
-
-        async def slot(index: int, item: Any, repeated: str | None = None) -> None:
-            try:
-                await one(index, item, repeated)
-            finally:
-                slots.release()
-
-        first: dict[bytes, int] = {}  # digest of each id's key -> its first position
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                index = 0
-                async for item in _aiter(items):
-                    index += 1
-                    if item is BLANK or index in skipped_positions:
+        async with asyncio.TaskGroup() as group:
+            index = 0
+            async for item in _aiter(items):
+                index += 1
+                if item is BLANK or index in skip_positions:
+                    continue
+                repeated = None
+                if isinstance(item, dict) and item.get("id") is not None:
+                    key = item_key(item["id"])
+                    seen = first.setdefault(_digest(key), index)
+                    if seen != index:
+                        repeated = (
+                            f"{batch.label} {index}: id {key} is {batch.label} {seen}'s already"
+                        )
+                    elif key in skip:
                         continue
-                    if isinstance(item, dict) and item.get("id") is not None:
-                        key = item_key(item["id"])
-                        seen = first.setdefault(_digest(key), index)
-                        if seen != index:
-                            repeated = f"{label} {index}: id {key} is {label} {seen}'s already"
-                            await slots.acquire()
-                            group.create_task(slot(index, item, repeated))
-                            continue
-                        if key in skipped:
-                            continue
-                    await slots.acquire()
-                    group.create_task(slot(index, item))
-        finally:
-            stats.tool_calls_made = stats.tool_calls_requested - (
-                shared.calls.requested - shared.calls.executed
-            )
-            stats.llm_calls_requested, stats.llm_calls_made = llm.requested, llm.made
-        await results.put(None)
-
-    driver = asyncio.create_task(drive())
-    try:
-        while True:
-            getter = asyncio.ensure_future(results.get())
-            await asyncio.wait({getter, driver}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                driver.result()  # the driver failed: raise its error
-                continue
-            result = getter.result()
-            if result is None:
-                break
-            stats.tool_calls_made = stats.tool_calls_requested - (
-                shared.calls.requested - shared.calls.executed
-            )
-            stats.llm_calls_requested, stats.llm_calls_made = llm.requested, llm.made
-            yield result
-        await driver
+                await slots.acquire()
+                group.create_task(_in_slot(batch, slots, results, index, item, repeated))
     finally:
-        if not driver.done():
-            driver.cancel()
-            with contextlib.suppress(BaseException):
-                await driver
-        await backends.aclose()
-        if isinstance(store, str) and opened is not None:
-            await asyncio.to_thread(opened.close)
+        _count_calls(batch)
+    await results.put(None)
+
+
+async def _in_slot(
+    batch: _Batch,
+    slots: asyncio.Semaphore,
+    results: asyncio.Queue[BatchResult | None],
+    index: int,
+    item: Any,
+    repeated: str | None,
+) -> None:
+    try:
+        await results.put(await _item(batch, index, item, repeated))
+    finally:
+        slots.release()
+
+
+async def _item(batch: _Batch, index: int, item: Any, repeated: str | None) -> BatchResult:
+    """One input's result: its run's, or why it is not a valid item (a failed result)."""
+    stats = batch.stats
+    where = f"{batch.label} {index}"
+    try:
+        item_id, question, fields = item_parts(item, where)
+        if repeated is not None:
+            raise BadItem(repeated)
+    except BadItem as e:
+        stats.failed += 1
+        bad_id = item.get("id") if isinstance(item, dict) else None
+        return BatchResult(bad_id, FAILED, error=str(e), line=index)
+    stats.running += 1
+    try:
+        run = await _answer(batch, question, item_id, where)
+        out = BatchResult(item_id, run.status, run.answer, run.error, run.usage, fields, run)
+    except BadItem as e:
+        out = BatchResult(item_id, FAILED, None, str(e), Usage(), fields)
+    except Exception as e:  # a query that cannot even start never stops the batch
+        out = BatchResult(item_id, FAILED, None, _one_line(e), Usage(), fields)
+    finally:
+        stats.running -= 1
+    if out.status == DONE:
+        stats.done += 1
+    else:
+        out.status = FAILED
+        stats.failed += 1
+    stats.usage = stats.usage + out.usage
+    return out
+
+
+async def _answer(batch: _Batch, question: str, item_id: Any, where: str) -> RunResult:
+    """Run one item's question; with a store, as run `BATCH:ITEM`, resumed if it exists."""
+    # What a run and a resumed run of an item are both given.
+    given = _Given(
+        tools=batch.tools,
+        model=batch.llm,
+        on_event=_counter(batch.stats),
+        retry=batch.retry,
+        backend=batch.backend,
+        shared=batch.shared,
+    )
+    run_id = None
+    if batch.store is not None:
+        run_id = f"{batch.id}:{item_key(item_id)}"
+        info = await asyncio.to_thread(batch.store.get, run_id)
+        if info is not None:
+            if info.kind != "question" or info.source != question:
+                raise BadItem(
+                    f"{where}: run {run_id} in the store was asked another question; "
+                    "give the batch another run id, or the item another id"
+                )
+            return await api.aresume(run_id, store=batch.store, **given)
+    return await api.arun(
+        question,
+        max_replans=batch.max_replans,
+        examples=batch.examples,
+        temperature=batch.temperature,
+        max_tokens=batch.max_tokens,
+        tactics=batch.tactics,
+        store=batch.store,
+        run_id=run_id,
+        **given,
+    )
+
+
+class _Given(TypedDict):
+    tools: Tools
+    model: LLM
+    on_event: ev.Listener
+    retry: RetryPolicy | None
+    backend: Backend
+    shared: Shared
+
+
+async def _next_result(
+    results: asyncio.Queue[BatchResult | None], driver: asyncio.Task[None]
+) -> BatchResult | None:
+    """The next item's result as it finishes; None after the last; the driver's error, if
+    it failed."""
+    while True:
+        getter = asyncio.ensure_future(results.get())
+        await asyncio.wait({getter, driver}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        driver.result()  # the driver failed: raise its error
+
+
+def _count_calls(batch: _Batch) -> None:
+    """Bring the stats' call counts up to date: tool calls made once for the whole batch,
+    and model calls requested and made."""
+    stats, calls = batch.stats, batch.shared.calls
+    stats.tool_calls_made = stats.tool_calls_requested - (calls.requested - calls.executed)
+    stats.llm_calls_requested, stats.llm_calls_made = batch.llm.requested, batch.llm.made
 
 
 def _digest(key: str) -> bytes:

@@ -1,38 +1,42 @@
 """The agent loop: planner ─stream─▶ parser ─tasks─▶ scheduler ─results─▶ joiner ─▶ answer | replan.
 
-`execute_plan` runs a written plan; `answer_question` plans, runs and joins, replanning
-within `max_replans`. Both feed one Scheduler and report through one event stream. Tasks are
-handed to the scheduler the moment the parser completes them, while the planner is still
-streaming: that is LLMCompiler's task fetching unit, with no separate queue.
+`execute_plan` runs a written plan; `Agent.answer` plans, runs and joins, replanning within
+`max_replans`. Both feed one Scheduler, report through one event stream and return an
+`Outcome`. Tasks are handed to the scheduler the moment the parser completes them, while the
+planner is still streaming: that is LLMCompiler's task fetching unit, with no separate queue.
 
-An LLM reply that is lost mid-stream (LLMError with retryable=True) is asked for again with
-backoff; tasks the lost reply already dispatched are not dispatched twice.
+Every model call is one stream of text (`Agent._reply`), and everything about a call lives
+inside it: its number, its events, the retries of a reply lost mid-stream (LLMError with
+retryable=True, asked again with backoff; the stream then yields `AGAIN` and starts over,
+and the planner does not dispatch twice a task the lost reply already dispatched), and the
+drain of a reply its reader stopped early (read on, unused, for its usage report).
 
 Resuming is replaying: the loop runs again from the start, with the replies a store kept
-(`replies`, by call number) given back instead of asking the model, and the scheduler's
-journal settling recorded tasks without running them. Given the same replies the loop makes
-the same calls, so a resumed run picks up exactly where the log ends.
+(`replies`, by call number) given back through the same stream instead of asking the model,
+and the scheduler's journal restoring recorded tasks without running them. Given the same
+replies the loop makes the same calls, so a resumed run picks up exactly where the log ends.
 
-How the model is asked depends on what it can do (`Tactics` switches each technique off for
-bench/answers.py): a model that scores text (llama.cpp in-process) makes the plan's and the
-decision's choices among candidates (choose.py); one that follows a JSON Schema writes the
-plan as JSON under the plan schema, its lookups limited to phrases of the question, and the
-joiner's decision under a pattern; any other writes free text. The joiner's reply is read
-strictly: a reply with no decision, or an echo of the instructions' template, is a failed
-call, asked again up to `JOIN_RETRIES` times and never taken as the answer.
+How the model is asked depends on what it can do (`Tactics`, given to the Agent, switch each
+technique off for bench/answers.py): a model that scores text (llama.cpp in-process) makes
+the plan's and the decision's choices among candidates (choose.py); one that follows a JSON
+Schema writes the plan as JSON under the plan schema, its lookups limited to phrases of the
+question, and the joiner's decision under a pattern; any other writes free text. The
+joiner's reply is read strictly: a reply with no decision, or an echo of the instructions'
+template, is a failed call, asked again up to `JOIN_RETRIES` times and never taken as the
+answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from ..core import events as ev
+from ..core.graph import DONE
 from ..core.scheduler import Scheduler
+from ..core.shared import backoff
 from ..core.task import Task, result_text
 from ..core.tools import Tools
 from ..errors import PlaitError, PlanError
@@ -54,6 +58,9 @@ from .schema import plan_schema
 
 STOP = ("<END_OF_PLAN>",)
 JOIN_RETRIES = 2  # joiner replies without a decision asked again, after the first
+AGAIN = None  # what a reply stream yields when its reply was lost and is asked again
+
+Source = Callable[[Request], AsyncIterator[Delta]]  # where a reply's deltas come from
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +76,9 @@ class Tactics:
     calibrate: bool = True  # chosen decisions: scores calibrated against a bare prompt
 
 
-TACTICS: contextvars.ContextVar[Tactics] = contextvars.ContextVar("plait_tactics")
-
-
 @dataclass(slots=True)
 class RetryPolicy:
-    """How lost LLM replies are retried: exponential backoff with full jitter."""
+    """How lost LLM replies are retried: exponential backoff (core.shared.backoff), capped."""
 
     attempts: int = 4  # retries after the first try
     base: float = 0.25
@@ -83,15 +87,15 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.cap * 4)
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+        return backoff(self.base, attempt + 1, self.cap)
 
 
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What the loop concluded: an answer, or why there is none."""
 
-    def __init__(self) -> None:
-        self.answer: str | None = None
-        self.error: str | None = None
+    answer: str | None = None
+    error: str | None = None
 
 
 def prepare_plan(text: str, tools: Tools) -> list[Task]:
@@ -102,8 +106,9 @@ def prepare_plan(text: str, tools: Tools) -> list[Task]:
     return tasks
 
 
-async def execute_plan(tasks: list[Task], scheduler: Scheduler, outcome: Outcome) -> None:
-    """Run a whole written plan, prepared by `prepare_plan`."""
+async def execute_plan(tasks: list[Task], scheduler: Scheduler) -> Outcome:
+    """Run a whole written plan, prepared by `prepare_plan`: its answer is the last task's
+    result, if every task succeeded."""
     for i, task in enumerate(tasks, 1):
         scheduler.add(task, checked=True)
         if i % 32 == 0:
@@ -111,9 +116,10 @@ async def execute_plan(tasks: list[Task], scheduler: Scheduler, outcome: Outcome
             # huge plan never holds all its coroutines in memory at once.
             await asyncio.sleep(0)
     await scheduler.wait()
-    # The answer of a written plan is its last task's result, if every task succeeded.
-    if all(n.status == "done" for n in scheduler.graph.nodes.values()):
-        outcome.answer = result_text(scheduler.graph.nodes[tasks[-1].id].result)
+    nodes = scheduler.graph.nodes
+    if all(n.status == DONE for n in nodes.values()):
+        return Outcome(result_text(nodes[tasks[-1].id].result))
+    return Outcome()
 
 
 class Agent:
@@ -132,6 +138,7 @@ class Agent:
         retry: RetryPolicy | None = None,
         replies: dict[int, ev.LLMFinished] | None = None,
         defined: dict[int, Task] | None = None,
+        tactics: Tactics | None = None,
     ) -> None:
         self.llm = llm
         self.replies = replies or {}
@@ -139,7 +146,6 @@ class Agent:
         # again may define an id differently from the tasks it had already dispatched; the
         # kept reply is the second one, so on replay the dispatched definitions win.
         self.defined = defined or {}
-        self._replaying = False
         self.scheduler = scheduler
         self.emit = emit
         self.clock = clock
@@ -147,7 +153,7 @@ class Agent:
         self.max_replans = max_replans
         self.examples = examples
         self.retry = retry or RetryPolicy()
-        self.tactics = TACTICS.get(Tactics())
+        self.tactics = tactics or Tactics()
         self.drain = 1.0  # seconds to keep reading a reply after it gave all we needed
         self._conversation: list[dict[str, str]] = []  # every call extends this prefix
         self._reported: set[int] = set()  # tasks whose results the conversation shows
@@ -155,38 +161,38 @@ class Agent:
         self._question = ""
         self._choosing = False  # this run's plans are chosen among candidates
 
-    async def answer(self, question: str, outcome: Outcome) -> None:
+    async def answer(self, question: str) -> Outcome:
         self._question = question
         reason: str | None = None
+        error = "no answer"
         for round_ in range(self.max_replans + 1):
             if round_:
                 self.emit(ev.Replanning(self.clock(), round_, reason or ""))
             try:
-                error = await self._plan(question, reason)
+                invalid = await self._plan(question, reason)
                 await self.scheduler.wait()
-                decision = None if error is not None else await self._decide(question, outcome)
+                decision = None if invalid is not None else await self._decide(question)
             except LLMError as e:
-                outcome.error = f"{self.llm.name}: {e}"
-                return
-            if error is not None:
-                self.emit(ev.PlanInvalid(self.clock(), error))
-                reason = f"the previous plan could not be run: {error}. Write a valid plan"
-                outcome.error = f"invalid plan: {error}"
+                return Outcome(error=f"{self.llm.name}: {e}")
+            if invalid is not None:
+                self.emit(ev.PlanInvalid(self.clock(), invalid))
+                reason = f"the previous plan could not be run: {invalid}. Write a valid plan"
+                error = f"invalid plan: {invalid}"
                 continue
-            if decision is None:
-                return  # outcome.error says why
+            if isinstance(decision, Outcome):
+                return decision  # the joiner gave no decision
+            assert decision is not None
             if decision.action == "finish":
-                outcome.answer, outcome.error = decision.text, None
                 self.emit(ev.Answered(self.clock(), decision.text))
-                return
+                return Outcome(decision.text)
             reason = decision.text or "the joiner asked for a new plan"
             times = "once" if round_ == 0 else f"{round_ + 1} times"
-            outcome.error = f"the joiner asked for a new plan {times}: {reason}"
-        if outcome.error is None:
-            outcome.error = "no answer"
+            error = f"the joiner asked for a new plan {times}: {reason}"
+        return Outcome(error=error)
 
-    async def _decide(self, question: str, outcome: Outcome) -> Decision | None:
-        """The joiner's decision, asked again while a reply holds none; None if it never did."""
+    async def _decide(self, question: str) -> Decision | Outcome:
+        """The joiner's decision, asked again while a reply holds none; the run's Outcome
+        (why there is no answer) if it never held one."""
         reply = await self._join(question)
         decision = parse_decision(reply)
         if not self.tactics.strict_join:
@@ -199,7 +205,9 @@ class Agent:
             asked += 1
         if decision is None:
             excerpt = " ".join(reply.split())[:120] or "(empty)"
-            outcome.error = f"the joiner gave no decision in {asked} replies; the last: {excerpt}"
+            return Outcome(
+                error=f"the joiner gave no decision in {asked} replies; the last: {excerpt}"
+            )
         return decision
 
     # planner ---------------------------------------------------------------------------
@@ -212,9 +220,53 @@ class Agent:
 
     async def _plan(self, question: str, reason: str | None) -> str | None:
         """Stream one plan into the scheduler; return the plan's error, if it had one."""
-        graph = self.scheduler.graph
-        known = set(graph.nodes)
+        tools = self.scheduler.tools
+        known = set(self.scheduler.graph.nodes)
         next_id = max(known, default=0) + 1
+        request, source = self._planner_request(question, reason, next_id)
+        call = self._next_call()
+        kept = self.replies.get(call)
+        added: set[int] = set()
+
+        def dispatch(tasks: Iterable[Task]) -> None:
+            for task in tasks:
+                if task.id in added:
+                    continue  # dispatched by a reply that was lost and asked again
+                if kept is not None:
+                    task = self.defined.get(task.id, task)
+                if task.id < next_id:
+                    raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
+                self.scheduler.add(task)
+                added.add(task.id)
+
+        parser = PlanParser(known, tools)
+        read: list[str] = []
+        try:
+            async with contextlib.aclosing(self._reply(call, "planner", request, source)) as reply:
+                async for text in reply:
+                    if text is AGAIN:
+                        parser, read = PlanParser(known, tools), []
+                        continue
+                    read.append(text)
+                    dispatch(parser.feed(text))
+                    if parser.done:
+                        break
+            dispatch(parser.close())
+        except PlanError as e:
+            return str(e)
+        finally:
+            # The reply as the run used it; a kept one whole, as its first session said it.
+            self._say(kept.text if kept is not None else "".join(read))
+        if not added and not parser.joined:
+            return "the plan has no tasks and no join()"
+        return None
+
+    def _planner_request(
+        self, question: str, reason: str | None, next_id: int
+    ) -> tuple[Request, Source | None]:
+        """The planner's request (the conversation extended by its turn), and where its reply
+        comes from: a candidate planner where the model scores, else the model itself."""
+        tools = self.scheduler.tools
         chooser = self._plan_chooser(question, next_id)
         json_form = self.llm.supports_json_schema and chooser is None
         if not self._conversation:
@@ -222,65 +274,22 @@ class Agent:
             if shots and self.tactics.similar_examples:
                 shots = select_examples(shots, question, self.tactics.examples)
             self._conversation = planner_messages(
-                question,
-                self.scheduler.tools,
-                examples=shots,
-                json_form=json_form,
-                compact=chooser is not None,
+                question, tools, examples=shots, json_form=json_form, compact=chooser is not None
             )
         else:
             turn = replan_turn(reason or "", self._unreported(), next_id)
             self._conversation = [*self._conversation, turn]
+        schema = None
+        if json_form:
+            grounded = question if self.tactics.ground else None
+            schema = plan_schema(tools, next_id, question=grounded)
         request = Request(
             self._conversation,
             stop=() if json_form else STOP,
-            json_schema=plan_schema(
-                self.scheduler.tools,
-                next_id,
-                question=question if self.tactics.ground else None,
-            )
-            if json_form
-            else None,
+            json_schema=schema,
             session=self.run_id,
         )
-        added: set[int] = set()
-        parser = PlanParser(known, self.scheduler.tools)
-        reply: list[str] = []
-
-        def restart() -> None:
-            nonlocal parser
-            parser = PlanParser(known, self.scheduler.tools)
-
-        def on_text(text: str) -> bool:
-            for task in parser.feed(text):
-                if task.id in added:
-                    continue  # dispatched by a reply that was lost and retried
-                if self._replaying:
-                    task = self.defined.get(task.id, task)
-                if task.id < next_id:
-                    raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
-                self.scheduler.add(task)
-                added.add(task.id)
-            return parser.done
-
-        try:
-            try:
-                source = chooser.stream if chooser is not None else None
-                await self._complete("planner", request, on_text, restart, reply, source)
-                on_text("")
-                for task in parser.close():
-                    if task.id not in added:
-                        if self._replaying:
-                            task = self.defined.get(task.id, task)
-                        self.scheduler.add(task)
-                        added.add(task.id)
-            finally:
-                self._say("".join(reply))
-        except PlanError as e:
-            return str(e)
-        if not added and not parser.joined:
-            return "the plan has no tasks and no join()"
-        return None
+        return request, chooser.stream if chooser is not None else None
 
     def _scorer(self) -> Scorer | None:
         return self.llm if self.tactics.choose and isinstance(self.llm, Scorer) else None
@@ -300,13 +309,15 @@ class Agent:
                 render(n.task.tool, [*n.task.args, *n.task.kwargs.values()]),
             )  # a new plan may take any result and phrase again, but repeats no call
             for n in self.scheduler.graph.nodes.values()
-            if n.status == "done" and n.task.tool in known
+            if n.status == DONE and n.task.tool in known
         ]
         chooser = PlanChooser(scorer, tools, question, next_id, earlier)
         if not self._conversation:  # the first plan decides how the run plans
             self._choosing = any(chooser.arguments(shape) for shape in known.values())
         # If no tool can start a plan, the model plans freely.
         return chooser if self._choosing else None
+
+    # joiner ----------------------------------------------------------------------------
 
     async def _join(self, question: str) -> str:
         self._conversation = [
@@ -316,138 +327,143 @@ class Agent:
         return await self._join_call()
 
     async def _join_call(self) -> str:
-        parts: list[str] = []
-        scorer = self._scorer()
-        source: Callable[[Request], AsyncIterator[Delta]] | None = None
+        """Ask the joiner once (its reply read whole) and say its reply in the conversation."""
+        source: Source | None = None
         schema = None
+        scorer = self._scorer()
         if scorer is not None:
-            nodes = list(self.scheduler.graph.nodes.values())
-            consumed = {d for n in nodes for d in n.task.deps}
-            # The plan's outputs are the results no later task took.
-            outputs = [n.result for n in nodes if n.status == "done" and n.task.id not in consumed]
-            texts = [n.result for n in nodes if n.status == "done" and isinstance(n.result, str)]
-            failures = [
-                f"task {n.task.id} {n.task.tool} {n.status}: {n.error}"
-                for n in nodes
-                if n.status != "done"
-            ]
-            source = DecisionChooser(
-                scorer,
-                outputs,
-                failures,
-                texts,
-                question=self._question,
-                calibration=CALIBRATION if self.tactics.calibrate else 0.0,
-            ).stream
+            source = self._decision_chooser(scorer).stream
         elif self.tactics.constrain_join and self.llm.supports_json_schema:
             schema = JOIN_SCHEMA
         request = Request(self._conversation, json_schema=schema, session=self.run_id)
-        await self._complete("joiner", request, lambda text: False, lambda: None, parts, source)
-        reply = "".join(parts)
-        self._say(reply)
-        return reply
+        read: list[str] = []
+        call = self._next_call()
+        async with contextlib.aclosing(self._reply(call, "joiner", request, source)) as reply:
+            async for text in reply:
+                if text is AGAIN:
+                    read = []
+                else:
+                    read.append(text)
+        said = "".join(read)
+        self._say(said)
+        return said
+
+    def _decision_chooser(self, scorer: Scorer) -> DecisionChooser:
+        """The joiner's decision chosen among candidates built from the run's results."""
+        nodes = list(self.scheduler.graph.nodes.values())
+        consumed = {d for n in nodes for d in n.task.deps}
+        # The plan's outputs are the results no later task took.
+        outputs = [n.result for n in nodes if n.status == DONE and n.task.id not in consumed]
+        texts = [n.result for n in nodes if n.status == DONE and isinstance(n.result, str)]
+        failures = [
+            f"task {n.task.id} {n.task.tool} {n.status}: {n.error}"
+            for n in nodes
+            if n.status != DONE
+        ]
+        return DecisionChooser(
+            scorer,
+            outputs,
+            failures,
+            texts,
+            question=self._question,
+            calibration=CALIBRATION if self.tactics.calibrate else 0.0,
+        )
 
     def _say(self, text: str) -> None:
         """Record the model's reply as its turn in the run's conversation."""
         self._conversation = [*self._conversation, {"role": "assistant", "content": text}]
 
-    # one LLM call, with retries --------------------------------------------------------
+    # one model call: one stream of text ------------------------------------------------
 
-    async def _complete(
-        self,
-        role: str,
-        request: Request,
-        on_text: Callable[[str], bool],
-        restart: Callable[[], None],
-        reply: list[str],
-        source: Callable[[Request], AsyncIterator[Delta]] | None = None,
-    ) -> None:
-        """Stream a reply into `on_text` (True when it needs no more), retrying lost replies.
-
-        `reply` collects the text `on_text` was given: the reply as the run used it. After
-        `on_text` is satisfied the rest of the reply is still read for up to `drain` seconds,
-        unused, so the server's usage report (sent last) is not lost.
-        """
+    def _next_call(self) -> int:
+        """The number of the run's next model call: what a kept reply is found by."""
         self._calls += 1
-        call = self._calls
+        return self._calls
+
+    async def _reply(
+        self, call: int, role: str, request: Request, source: Source | None = None
+    ) -> AsyncGenerator[str | None]:
+        """Model call `call` as one stream of text: the reply kept for it (resuming), or
+        asked from `source` (the model by default) and retried while lost.
+
+        Yields the reply's text as it arrives, and `AGAIN` when a lost reply is asked again
+        (the reader starts over; what it already acted on stays done). A reader that stops
+        early has what it needs: the rest of the reply is still read for up to `drain`
+        seconds, unused, so the server's usage report (sent last) is not lost. Every call
+        reports LLMStarted and one LLMFinished, whose text is the reply as the reader took it.
+        """
         kept = self.replies.get(call)
-        self._replaying = kept is not None  # until the next call: the plan's close() too
         if kept is not None:
-            await self._replay(call, role, kept, on_text, reply)
+            self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name, True))
+            try:
+                # Line by line, as it streamed: a bad line later on must not take the tasks
+                # before it along (the first session dispatched them before reaching it).
+                for line in kept.text.splitlines(keepends=True):
+                    yield line
+            finally:
+                self.emit(ev.LLMFinished(self.clock(), call, kept.usage, None, kept.text, True))
+            await asyncio.sleep(0)
             return
         self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name))
         usage = ev.Usage()
+        read: list[str] = []
         attempt = 0
-
-        def text() -> str:
-            return "".join(reply)
-
+        backoff: float | None = None
+        stopped = False  # the reader stopped reading: it had the whole reply it used
         while True:
             try:
+                if backoff is not None:  # the reply was lost: ask again, from the start
+                    await asyncio.sleep(backoff)
+                    read = []
+                    yield AGAIN
                 stream = (source or self.llm.stream)(request)
-                satisfied = False
                 async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                    async for delta in stream:
-                        if delta.usage is not None:
-                            usage = delta.usage
-                        if delta.text:
-                            self.emit(ev.LLMToken(self.clock(), call, delta.text))
-                            reply.append(delta.text)
-                            if on_text(delta.text):
-                                satisfied = True
-                                break
-                    if satisfied:
-                        with contextlib.suppress(TimeoutError, LLMError):
-                            async with asyncio.timeout(self.drain):
-                                async for delta in stream:
-                                    if delta.usage is not None:
-                                        usage = delta.usage
-                                    if delta.text:
-                                        self.emit(ev.LLMToken(self.clock(), call, delta.text))
-                self.emit(ev.LLMFinished(self.clock(), call, usage, None, text()))
-                return
+                    try:
+                        async for delta in stream:
+                            if delta.usage is not None:
+                                usage = delta.usage
+                            if delta.text:
+                                self.emit(ev.LLMToken(self.clock(), call, delta.text))
+                                read.append(delta.text)
+                                yield delta.text
+                    except GeneratorExit:
+                        stopped = True
+                        usage = await self._drain(call, stream, usage)
+                        raise
             except LLMError as e:
                 if not e.retryable or attempt >= self.retry.attempts:
                     self.emit(ev.LLMFinished(self.clock(), call, usage, str(e)))
                     raise
-                delay = self.retry.delay(attempt, e.retry_after)
+                backoff = self.retry.delay(attempt, e.retry_after)
                 attempt += 1
-                self.emit(ev.LLMRetrying(self.clock(), call, attempt, str(e), delay))
-                await asyncio.sleep(delay)
-                reply.clear()
-                restart()
-            except PlanError:
-                # The reply arrived; it is the plan that is wrong (reported as PlanInvalid).
-                self.emit(ev.LLMFinished(self.clock(), call, usage, None, text()))
-                raise
+                self.emit(ev.LLMRetrying(self.clock(), call, attempt, str(e), backoff))
+                continue
             except BaseException as e:
-                self.emit(ev.LLMFinished(self.clock(), call, usage, f"{type(e).__name__}: {e}"))
+                if stopped or isinstance(e, GeneratorExit):
+                    # The reply stands as read, even if a cancel cut the drain after it short:
+                    # the run acted on it, so a resume must replay it, not ask again.
+                    self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))
+                else:
+                    error = f"{type(e).__name__}: {e}"
+                    self.emit(ev.LLMFinished(self.clock(), call, usage, error))
                 raise
+            self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))
+            return
 
-    async def _replay(
-        self,
-        call: int,
-        role: str,
-        kept: ev.LLMFinished,
-        on_text: Callable[[str], bool],
-        reply: list[str],
-    ) -> None:
-        """Give back a reply an earlier session received, as if the model had just sent it."""
-        self.emit(ev.LLMStarted(self.clock(), call, role, self.llm.name, True))
-        reply.append(kept.text)
-        try:
-            # Line by line, as it streamed: a bad line later on must not take the tasks
-            # before it along (the first session dispatched them before reaching it).
-            for line in kept.text.splitlines(keepends=True):
-                if on_text(line):
-                    break
-        finally:
-            self.emit(ev.LLMFinished(self.clock(), call, kept.usage, None, kept.text, True))
-        await asyncio.sleep(0)
+    async def _drain(self, call: int, stream: AsyncIterator[Delta], usage: ev.Usage) -> ev.Usage:
+        """Read the rest of a reply for up to `drain` seconds, unused: its usage report."""
+        with contextlib.suppress(TimeoutError, LLMError):
+            async with asyncio.timeout(self.drain):
+                async for delta in stream:
+                    if delta.usage is not None:
+                        usage = delta.usage
+                    if delta.text:
+                        self.emit(ev.LLMToken(self.clock(), call, delta.text))
+        return usage
 
 
 __all__ = [
-    "TACTICS",
+    "AGAIN",
     "Agent",
     "Outcome",
     "PlaitError",

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.graph import DONE
 from ..core.task import Task, result_text
 from ..core.tools import Tools
 from .parse import END_OF_PLAN
@@ -238,7 +239,7 @@ def observations(tasks: Sequence[tuple[Task, str, object, str | None]], limit: i
     lines = []
     for task, status, result, error in tasks:
         lines.append(render_call(task))
-        if status == "done":
+        if status == DONE:
             text = result_text(result)
             if len(text) > limit:
                 text = text[:limit] + " …"

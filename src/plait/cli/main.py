@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import re
@@ -21,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +120,35 @@ def _utf8_error(raw: bytes) -> UnicodeDecodeError:
     raise AssertionError("valid UTF-8")
 
 
-def _store_option(f: Any) -> Any:
+def _store_option(
+    help: str = "Run store: sqlite:///PATH.db, postgresql://…, memory:// "
+    "[default: $PLAIT_STORE, else runs.db in the user data directory].",
+) -> Any:
+    return click.option("--store", "store_url", default=None, metavar="URL", help=help)
+
+
+def _trace_option(help: str) -> Any:
     return click.option(
-        "--store",
-        "store_url",
+        "--trace",
+        "trace_path",
+        type=click.Path(dir_okay=False),
         default=None,
-        metavar="URL",
-        help="Run store: sqlite:///PATH.db, postgresql://…, memory:// "
-        "[default: $PLAIT_STORE, else runs.db in the user data directory].",
-    )(f)
+        callback=_output_path,
+        help=help,
+    )
+
+
+def _run_id_option(help: str) -> Any:
+    return click.option("--run-id", default=None, metavar="ID", callback=_text_arg, help=help)
+
+
+_model_option = click.option(
+    "--model",
+    default=api.DEFAULT_MODEL,
+    show_default=True,
+    metavar="SPEC",
+    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
+)
 
 
 def _backend_option(f: Any) -> Any:
@@ -141,14 +163,8 @@ def _backend_option(f: Any) -> Any:
 
 
 def _durable(f: Any) -> Any:
-    f = click.option(
-        "--run-id",
-        default=None,
-        metavar="ID",
-        callback=_text_arg,
-        help="Name the run (default: a random id).",
-    )(f)
-    return _store_option(f)
+    f = _run_id_option("Name the run (default: a random id).")(f)
+    return _store_option()(f)
 
 
 def _sampling(f: Any) -> Any:
@@ -179,14 +195,7 @@ def _verbose(f: Any) -> Any:
 
 def _common(f: Any) -> Any:
     f = click.option("--debug", is_flag=True, help="Show tracebacks.")(f)
-    f = click.option(
-        "--trace",
-        "trace_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        callback=_output_path,
-        help="Write a Chrome trace-event JSON file (open it in Perfetto).",
-    )(f)
+    f = _trace_option("Write a Chrome trace-event JSON file (open it in Perfetto).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
     f = _tools_option(f)
     return _backend_option(f)
@@ -214,39 +223,23 @@ def exec_cmd(
 ) -> int:
     """Run the plan in file PLAN (or - for stdin) without a planner."""
     text = _read_plan(plan)
-    store = store_url or default_store_url()
-    again = Again(tools, store_url, backend)
     try:
-        return _drive(
-            lambda on_event: api.aexecute(
-                text,
-                tools=tools,
-                on_event=on_event,
-                store=store,
-                run_id=run_id,
-                backend=backend,
-            ),
+        return _drive_new(
+            functools.partial(api.aexecute, text),
+            Again(tools, store_url, backend),
             as_json,
             trace_path,
-            again,
+            run_id,
         )
     except PlanError as e:
         raise PlaitError(f"{plan}: {e}") from None
-    except RunExists:
-        raise PlaitError(_taken(store, run_id, again)) from None
 
 
 @cli.command("run")
 @click.argument("question", callback=_text_arg)
 @_common
 @_verbose
-@click.option(
-    "--model",
-    default=api.DEFAULT_MODEL,
-    show_default=True,
-    metavar="SPEC",
-    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
-)
+@_model_option
 @click.option(
     "--base-url", default=None, help="Server URL for openai: models (else OPENAI_BASE_URL)."
 )
@@ -276,37 +269,23 @@ def run_cmd(
     backend: str,
 ) -> int:
     """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
-    store = store_url or default_store_url()
-    again = Again(tools, store_url, backend)
-    try:
-        return _drive(
-            lambda on_event: api.arun(
-                question,
-                tools=tools,
-                model=model,
-                base_url=base_url,
-                max_replans=max_replans,
-                on_event=on_event,
-                store=store,
-                run_id=run_id,
-                backend=backend,
-                temperature=temperature,
-                max_tokens=max_tokens,
-            ),
-            as_json,
-            trace_path,
-            again,
-            verbose,
-        )
-    except RunExists:
-        raise PlaitError(_taken(store, run_id, again)) from None
+    start = functools.partial(
+        api.arun,
+        question,
+        model=model,
+        base_url=base_url,
+        max_replans=max_replans,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+    return _drive_new(start, Again(tools, store_url, backend), as_json, trace_path, run_id, verbose)
 
 
 @cli.command("resume")
 @click.argument("run_id", metavar="ID")
 @_common
 @_verbose
-@_store_option
+@_store_option()
 @click.option(
     "--model", default=None, metavar="SPEC", help="Override the model the run was started with."
 )
@@ -324,34 +303,14 @@ def resume_cmd(
     backend: str,
 ) -> int:
     """Finish run ID from its store: what it recorded settled is not done again."""
-    store = store_url or default_store_url()
-    return _drive(
-        lambda on_event: api.aresume(
-            run_id,
-            tools=tools,
-            store=store,
-            model=model,
-            base_url=base_url,
-            on_event=on_event,
-            backend=backend,
-        ),
-        as_json,
-        trace_path,
-        Again(tools, store_url, backend),
-        verbose,
-    )
+    start = functools.partial(api.aresume, run_id, model=model, base_url=base_url)
+    return _drive(start, Again(tools, store_url, backend), as_json, trace_path, verbose)
 
 
 @cli.command("batch")
 @click.argument("input_path", metavar="INPUT.jsonl")
 @_tools_option
-@click.option(
-    "--model",
-    default=api.DEFAULT_MODEL,
-    show_default=True,
-    metavar="SPEC",
-    help="local[:FILE.gguf], openai:MODEL, ollama:MODEL, or replay:FILE?ttft=S&tps=N.",
-)
+@_model_option
 @click.option("--base-url", default=None, help="Server URL for openai: models.")
 @_sampling
 @click.option(
@@ -367,20 +326,8 @@ def resume_cmd(
     "--concurrency", default=8, show_default=True, type=click.IntRange(min=1), metavar="N"
 )
 @click.option("--max-replans", default=2, show_default=True, type=click.IntRange(min=0))
-@click.option(
-    "--store",
-    "store_url",
-    default=None,
-    metavar="URL",
-    help="Record every item's run, so an interrupted batch resumes items it had begun.",
-)
-@click.option(
-    "--run-id",
-    default=None,
-    metavar="ID",
-    callback=_text_arg,
-    help="Name the batch (its runs: ID:ITEM).",
-)
+@_store_option("Record every item's run, so an interrupted batch resumes items it had begun.")
+@_run_id_option("Name the batch (its runs: ID:ITEM).")
 @click.option(
     "--llm-slots",
     default=None,
@@ -437,7 +384,7 @@ def batch_cmd(
 
 
 @cli.group("runs", invoke_without_command=True)
-@_store_option
+@_store_option()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of the runs.")
 @click.pass_context
@@ -461,7 +408,7 @@ def _runs_store(ctx: click.Context, store_url: str | None) -> str:
 
 @runs_cmd.command("rm")
 @click.argument("run_ids", metavar="ID...", nargs=-1, required=True, callback=_text_args)
-@_store_option
+@_store_option()
 @click.pass_context
 def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | None) -> int:
     """Delete runs ID... and their logs. A run being run now is not deleted; nothing is,
@@ -483,7 +430,7 @@ def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | N
     "An AGE reaching before 1970 is an error.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the runs that would go; delete nothing.")
-@_store_option
+@_store_option()
 @click.pass_context
 def runs_prune_cmd(ctx: click.Context, age: float, dry_run: bool, store_url: str | None) -> int:
     """Delete the runs not updated for AGE (a run being run now stays), and their logs."""
@@ -495,15 +442,8 @@ def runs_prune_cmd(ctx: click.Context, age: float, dry_run: bool, store_url: str
 
 @cli.command("show")
 @click.argument("run_id", metavar="ID")
-@_store_option
-@click.option(
-    "--trace",
-    "trace_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    callback=_output_path,
-    help="Export the run as a Chrome trace-event JSON file.",
-)
+@_store_option()
+@_trace_option("Export the run as a Chrome trace-event JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result object.")
 def show_cmd(run_id: str, store_url: str | None, trace_path: str | None, as_json: bool) -> int:
     """Print run ID's tasks and timeline."""
@@ -538,6 +478,7 @@ class Again:
     def __init__(self, tools: str | tuple[str, ...], store_url: str | None, backend: str) -> None:
         self.tools = (tools,) if isinstance(tools, str) else tools  # each --tools given
         self.store_url = store_url  # as given: None means the default, which a resume uses too
+        self.store = store_url or default_store_url()  # the one the run uses
         self.backend = backend
 
     def flags(self, tools: bool = True) -> str:
@@ -574,13 +515,30 @@ def _taken(store: str, run_id: str | None, again: Again) -> str:
     return f"run {rid} already exists{state}: finish it with `{again.resume(rid)}`"
 
 
-def _drive(
-    start: Any,
+def _drive_new(
+    start: Callable[..., Coroutine[Any, Any, RunResult]],
+    again: Again,
     as_json: bool,
     trace_path: str | None,
-    again: Again | None = None,
+    run_id: str | None,
     verbose: bool = False,
 ) -> int:
+    """`_drive` a new run (exec, run) named `run_id`: one already taken is a one-line error."""
+    try:
+        return _drive(functools.partial(start, run_id=run_id), again, as_json, trace_path, verbose)
+    except RunExists:
+        raise PlaitError(_taken(again.store, run_id, again)) from None
+
+
+def _drive(
+    start: Callable[..., Coroutine[Any, Any, RunResult]],
+    again: Again,
+    as_json: bool,
+    trace_path: str | None,
+    verbose: bool = False,
+) -> int:
+    """Run `start` (an api call, given here the run's tools, store, backend and event
+    listener) to its end with the live view or --json; its exit code."""
     trace = TraceRecorder() if trace_path else None
     view = None if as_json else LiveView(verbose)
     final: list[RunResult] = []
@@ -599,7 +557,14 @@ def _drive(
             # stdout is the answer's (or the one JSON object's): what tools print while the
             # run goes, here or forwarded from Ray workers, goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                result = asyncio.run(start(on_event))
+                result = asyncio.run(
+                    start(
+                        tools=again.tools,
+                        store=again.store,
+                        backend=again.backend,
+                        on_event=on_event,
+                    )
+                )
         finally:
             if view is not None:
                 view.stop()
@@ -624,11 +589,8 @@ def _drive(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _resume_hint(run_id: str, again: Again | None) -> str:
-    if again is None:
-        return ""
-    store = again.store_url or default_store_url()
-    if store.startswith("memory:"):
+def _resume_hint(run_id: str, again: Again) -> str:
+    if again.store.startswith("memory:"):
         return ""
     return f"; finish it with: {again.resume(run_id)}"
 
@@ -668,7 +630,7 @@ def _one_line(text: str) -> str:
     metavar="SPEC",
     help="The model of question runs that name none.",
 )
-@_store_option
+@_store_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8321, show_default=True, type=click.IntRange(0, 65535))
 @click.option(

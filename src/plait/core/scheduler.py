@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from .backend import Backend, InProcess, ToolRaised
 from .context import TaskContext, entered
 from .graph import CANCELLED, DONE, FAILED, PENDING, READY, SETTLED, Graph, GraphError, Node
 from .remote import Remote, holds_remote
-from .shared import SharedCalls, call_key
+from .shared import SharedCalls, backoff, call_key
 from .task import Task, dependencies, resolve
 from .tools import Tool, Tools
 
@@ -145,6 +144,8 @@ class Scheduler:
         Raises PlanError for a task that can never run; the graph is then unchanged.
         `checked=True` skips the check for a task `Tools.prepare` already returned.
         """
+        if self._group is None:  # before anything changes: a closed scope runs nothing
+            raise RuntimeError("add tasks inside `async with Scheduler(...)`: its scope is closed")
         if not checked:
             if not task.deps and (task.args or task.kwargs):
                 # Tasks built by hand name their inputs only through references.
@@ -221,7 +222,7 @@ class Scheduler:
     # dataflow ------------------------------------------------------------------------
 
     def _dispatch(self, node: Node) -> None:
-        assert self._group is not None, "use the scheduler inside `async with`"
+        assert self._group is not None
         self._running[node.task.id] = self._group.create_task(self._run(node))
 
     async def _run(self, node: Node) -> None:
@@ -269,13 +270,13 @@ class Scheduler:
                 value = await self._call(tool, task)
             except WorkerLost as e:
                 lost += 1
-                error, n, backoff = f"worker lost: {e}", lost, LOST_BACKOFF
+                error, n, base = f"worker lost: {e}", lost, LOST_BACKOFF
                 if lost > self.lost_retries:
                     return False, error
             except Exception as e:
                 error = _describe(e, tool)
                 failures += 1
-                n, backoff = failures, tool.retry_backoff
+                n, base = failures, tool.retry_backoff
                 if failures > tool.retries:
                     return False, error
             else:
@@ -288,7 +289,7 @@ class Scheduler:
             attempt += 1
             self._emit(ev.TaskRetrying(self._clock(), task.id, attempt, error))
             # A lost worker's cluster needs a moment to notice: LOST_BACKOFF is longer.
-            await asyncio.sleep(backoff * 2 ** (n - 1) * (0.5 + random.random()))
+            await asyncio.sleep(backoff(base, n))
 
     async def _call(self, tool: Tool, task: Task) -> Any:
         kwargs = task.kwargs

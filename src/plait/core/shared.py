@@ -1,15 +1,14 @@
-"""Shared calls: a pure tool called with equal arguments runs once (Halo's shared sub-work).
-
-The key is the tool's name and its validated arguments as canonical JSON (sorted keys), so
-`search(query="x")` and `search("x")` are one call. A caller that finds the call in flight
-waits for it; one that comes later reads the result. Failures are not kept: every waiter
-of a failed call sees the error, and its own retries ask again. Only tools declared
-`pure=True` are ever merged.
+"""Equal calls made once (`SharedCalls`: the first caller of a key makes the call, callers
+meanwhile wait for it, later ones read its result): pure tool calls, and identical LLM requests
+(llm/shared.py). Failures are not kept: waiters see the error, retries ask again. And `backoff`,
+the wait before a task's or an LLM's retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -17,8 +16,14 @@ from typing import Any, Protocol
 from pydantic_core import to_json
 
 
+def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
+    """Seconds before retry `attempt` (1, 2, …): `base` doubled each time, jittered ×0.5–1.5."""
+    return min(cap, base * 2 ** (attempt - 1) * (0.5 + random.random()))
+
+
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
-    """The call's identity, or None when its arguments have no JSON form (never merged)."""
+    """The tool's name and arguments as canonical JSON (so `f(q="x")` and `f("x")` are one
+    call), or None when the arguments have no JSON form (never merged)."""
     try:
         return tool + ":" + to_json(_sorted(arguments)).decode()
     except Exception:
@@ -34,40 +39,28 @@ def _sorted(value: Any) -> Any:
 
 
 class CallCache(Protocol):
-    """Where results outlive the process (a batch's run store); see `StoredCalls`."""
+    """Where results outlive the process (a batch's run store; see batch.StoredCalls)."""
 
     async def get(self, key: str) -> tuple[bool, Any]: ...
-
     async def put(self, key: str, value: Any) -> None: ...
 
 
 class SharedCalls:
-    """Results of pure calls, by key: in flight, or done (the last `size` kept in memory;
-    with a `cache`, all of them there too, so a resumed batch does not call again)."""
+    """Results by key: in flight, or done (the last `size` kept; with a `cache`, all of them
+    there too, so a resumed batch does not call again). A waiter's cancel leaves a call be."""
 
     def __init__(self, size: int = 100_000, cache: CallCache | None = None) -> None:
         self.size = size
         self.cache = cache
-        self.requested = 0  # calls asked for
-        self.executed = 0  # calls that ran
+        self.requested = self.executed = 0  # `call`s asked for, and run
         self._done: OrderedDict[str, Any] = OrderedDict()
         self._flying: dict[str, asyncio.Future[Any]] = {}
 
     async def call(self, key: str, run: Callable[[], Awaitable[Any]]) -> Any:
         self.requested += 1
-        while True:
-            if key in self._done:
-                self._done.move_to_end(key)
-                return self._done[key]
-            flying = self._flying.get(key)
-            if flying is None:
-                break
-            try:
-                return await asyncio.shield(flying)  # a waiter's cancel leaves the call be
-            except _Abandoned:
-                continue  # its owner was cancelled: one of the waiters runs it now
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._flying[key] = future
+        found, value = await self.claim(key)
+        if found:
+            return value
         try:
             found, value = (False, None) if self.cache is None else await self.cache.get(key)
             if not found:
@@ -76,19 +69,34 @@ class SharedCalls:
                 if self.cache is not None and not getattr(value, "kept", False):
                     await self.cache.put(key, value)
         except BaseException as e:
-            future.set_exception(_Abandoned() if isinstance(e, asyncio.CancelledError) else e)
-            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+            self.fail(key, None if isinstance(e, asyncio.CancelledError) else e)
             raise
-        finally:
-            del self._flying[key]
-        future.set_result(value)
-        if getattr(value, "kept", False):
-            return value  # a Remote pins cluster memory: share it in flight only, never keep it
-        self._done[key] = value
-        if len(self._done) > self.size:
-            self._done.popitem(last=False)
+        self.finish(key, value, keep=not getattr(value, "kept", False))  # a Remote: in flight only
         return value
+
+    async def claim(self, key: str) -> tuple[bool, Any]:
+        """(True, result), or (False, None): make the call, then `finish` or `fail` the key."""
+        while key not in self._done:
+            if (flying := self._flying.get(key)) is None:
+                self._flying[key] = asyncio.get_running_loop().create_future()
+                return False, None
+            with contextlib.suppress(_Abandoned):  # one of the waiters makes it now
+                return True, await asyncio.shield(flying)
+        self._done.move_to_end(key)
+        return True, self._done[key]
+
+    def finish(self, key: str, value: Any, keep: bool = True) -> None:
+        self._flying.pop(key).set_result(value)
+        if keep:
+            self._done[key] = value
+            if len(self._done) > self.size:
+                self._done.popitem(last=False)
+
+    def fail(self, key: str, error: BaseException | None = None) -> None:
+        """Waiters see `error`; with None (the caller gave up) one of them calls again."""
+        (future := self._flying.pop(key)).set_exception(error or _Abandoned())
+        future.exception()  # retrieved: no "never retrieved" warning if nobody waits
 
 
 class _Abandoned(Exception):
-    """The call's owner was cancelled before it finished."""
+    pass

@@ -22,6 +22,10 @@ from .task import Task, mentions_reference
 __all__ = ["Tool", "Tools", "tool"]
 
 
+OPTIONS: tuple[str, ...] = ("name", "description", "max_concurrency", "timeout", "retries")
+OPTIONS += ("retry_backoff", "pure", "resources", "stateful")  # Tool's keywords = attributes
+
+
 class Tool:
     """A function the planner may call, with its limits. Calling it calls the function."""
 
@@ -118,17 +122,7 @@ class Tool:
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this tool around the same function."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "max_concurrency": self.max_concurrency,
-            "timeout": self.timeout,
-            "retries": self.retries,
-            "retry_backoff": self.retry_backoff,
-            "pure": self.pure,
-            "resources": self.resources,
-            "stateful": self.stateful,
-        }
+        return {k: getattr(self, k) for k in OPTIONS}
 
     def renamed(self, name: str) -> Tool:
         """The same tool, limits included, under another name."""

@@ -15,13 +15,13 @@ candidates instead of taking the greedy token; a tiny model is far better at the
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.events import Usage
 
-__all__ = ["LLM", "Delta", "LLMError", "Message", "Request", "Scorer", "Usage"]
+__all__ = ["LLM", "Delta", "LLMError", "Message", "Request", "Scorer", "Usage", "Wrapper"]
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -93,3 +93,18 @@ class Scorer(Protocol):
         """The log-probability of each candidate following the assistant's `prefix`, after
         `request.messages`; and the tokens evaluated (prompt) and candidates' (completion)."""
         ...
+
+
+class Wrapper:
+    """A model around another (`self.llm`), adding a policy to its calls: the inner model's
+    name, JSON-schema support and scoring pass through (`score` is present only when the
+    inner model scores, so `isinstance(w, Scorer)` answers as for the inner one)."""
+
+    score: Callable[..., Awaitable[tuple[list[float], Usage]]]
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+        self.name = llm.name
+        self.supports_json_schema = llm.supports_json_schema
+        if (score := getattr(llm, "score", None)) is not None:
+            self.score = score

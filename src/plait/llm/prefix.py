@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .base import LLM, Delta, Request, Usage
+from .base import LLM, Delta, Request, Wrapper
 
 
 def prompt_text(request: Request) -> str:
@@ -49,10 +49,8 @@ class _Waiter:
     turn: asyncio.Future[int] = field(compare=False)  # resolves to the slot it may use
 
 
-class PrefixOrdered:
-    # Present only when the wrapped model scores (llm.base.Scorer): scoring passes through
-    # (an in-process model serialises its own calls).
-    score: Callable[..., Awaitable[tuple[list[float], Usage]]]
+class PrefixOrdered(Wrapper):
+    """The gate; scoring passes through ungated (an in-process model serialises its calls)."""
 
     def __init__(
         self, llm: LLM, *, slots: int = 1, order: str = "prefix", linger: float = 0.05
@@ -61,12 +59,7 @@ class PrefixOrdered:
             raise ValueError("slots must be at least 1")
         if order not in ("prefix", "arrival"):
             raise ValueError("order must be 'prefix' or 'arrival'")
-        self.llm = llm
-        inner_score = getattr(llm, "score", None)
-        if inner_score is not None:
-            self.score = inner_score
-        self.name = llm.name
-        self.supports_json_schema = llm.supports_json_schema
+        super().__init__(llm)
         self.order = order
         self._free = list(range(slots))
         self._last = [""] * slots  # the prompt each slot ran last

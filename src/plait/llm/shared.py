@@ -4,35 +4,25 @@ At temperature 0 a request's reply is a function of the request, so a second ide
 need not be paid for: a caller that finds it in flight waits for it and gets the whole reply
 as one delta; a later one reads it. The call that ran reports the usage; the copies report
 none, so summed usage is what was spent. Requests with any temperature above 0 pass through.
-Errors are not kept: the next identical request asks again.
+Errors are not kept: the next identical request asks again. The waiting and keeping is
+core/shared.py's SharedCalls, which pure tool calls share too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from .base import LLM, Delta, Request, Usage
+from ..core.shared import SharedCalls
+from .base import LLM, Delta, Request, Usage, Wrapper
 
 
-class SharedLLM:
-    # Present only when the wrapped model scores (llm.base.Scorer): scoring passes through.
-    score: Callable[..., Awaitable[tuple[list[float], Usage]]]
-
+class SharedLLM(Wrapper):
     def __init__(self, llm: LLM, size: int = 10_000) -> None:
-        self.llm = llm
-        inner_score = getattr(llm, "score", None)
-        if inner_score is not None:
-            self.score = inner_score
-        self.name = llm.name
-        self.supports_json_schema = llm.supports_json_schema
-        self.size = size
+        super().__init__(llm)
         self.requested = 0
         self.made = 0
-        self._done: OrderedDict[str, str] = OrderedDict()
-        self._flying: dict[str, asyncio.Future[str]] = {}
+        self._replies = SharedCalls(size)  # by request: claim, finish or fail, as it streams
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         self.requested += 1
@@ -42,22 +32,10 @@ class SharedLLM:
                 yield delta
             return
         key = _key(request)
-        while True:
-            if key in self._done:
-                self._done.move_to_end(key)
-                yield Delta(self._done[key], Usage())
-                return
-            flying = self._flying.get(key)
-            if flying is None:
-                break
-            try:
-                text = await asyncio.shield(flying)
-            except Exception:
-                continue  # the call it waited for failed or was dropped: ask again
+        found, text = await self._replies.claim(key)
+        if found:
             yield Delta(text, Usage())
             return
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._flying[key] = future
         self.made += 1
         parts: list[str] = []
         complete = False
@@ -67,20 +45,10 @@ class SharedLLM:
                 yield delta
             complete = True
         finally:
-            del self._flying[key]
             if complete:
-                text = "".join(parts)
-                future.set_result(text)
-                self._done[key] = text
-                if len(self._done) > self.size:
-                    self._done.popitem(last=False)
-            else:  # failed, or the caller stopped reading early: waiters ask again
-                future.set_exception(_Dropped())
-                future.exception()
-
-
-class _Dropped(Exception):
-    pass
+                self._replies.finish(key, "".join(parts))
+            else:  # failed, or the caller stopped reading early: a waiter asks again
+                self._replies.fail(key)
 
 
 def _key(request: Request) -> str:

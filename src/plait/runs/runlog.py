@@ -248,15 +248,7 @@ class RunLog:
         task = e.task
         self._ids.add(task.id)
         if not e.restored:
-            data = {
-                "id": task.id,
-                "tool": task.tool,
-                "args": list(task.args),
-                "kwargs": task.kwargs,
-                "deps": sorted(task.deps),
-                "line": task.line,
-            }
-            self._put(TASK_ADDED, e.t, _json(data))
+            self._put(TASK_ADDED, e.t, _json(task_data(task)))
 
     def _task_started(self, e: ev.TaskStarted) -> None:
         self._put(TASK_STARTED, e.t, f'{{"id":{e.id}}}')
@@ -308,6 +300,18 @@ class RunLog:
 
     def _answered(self, e: ev.Answered) -> None:
         self._put(ANSWERED, e.t, _json({"answer": e.answer}))
+
+
+def task_data(task: Task) -> dict[str, Any]:
+    """A task's definition as JSON values: what the log records and the event stream sends."""
+    return {
+        "id": task.id,
+        "tool": task.tool,
+        "args": list(task.args),
+        "kwargs": task.kwargs,
+        "deps": sorted(task.deps),
+        "line": task.line,
+    }
 
 
 def _json(data: Any) -> str:

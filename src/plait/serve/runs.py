@@ -43,7 +43,7 @@ from pydantic_core import to_json, to_jsonable_python
 
 import plait
 from plait import events as ev
-from plait.runs.runlog import replay_events, stored_result
+from plait.runs.runlog import replay_events, stored_result, task_data
 from plait.stores import LEASE_SECONDS, Progress, Record, RunInfo
 from plait.stores.base import Row, RunExists, RunHeld, new_holder
 
@@ -112,17 +112,7 @@ def event_data(e: ev.Event, offset: float, calls: dict[int, dict[str, Any]]) -> 
         return {"t": round(e.t + offset, 6), "result": e.result.to_dict()}
     if isinstance(e, ev.TaskAdded):
         task = e.task
-        data: dict[str, Any] = {
-            "t": e.t,
-            "task": {
-                "id": task.id,
-                "tool": task.tool,
-                "args": list(task.args),
-                "kwargs": task.kwargs,
-                "deps": sorted(task.deps),
-                "line": task.line,
-            },
-        }
+        data: dict[str, Any] = {"t": e.t, "task": task_data(task)}
     else:
         data = {f.name: getattr(e, f.name) for f in dataclasses.fields(e)}
     data.pop("restored", None)

@@ -13,67 +13,31 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .base import (
-    RUN_COLUMNS,
-    Progress,
-    Record,
-    Row,
-    RunExists,
-    RunHeld,
-    RunInfo,
-    RunNotFound,
-    StoreError,
-    _exists,
-    _not_held,
-    call_digest,
-    chunks,
-    info_row,
-    may_claim,
-    row_info,
-)
+from .base import StoreError
+from .sql import Dialect, SQLStore, statements
 
-# Schema steps, in order; applied once each and counted in user_version.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL, model TEXT,
-        tools TEXT NOT NULL, options TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-        status TEXT NOT NULL, answer TEXT, error TEXT, holder TEXT, lease_until REAL NOT NULL,
-        tasks_total INTEGER NOT NULL, tasks_done INTEGER NOT NULL
-    );
-    CREATE INDEX runs_updated ON runs (updated);
-    CREATE TABLE events (
-        run TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, t REAL NOT NULL,
-        data TEXT NOT NULL, PRIMARY KEY (run, seq)
-    ) WITHOUT ROWID;
-    """,
-    # 2: merged pure calls' results, by scope (a batch's run id) and the key's sha256 hex.
-    # A rowid table: values can be large. The key is kept and compared on read.
-    """
-    CREATE TABLE calls (
-        scope TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-        PRIMARY KEY (scope, digest)
-    );
-    """,
-]
+DIALECT = Dialect(mark="?", log_options=" WITHOUT ROWID")
+MIGRATIONS: list[str] = DIALECT.migrations()  # applied once each, counted in user_version
 
 BUSY_SECONDS = 5.0  # how long a write waits for the file's lock: well inside a lease
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     """The file is created 0600 (SQLite gives its -wal and -shm files the same mode) and a
     directory plait makes for it 0700: a store holds questions, plans, results and answers.
 
     `readonly=True` opens with `mode=ro`, changing and creating nothing: a missing file reads
     as a store with no runs, and a file in a directory this user cannot write (where the
     WAL's side files cannot be made) is opened immutable."""
+
+    dialect = DIALECT
+    duplicate = sqlite3.IntegrityError
 
     def __init__(self, path: str | Path, url: str | None = None, *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -163,7 +127,7 @@ class SQLiteStore:
                     raise StoreError(f"{self.url}: {e}") from None
                 raise
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         db = self._db
         if db is None:
             return []  # read-only, and no store file: no runs
@@ -177,124 +141,9 @@ class SQLiteStore:
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for i, step in enumerate(MIGRATIONS[version:], version + 1):
-                for statement in step.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in statements(step):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {i}")
-
-    def create(self, info: RunInfo) -> None:
-        try:
-            with self._write() as db:
-                db.execute(
-                    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 15)})",
-                    info_row(info),
-                )
-        except sqlite3.IntegrityError:
-            raise RunExists(_exists(info.id, self.url)) from None
-
-    def claim(self, run_id: str, holder: str, ttl: float) -> RunInfo:
-        with self._write() as db:
-            row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFound(f"no run {run_id} in {self.url}")
-            info = row_info(row)
-            may_claim(info, holder)
-            info.holder, info.lease_until = holder, time.time() + ttl
-            db.execute(
-                "UPDATE runs SET holder = ?, lease_until = ? WHERE id = ?",
-                (holder, info.lease_until, run_id),
-            )
-        return info
-
-    def renew(self, run_id: str, holder: str, ttl: float) -> bool:
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE runs SET lease_until = ? WHERE id = ? AND holder = ?",
-                (time.time() + ttl, run_id, holder),
-            )
-            return cur.rowcount == 1
-
-    def append(self, run_id: str, holder: str, records: Sequence[Row], progress: Progress) -> None:
-        rows = [(run_id, *r) for r in records]
-        with self._write() as db:
-            row = db.execute("SELECT holder FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None or row[0] != holder:
-                raise RunHeld(_not_held(run_id, row[0] if row else None, holder))
-            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
-            db.execute(
-                "UPDATE runs SET tasks_total = ?, tasks_done = ?, status = ?, answer = ?, "
-                "error = ?, updated = ? WHERE id = ?",
-                (
-                    progress.tasks_total,
-                    progress.tasks_done,
-                    progress.status,
-                    progress.answer,
-                    progress.error,
-                    time.time(),
-                    run_id,
-                ),
-            )
-            if progress.lease_until is not None and not progress.release:
-                db.execute(
-                    "UPDATE runs SET lease_until = ? WHERE id = ?", (progress.lease_until, run_id)
-                )
-            if progress.release:
-                db.execute(
-                    "UPDATE runs SET holder = NULL, lease_until = 0 WHERE id = ? AND holder = ?",
-                    (run_id, holder),
-                )
-
-    def get(self, run_id: str) -> RunInfo | None:
-        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-        return row_info(rows[0]) if rows else None
-
-    def records(self, run_id: str) -> Iterator[Record]:
-        rows = self._read(
-            "SELECT seq, kind, t, data FROM events WHERE run = ? ORDER BY seq", (run_id,)
-        )
-        return (Record(*row) for row in rows)
-
-    def runs(self, limit: int = 50) -> list[RunInfo]:
-        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
-        return [row_info(r) for r in rows]
-
-    def delete(self, run_ids: Sequence[str]) -> list[str]:
-        ids = list(dict.fromkeys(run_ids))
-        gone: set[str] = set()
-        with self._write() as db:
-            for part in chunks(ids):
-                marks = ", ".join("?" * len(part))
-                rows = db.execute(f"SELECT id FROM runs WHERE id IN ({marks})", tuple(part))
-                gone.update(row[0] for row in rows)
-                db.execute(f"DELETE FROM events WHERE run IN ({marks})", tuple(part))
-                db.execute(f"DELETE FROM runs WHERE id IN ({marks})", tuple(part))
-        return [i for i in ids if i in gone]
-
-    def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
-        by_digest = {call_digest(k): k for k in keys}
-        digests = list(by_digest)
-        found: dict[str, str] = {}
-        for part in chunks(digests):
-            rows = self._read(
-                f"SELECT digest, key, value FROM calls WHERE scope = ? "
-                f"AND digest IN ({', '.join('?' * len(part))})",
-                (scope, *part),
-            )
-            for digest, key, value in rows:
-                if by_digest.get(digest) == key:  # a digest collision is a miss, never a mixup
-                    found[key] = value
-        return found
-
-    def put_calls(self, scope: str, items: Sequence[tuple[str, str]]) -> None:
-        rows = [(scope, call_digest(key), key, value) for key, value in items]
-        if not rows:
-            return
-        with self._write() as db:
-            db.executemany(
-                "INSERT INTO calls (scope, digest, key, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                rows,
-            )
 
     def close(self) -> None:
         with self._lock:
