@@ -20,12 +20,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from typing import Any
 
 from .agent.loop import Agent, Outcome, RetryPolicy, Tactics, execute_plan, prepare_plan
+from .agent.samples import llm_judge, sampled, variant
+from .agent.speedups import QUESTION, RunSpeedups, open_plan_cache
+from .agent.templates import TemplateCache
 from .core import events as ev
 from .core.graph import DONE
-from .core.scheduler import Scheduler
+from .core.scheduler import Scheduler, tool_limits
+from .core.shared import SharedCalls
 from .core.task import Task
 from .core.tools import Tool, Tools
+from .errors import PlaitError
 from .llm import LLM, resolve_model, with_sampling
+from .llm.base import Scorer
 from .runs.loading import as_tools
 from .runs.result import RunResult
 from .runs.runlog import stored_result
@@ -103,6 +109,11 @@ async def arun(
     tactics: Tactics | None = None,
     shared: Shared | None = None,
     on_scheduler: OnScheduler | None = None,
+    plan_cache: bool | TemplateCache = False,
+    draft_model: str | LLM | None = None,
+    samples: int = 1,
+    agree: int | None = None,
+    judge: str | LLM | None = None,
 ) -> RunResult:
     """Answer a question: plan with the model, run the plan's tasks as they stream, join.
 
@@ -111,7 +122,27 @@ async def arun(
     `temperature` and `max_tokens` (a reply's bound) apply to every model call of the run.
     `tactics` switches the agent's techniques for small models (all on by default; kept
     with the run). `shared` is what the runs of a batch share (plait.batch passes it).
+
+    Speed-ups (README, "Faster and cheaper than one plan"): `plan_cache=True` (or a
+    `TemplateCache`) takes the first plan from a template of an earlier question of the
+    same shape; `draft_model` (a model, or "question") starts pure calls while the planner
+    thinks; `samples=N` runs N attempts at once, sharing pure calls, and returns as soon as
+    `agree` of them agree (the majority, or the `judge` model, decides otherwise).
     """
+    if samples != 1 or agree is not None:
+        return await _sampled(
+            question,
+            samples,
+            agree,
+            judge,
+            dict(
+                tools=tools, model=model, max_replans=max_replans, on_event=on_event,
+                run_id=run_id, base_url=base_url, examples=examples, retry=retry, store=store,
+                backend=backend, temperature=temperature, max_tokens=max_tokens,
+                tactics=tactics, shared=shared, on_scheduler=on_scheduler,
+                plan_cache=plan_cache, draft_model=draft_model,
+            ),
+        )  # fmt: skip
     llm = with_sampling(resolve_model(model, base_url=base_url), temperature, max_tokens)
     registry = as_tools(tools)
     spec_name = model if isinstance(model, str) else llm.name
@@ -125,25 +156,97 @@ async def arun(
     if tactics is not None and tactics != Tactics():
         options["tactics"] = dataclasses.asdict(tactics)
     run_id = run_id or new_run_id()
-    now = time.time()
-    new = RunInfo(
-        run_id, "question", question, spec_name, list(registry), options, created=now, updated=now
-    )
-    spec = RunSpec(
-        registry,
-        run_id,
-        question,
-        store=store,
-        new=new,
-        backend=backend,
-        shared=shared,
-        on_event=on_event,
-        on_scheduler=on_scheduler,
-    )
     shots = examples if examples is not None else registry.examples
-    return await run_session(
-        spec, _question_body(question, llm, max_replans, shots, retry, tactics)
-    )
+    draft = draft_model
+    if isinstance(draft_model, str) and draft_model != QUESTION:
+        draft = resolve_model(draft_model, base_url=base_url)
+    async with open_plan_cache(plan_cache, registry, store) as cache:
+        speed = RunSpeedups(question, registry, cache, draft, shots)
+        first = await speed.first_plan()
+        if first is not None:
+            options["plan_from_cache"] = first  # a resume gives it back, not the planner
+        now = time.time()
+        new = RunInfo(
+            run_id, "question", question, spec_name, list(registry), options, created=now,
+            updated=now,
+        )  # fmt: skip
+        spec = RunSpec(
+            registry,
+            run_id,
+            question,
+            store=store,
+            new=new,
+            backend=backend,
+            shared=shared,
+            on_event=_both(on_event, speed.watch),
+            on_scheduler=on_scheduler,
+        )
+        body = _question_body(question, llm, max_replans, shots, retry, tactics, first, speed)
+        result = await run_session(spec, body)
+        await speed.finish(result.status == DONE)
+    result.plan_cache = speed.plan_cache()
+    result.savings = speed.savings()
+    return result
+
+
+async def _sampled(
+    question: str, n: int, agree: int | None, judge: str | LLM | None, kwargs: dict[str, Any]
+) -> RunResult:
+    """`samples=N`: N runs of the question at once, voted by agent/samples.py. Attempt i is
+    the run `RUN_ID~i` when a run id is given; the result is the chosen attempt's."""
+    if n < 1:
+        raise PlaitError(f"samples must be at least 1, not {n}")
+    agree = agree if agree is not None else n // 2 + 1
+    if not 1 <= agree <= n:
+        raise PlaitError(f"agree must be between 1 and samples ({n}), not {agree}")
+    registry = as_tools(kwargs["tools"])
+    llm = resolve_model(kwargs["model"], base_url=kwargs["base_url"])  # loaded once for all
+    chooser = None
+    if judge is not None:
+        chooser = llm_judge(resolve_model(judge, base_url=kwargs["base_url"]), question)
+    run_id, user = kwargs.pop("run_id"), kwargs.pop("on_event")
+    given = kwargs.pop("tactics")
+    base_tactics = given or Tactics()
+    # The attempts share pure calls and per-tool limits (a batch's, when in one).
+    shared = kwargs.pop("shared") or Shared(SharedCalls(), tool_limits(registry))
+    scores = isinstance(llm, Scorer)
+
+    async def attempt(i: int, listen: ev.Listener) -> RunResult:
+        temperature, changes = variant(i, kwargs["temperature"], scores)
+        return await arun(
+            question,
+            **{**kwargs, "tools": registry, "model": llm, "temperature": temperature},
+            tactics=dataclasses.replace(base_tactics, **changes) if changes else given,
+            shared=shared,
+            run_id=f"{run_id}~{i + 1}" if run_id else None,
+            on_event=_both(user, listen),
+        )
+
+    voted, results = await sampled(attempt, n, agree, chooser)
+    result = results[voted.chosen if voted.chosen is not None else min(results)]
+    result.attempts = [
+        {**a.to_dict(), "run_id": results[a.index].run_id if a.index in results else None}
+        for a in voted.attempts
+    ]
+    result.savings = {
+        **(result.savings or {}),
+        "attempts_cut_short": voted.cut_short,
+        "tokens_saved": voted.tokens_saved(),
+        "decided_by": voted.decided_by,
+    }
+    return result
+
+
+def _both(first: ev.Listener | None, second: ev.Listener) -> ev.Listener:
+    """One listener calling `second`, then `first` (if any)."""
+    if first is None:
+        return second
+
+    def both(e: ev.Event) -> None:
+        second(e)
+        first(e)
+
+    return both
 
 
 def _plan_body(tasks: list[Task]) -> Body:
@@ -160,8 +263,13 @@ def _question_body(
     examples: str | None,
     retry: RetryPolicy | None,
     tactics: Tactics | None,
+    first_plan: str | None = None,
+    speed: RunSpeedups | None = None,
 ) -> Body:
     async def body(run: Run) -> Outcome:
+        replies = run.replies
+        if first_plan is not None and 1 not in replies:  # the plan cache's, as a kept reply
+            replies = {**replies, 1: ev.LLMFinished(0.0, 1, ev.Usage(), None, first_plan, True)}
         agent = Agent(
             llm,
             run.scheduler,
@@ -171,11 +279,17 @@ def _question_body(
             max_replans=max_replans,
             examples=examples,
             retry=retry,
-            replies=run.replies,
+            replies=replies,
             defined=run.defined,
             tactics=tactics,
         )
-        return await agent.answer(question)
+        if speed is None:
+            return await agent.answer(question)
+        speed.start(run.scheduler)  # speculation, while the planner thinks
+        try:
+            return await agent.answer(question)
+        finally:
+            await speed.stop()
 
     return body
 
@@ -253,7 +367,9 @@ def _resumed_body(
     examples = options.get("examples")
     shots = examples if examples is not None else registry.examples
     tactics = Tactics(**options["tactics"]) if "tactics" in options else None
-    return _question_body(info.source, llm, options.get("max_replans", 2), shots, retry, tactics)
+    max_replans = options.get("max_replans", 2)
+    first = options.get("plan_from_cache")
+    return _question_body(info.source, llm, max_replans, shots, retry, tactics, first)
 
 
 def execute(plan: str, *, tools: ToolsLike, **kwargs: Any) -> RunResult:

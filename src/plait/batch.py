@@ -40,6 +40,8 @@ from pydantic_core import from_json, to_json
 
 from . import api
 from .agent.loop import RetryPolicy, Tactics
+from .agent.speedups import QUESTION
+from .agent.templates import TemplateCache
 from .core import events as ev
 from .core.backend import Backend
 from .core.events import Usage
@@ -179,6 +181,8 @@ async def abatch(
     temperature: float | None = None,
     max_tokens: int | None = None,
     tactics: Tactics | None = None,
+    plan_cache: bool = False,
+    draft_model: str | LLM | None = None,
 ) -> AsyncIterator[BatchResult]:
     """Answer every item's question; yield each result as it completes (not in input order).
 
@@ -194,7 +198,8 @@ async def abatch(
     server); queued calls then go out in `order`: "prefix" (the call sharing the longest
     prompt prefix with what the slot ran last) or "arrival". `backend` ("local" or "ray")
     is opened once for the whole batch. `temperature`, `max_tokens` and `tactics` apply to
-    every call.
+    every call. `plan_cache=True`: the batch's runs share one plan cache (the store's
+    templates, or the batch's own without a store); `draft_model` speculates for each run.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -223,6 +228,12 @@ async def abatch(
             temperature=temperature,
             max_tokens=max_tokens,
             tactics=tactics,
+            plan_cache=TemplateCache.for_tools(registry, store) if plan_cache else None,
+            draft_model=(
+                resolve_model(draft_model, base_url=base_url)  # one for the whole batch
+                if isinstance(draft_model, str) and draft_model != QUESTION
+                else draft_model
+            ),
         )
         results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=concurrency)
         skipped = {item_key(i) for i in skip}, set(skip_positions)
@@ -258,6 +269,8 @@ class _Batch:
     temperature: float | None
     max_tokens: int | None
     tactics: Tactics | None
+    plan_cache: TemplateCache | None  # shared by every run of the batch
+    draft_model: LLM | str | None
 
 
 async def _drive(
@@ -373,6 +386,8 @@ async def _answer(batch: _Batch, question: str, item_id: Any, where: str) -> Run
         tactics=batch.tactics,
         store=batch.store,
         run_id=run_id,
+        plan_cache=batch.plan_cache or False,
+        draft_model=batch.draft_model,
         **given,
     )
 

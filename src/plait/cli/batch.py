@@ -48,6 +48,8 @@ def run_batch(
     backend: str = "local",
     temperature: float | None = None,
     max_tokens: int | None = None,
+    plan_cache: bool = False,
+    draft_model: str | None = None,
 ) -> int:
     if input_path != "-" and not Path(input_path).is_file():
         raise PlaitError(f"input file not found: {input_path}")
@@ -84,6 +86,8 @@ def run_batch(
                     backend=backend,
                     temperature=temperature,
                     max_tokens=max_tokens,
+                    plan_cache=plan_cache,
+                    draft_model=draft_model,
                 ):
                     sink.write(_line(result.to_dict()) + "\n")
                     sink.flush()

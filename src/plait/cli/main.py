@@ -184,6 +184,48 @@ def _sampling(f: Any) -> Any:
     )(f)
 
 
+def _speedups(f: Any, samples: bool = False) -> Any:
+    """--plan-cache and --draft-model (run, batch); --samples, --agree, --judge (run)."""
+    if samples:
+        f = click.option(
+            "--judge",
+            default=None,
+            metavar="SPEC",
+            help="A model that breaks a tie between sampled answers [default: the first given].",
+        )(f)
+        f = click.option(
+            "--agree",
+            default=None,
+            type=click.IntRange(min=1),
+            metavar="K",
+            help="Stop as soon as K attempts give one answer [default: a majority of N].",
+        )(f)
+        f = click.option(
+            "--samples",
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            metavar="N",
+            help="Run N attempts at once, sharing pure tool calls, and vote on their answers.",
+        )(f)
+    f = click.option(
+        "--draft-model",
+        default=None,
+        metavar="SPEC",
+        help="A fast model whose plan's pure calls start while the planner thinks "
+        "(`question`: the question's own names, no model).",
+    )(f)
+    return click.option(
+        "--plan-cache",
+        is_flag=True,
+        help="Reuse the plan of an earlier question of the same shape (kept in the store).",
+    )(f)
+
+
+def _sampled_speedups(f: Any) -> Any:
+    return _speedups(f, samples=True)
+
+
 def _verbose(f: Any) -> Any:
     return click.option(
         "-v",
@@ -251,6 +293,7 @@ def exec_cmd(
     help="How many times the joiner may ask for a new plan.",
 )
 @_sampling
+@_sampled_speedups
 @_durable
 def run_cmd(
     question: str,
@@ -264,11 +307,18 @@ def run_cmd(
     max_replans: int,
     temperature: float | None,
     max_tokens: int | None,
+    plan_cache: bool,
+    draft_model: str | None,
+    samples: int,
+    agree: int | None,
+    judge: str | None,
     store_url: str | None,
     run_id: str | None,
     backend: str,
 ) -> int:
     """Answer QUESTION: plan with the model, run the tasks as they stream, join."""
+    if agree is not None and agree > samples:
+        raise click.BadParameter(f"{agree} is more than --samples {samples}", param_hint="--agree")
     start = functools.partial(
         api.arun,
         question,
@@ -277,6 +327,11 @@ def run_cmd(
         max_replans=max_replans,
         temperature=temperature,
         max_tokens=max_tokens,
+        plan_cache=plan_cache,
+        draft_model=draft_model,
+        samples=samples,
+        agree=agree,
+        judge=judge,
     )
     return _drive_new(start, Again(tools, store_url, backend), as_json, trace_path, run_id, verbose)
 
@@ -313,6 +368,7 @@ def resume_cmd(
 @_model_option
 @click.option("--base-url", default=None, help="Server URL for openai: models.")
 @_sampling
+@_speedups
 @click.option(
     "--out",
     "out_path",
@@ -351,6 +407,8 @@ def batch_cmd(
     base_url: str | None,
     temperature: float | None,
     max_tokens: int | None,
+    plan_cache: bool,
+    draft_model: str | None,
     out_path: str,
     concurrency: int,
     max_replans: int,
@@ -380,6 +438,8 @@ def batch_cmd(
         backend=backend,
         temperature=temperature,
         max_tokens=max_tokens,
+        plan_cache=plan_cache,
+        draft_model=draft_model,
     )
 
 

@@ -72,6 +72,11 @@ class RunResult:
     replans: int = 0
     error: str | None = None
     elapsed: float = 0.0
+    # Set by the run's speed-ups after it (api.arun: agent/speedups.py, agent/samples.py),
+    # shown in --json when set; the store does not keep them (`plait show` has none).
+    plan_cache: dict[str, Any] | None = None
+    attempts: list[dict[str, Any]] | None = None
+    savings: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,6 +105,14 @@ class RunResult:
         ).decode()
 
     def _raw(self) -> dict[str, Any]:
+        raw = self._recorded()
+        for key in ("plan_cache", "attempts", "savings"):
+            value = getattr(self, key)
+            if value is not None:
+                raw[key] = value
+        return raw
+
+    def _recorded(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "status": self.status,

@@ -1,0 +1,125 @@
+"""`plait run` and `plait batch` with --plan-cache, --draft-model, --samples/--agree/--judge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_cli import assert_one_line, one_json_object, plait_main
+
+PLAN = (
+    "Thought: look both up.\n"
+    '1. search("Eiffel Tower")\n'
+    '2. search("Statue of Liberty")\n'
+    "3. which_larger($1, $2)\n"
+    "4. join()\n<END_OF_PLAN>"
+)
+Q1 = "Which is taller, the Eiffel Tower or the Statue of Liberty?"
+Q2 = "Which is taller, the Burj Khalifa or the Tokyo Skytree?"
+Q3 = "Which is taller, the CN Tower or the Leaning Tower of Pisa?"
+
+
+def replay(tmp_path: Path, name: str, replies: object) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(replies))
+    return f"replay:{path}"
+
+
+def test_run_with_plan_cache_skips_the_planner_the_second_time(capsys, tmp_path, example_tools):
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = replay(tmp_path, "a.json", [PLAN, "Action: Finish(Eiffel Tower)"])
+    code, out, _ = plait_main(
+        capsys, "run", Q1, "--tools", example_tools, "--model", first, "--store", store,
+        "--plan-cache", "--json",
+    )  # fmt: skip
+    assert code == 0
+    assert one_json_object(out)["plan_cache"]["hit"] is False
+    only_joiner = replay(tmp_path, "b.json", ["Action: Finish(Burj Khalifa)"])
+    code, out, err = plait_main(
+        capsys, "run", Q2, "--tools", example_tools, "--model", only_joiner, "--store", store,
+        "--plan-cache", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = one_json_object(out)
+    assert data["answer"] == "Burj Khalifa"
+    assert data["plan_cache"]["hit"] is True
+    assert data["savings"]["planner_calls_skipped"] == 1
+    assert [t["args"] for t in data["tasks"][:2]] == [
+        {"query": "Burj Khalifa"},
+        {"query": "Tokyo Skytree"},
+    ]
+
+
+def test_run_without_plan_cache_does_not_use_the_templates(capsys, tmp_path, example_tools):
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = replay(tmp_path, "a.json", [PLAN, "Action: Finish(Eiffel Tower)"])
+    plait_main(
+        capsys, "run", Q1, "--tools", example_tools, "--model", first, "--store", store,
+        "--plan-cache",
+    )  # fmt: skip
+    again = replay(tmp_path, "b.json", [PLAN, "Action: Finish(Eiffel Tower)"])
+    code, out, _ = plait_main(
+        capsys, "run", Q2, "--tools", example_tools, "--model", again, "--store", store, "--json"
+    )
+    assert code == 0
+    assert "plan_cache" not in one_json_object(out)
+
+
+def test_batch_with_plan_cache_plans_each_shape_once(capsys, tmp_path, example_tools):
+    items = tmp_path / "in.jsonl"
+    items.write_text(
+        "\n".join(json.dumps({"id": i, "question": q}) for i, q in enumerate([Q1, Q2, Q3])) + "\n"
+    )
+    # Keyed by question: only the first has a plan; the others would fail if planned.
+    model = replay(
+        tmp_path,
+        "r.json",
+        {
+            Q1: [PLAN, "Action: Finish(Eiffel Tower)"],
+            Q2: ["Action: Finish(Burj Khalifa)"],
+            Q3: ["Action: Finish(CN Tower)"],
+        },
+    )
+    out = tmp_path / "out.jsonl"
+    code, _, err = plait_main(
+        capsys, "batch", items, "--tools", example_tools, "--model", model, "--out", out,
+        "--concurrency", "1", "--plan-cache",
+    )  # fmt: skip
+    assert code == 0, err
+    answers = {d["id"]: d["answer"] for d in map(json.loads, out.read_text().splitlines())}
+    assert answers == {0: "Eiffel Tower", 1: "Burj Khalifa", 2: "CN Tower"}
+
+
+def test_run_with_samples_lists_each_attempt(capsys, tmp_path, example_tools):
+    either = '1. search("Eiffel Tower")\n2. join()\nAction: Finish(330 metres)'
+    model = replay(tmp_path, "s.json", [either] * 6)
+    code, out, err = plait_main(
+        capsys, "run", "How tall is the Eiffel Tower?", "--tools", example_tools,
+        "--model", model, "--samples", "3", "--agree", "2", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = one_json_object(out)
+    assert data["answer"] == "330 metres"
+    assert len(data["attempts"]) == 3
+    assert {"index", "answer", "cut_short", "tokens", "run_id"} <= set(data["attempts"][0])
+    assert data["savings"]["decided_by"] == "agreement"
+
+
+def test_agree_above_samples_is_invalid_input(capsys, tmp_path, example_tools):
+    model = replay(tmp_path, "s.json", [])
+    code, out, err = plait_main(
+        capsys, "run", "q", "--tools", example_tools, "--model", model, "--samples", "2",
+        "--agree", "3",
+    )  # fmt: skip
+    assert code == 2
+    assert out == ""
+    assert "--agree" in assert_one_line(err)
+
+
+def test_an_unknown_draft_model_is_invalid_input(capsys, tmp_path, example_tools):
+    model = replay(tmp_path, "s.json", [])
+    code, _, err = plait_main(
+        capsys, "run", "q", "--tools", example_tools, "--model", model, "--draft-model", "nope"
+    )
+    assert code == 2
+    assert "nope" in assert_one_line(err)
