@@ -123,3 +123,22 @@ def test_an_unknown_draft_model_is_invalid_input(capsys, tmp_path, example_tools
     )
     assert code == 2
     assert "nope" in assert_one_line(err)
+
+
+def test_run_with_samples_without_json_shows_one_run_and_the_answer(
+    capsys, tmp_path, example_tools
+):
+    either = '1. search("Eiffel Tower")\n2. join()\nAction: Finish(330 metres)'
+    model = replay(tmp_path, "s.json", [either] * 6)
+    trace = tmp_path / "t.json"
+    code, out, err = plait_main(
+        capsys, "run", "How tall is the Eiffel Tower?", "--tools", example_tools,
+        "--model", model, "--samples", "3", "--trace", trace,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "330 metres"
+    events = json.loads(trace.read_text())
+    names = [e.get("name") for e in (events["traceEvents"] if isinstance(events, dict) else events)]
+    # one run's task and calls, not three runs' interleaved
+    assert sum("search" in str(n) for n in names) == 1
+    assert sum("planner" in str(n) for n in names) == 1

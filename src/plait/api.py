@@ -193,7 +193,8 @@ async def _sampled(
     question: str, n: int, agree: int | None, judge: str | LLM | None, kwargs: dict[str, Any]
 ) -> RunResult:
     """`samples=N`: N runs of the question at once, voted by agent/samples.py. Attempt i is
-    the run `RUN_ID~i` when a run id is given; the result is the chosen attempt's."""
+    the run `RUN_ID~i` when a run id is given; the result is the chosen attempt's, and
+    `on_event` hears the first attempt's events."""
     if n < 1:
         raise PlaitError(f"samples must be at least 1, not {n}")
     agree = agree if agree is not None else n // 2 + 1
@@ -219,7 +220,9 @@ async def _sampled(
             tactics=dataclasses.replace(base_tactics, **changes) if changes else given,
             shared=shared,
             run_id=f"{run_id}~{i + 1}" if run_id else None,
-            on_event=_both(user, listen),
+            # One run's events for a listener that expects one run (a live view, a trace):
+            # the first attempt's, the run as asked.
+            on_event=_both(user, listen) if i == 0 else listen,
         )
 
     voted, results = await sampled(attempt, n, agree, chooser)
