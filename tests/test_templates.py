@@ -255,3 +255,12 @@ async def test_a_corrupt_template_in_the_store_is_passed_over() -> None:
     cache = TemplateCache.for_tools(TOOLS, store)
     m = await cache.match("How much taller is the Burj Khalifa than the Tokyo Skytree?")
     assert m is not None and m.template.number == 2
+
+
+def test_a_reference_s_number_is_never_a_slot() -> None:
+    """ "$12" in a plan is task 12's result whatever the question's "12" is: a slot there
+    would let a new question's number point the plan at another task."""
+    t = learn("What is twice the result of task 12?", [Task(1, "calculate", ("$12 * 2",))])
+    assert t is not None and t.slots == []
+    assert t.fit("What is twice the result of task 3?") is None
+    assert t.instantiate([])[0].args == ("$12 * 2",)

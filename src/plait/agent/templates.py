@@ -334,6 +334,7 @@ def _slotted(text: str, asked: list[Token], phrases: list[tuple[str, ...]], loos
             run
             and ((whole and loose) or _names_something(text, words))
             and "$" not in text[words[0].start : words[-1].end]
+            and not text[: words[0].start].endswith(("$", "${"))  # a reference's number stays
         ):
             phrase = tuple(t.text for t in words)
             if phrase not in phrases:
