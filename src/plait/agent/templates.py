@@ -170,6 +170,9 @@ class Template:
             if not all(isinstance(s, (str, int)) for s in shape):
                 return None
             slots = [(str(k), int(n)) for k, n in data["slots"]]
+            numbers = {s for s in shape if isinstance(s, int)}
+            if numbers != set(range(len(slots))) or any(isinstance(s, bool) for s in shape):
+                return None  # every slot in the shape, and nothing else
             return cls(shape, list(data["tasks"]), slots, str(data["question"]), number)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
