@@ -254,11 +254,11 @@ async def test_a_corrupt_template_in_the_store_is_passed_over() -> None:
     odd = good.to_json().replace('"shape": ["how"', '"shape": [-1, "how"', 1)
     store.put_calls(
         scope(TOOLS),
-        [("t:0", bad), ("t:1", "not json"), ("t:2", odd), ("t:3", good.to_json())],
+        [("t:0", bad), ("t:1", "not json"), ("t:2", good.to_json()), ("t:3", odd)],
     )
     cache = TemplateCache.for_tools(TOOLS, store)
     m = await cache.match("How much taller is the Burj Khalifa than the Tokyo Skytree?")
-    assert m is not None and m.template.number == 3
+    assert m is not None and m.template.number == 2
 
 
 def test_a_reference_s_number_is_never_a_slot() -> None:
