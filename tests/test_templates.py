@@ -251,7 +251,8 @@ async def test_a_corrupt_template_in_the_store_is_passed_over() -> None:
     good = learn(DIFF_Q, plan(DIFF_PLAN))
     assert good is not None
     bad = good.to_json().replace('"tool": "search"', '"toolz": "search"', 1)
-    odd = good.to_json().replace('"shape": ["how"', '"shape": [-1, "how"', 1)
+    odd = good.to_json().replace('"the", 1, "?"', '"the", -1, "?"', 1)
+    assert odd != good.to_json()
     store.put_calls(
         scope(TOOLS),
         [("t:0", bad), ("t:1", "not json"), ("t:2", good.to_json()), ("t:3", odd)],
