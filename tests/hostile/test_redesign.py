@@ -4,7 +4,7 @@ stand in for, and durable runs whose records must read back as they were written
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -99,10 +99,10 @@ def test_a_simple_plan_line_reads_as_the_general_reader_reads_it(
 
 _ANNOTATIONS: dict[str, Any] = {
     "int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict,
-    "None": type(None), "Any": Any, "object": object, "int|None": Optional[int],
+    "None": type(None), "Any": Any, "object": object, "int|None": int | None,
     "int|str": int | str, "str|int": str | int, "float|int": float | int, "bool|int": bool | int,
-    "list[int]": list[int], "dict[str,int]": dict[str, int], "tuple": tuple, "Literal": Literal["a", 1],
-    "float|None": float | None, "str|list": str | list,
+    "list[int]": list[int], "dict[str,int]": dict[str, int], "tuple": tuple,
+    "Literal": Literal["a", 1], "float|None": float | None, "str|list": str | list,
 }  # fmt: skip
 _VALUES = [True, False, 0, 1, -1, 2**70, "3", "x", "", 3.0, 3.5, -0.0, None, [], [1], {"a": 1}]
 _DEFAULTS = [..., None, 5, "d", 2.5, True, [1]]
@@ -127,3 +127,26 @@ def _outcome(tool: plait.Tool, arguments: dict[str, Any]) -> object:
     except ValueError as e:
         return str(e)
     return sorted((k, type(v).__name__, repr(v)) for k, v in out.items())
+
+
+def test_a_result_with_no_str_still_reads_as_text() -> None:
+    # Python gives no str() of an int of 4,300+ digits: the text of such a result (a written
+    # plan's answer, `$1` inside a string) raised ValueError out of plait.execute.
+    from plait.core.task import result_text
+
+    huge = 10**5000
+
+    @plait.tool
+    def big() -> int:
+        return huge
+
+    @plait.tool
+    def head(text: str) -> str:
+        return text[:8]
+
+    result = plait.execute('1. big()\n2. head("v=$1")\n', tools=[big, head])
+    assert result.status == "done", result.error
+    assert result.answer == "v=100000"
+    assert plait.execute("1. big()\n", tools=[big]).answer == "1" + "0" * 5000
+    assert result_text([huge, "a"]) == "[1" + "0" * 5000 + ',"a"]'
+    assert result_text([1, "a"]) == '[1, "a"]'  # as before: json.dumps's text
