@@ -150,3 +150,28 @@ def test_a_result_with_no_str_still_reads_as_text() -> None:
     assert plait.execute("1. big()\n", tools=[big]).answer == "1" + "0" * 5000
     assert result_text([huge, "a"]) == "[1" + "0" * 5000 + ',"a"]'
     assert result_text([1, "a"]) == '[1, "a"]'  # as before: json.dumps's text
+
+
+@pytest.mark.parametrize("arguments", ["1٢", "1.٥", "[1, 2٣]", "x=1٢", "1e٣"])
+def test_digits_of_other_scripts_read_as_python_reads_them(
+    arguments: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The literal reader that spares `ast` took any Unicode digit after an ASCII one
+    # (int("1٢") is 12), where Python's own reader sees no number: `f(1٢)` ran f(12).
+    from plait.agent import parse
+
+    line = f"1. f({arguments})"
+
+    def read() -> object:
+        try:
+            return [(t.args, t.kwargs) for t in parse.parse_plan(line)]
+        except plait.PlanError as e:
+            return str(e)
+
+    fast = read()
+
+    def only_ast(raw: str) -> object:
+        raise parse._NotSimple
+
+    monkeypatch.setattr(parse, "_fast_arguments", only_ast)
+    assert fast == read()
