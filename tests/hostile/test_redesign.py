@@ -175,3 +175,19 @@ def test_digits_of_other_scripts_read_as_python_reads_them(
 
     monkeypatch.setattr(parse, "_fast_arguments", only_ast)
     assert fast == read()
+
+
+async def test_a_batch_keeps_only_call_results_it_can_read_back(tmp_path: Path) -> None:
+    from plait.batch import StoredCalls
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        calls = StoredCalls(store, "b")
+        await calls.put("big", 10**5000)  # encodes, but no decoder reads it back
+        assert await calls.get("big") == (False, None)
+        await calls.put("small", 7)
+        assert await calls.get("small") == (True, 7)
+        store.put_calls("b", [("kept-before", "1" * 5000)])  # what an older version kept
+        assert await calls.get("kept-before") == (False, None)  # was: ValueError
+    finally:
+        store.close()
