@@ -164,7 +164,7 @@ _TOKEN = re.compile(
     r"""\s*(?:
       (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
     | (?P<ref>\$\{\d+\}|\$\d+)
-    | (?P<num>-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.]))
+    | (?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?(?![\w.]))
     | (?P<name>[A-Za-z_]\w*)
     | (?P<op>[\[\](){},:=])
     )""",
@@ -561,6 +561,7 @@ class PlanParser:
         except ValueError:
             return False
         task_id, line = int(m.group(1)), self._line
+        self._new_id(task_id, line)  # first, as the general way checks it
         if inner:
             deps = dependencies(task_id, args, self.known, line)
         else:
@@ -638,8 +639,7 @@ class PlanParser:
     ) -> Task:
         """The task, once its id is new; `deps` given means its arguments are known to be
         plan literals already (the simple line's), so they need no walk."""
-        if task_id in self.known:
-            raise PlanError(f"task id {task_id} is used twice", line=line)
+        self._new_id(task_id, line)
         if deps is not None:
             self.known.add(task_id)
             return Task(task_id, name, tuple(args), dict(kwargs), deps, line)
@@ -655,6 +655,10 @@ class PlanParser:
         deps = dependencies(task_id, values, self.known, line)
         self.known.add(task_id)
         return Task(task_id, name, carried_args, carried_kwargs, deps, line)
+
+    def _new_id(self, task_id: int, line: int) -> None:
+        if task_id in self.known:
+            raise PlanError(f"task id {task_id} is used twice", line=line)
 
     # JSON form -------------------------------------------------------------------------
 

@@ -11,11 +11,14 @@ never whatever else has finished. How plans are written and read is the agent's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic_core import to_json
 
 from ..errors import PlanError
 from .remote import Remote
@@ -58,8 +61,7 @@ def whole_ref(value: Any) -> int | None:
         digits = value[1:]  # the common form, "$12", without the regex
         if value[0] == "$" and digits.isascii() and digits.isdigit() and len(digits) <= 18:
             return int(digits)
-        m = _WHOLE_REF.fullmatch(value)
-        if m:
+        if m := _WHOLE_REF.fullmatch(value):
             return int(m.group(1) or m.group(2))
     return None
 
@@ -68,8 +70,7 @@ def references(value: Any) -> list[tuple[int, bool]]:
     """(task id, is_whole) for every reference in a nested argument value."""
     found: list[tuple[int, bool]] = []
     for text in _strings(value):
-        n = whole_ref(text)
-        if n is not None:
+        if (n := whole_ref(text)) is not None:
             found.append((n, True))
         elif "$" in text:
             found.extend((int(m.group(1) or m.group(2)), False) for m in _REF.finditer(text))
@@ -85,11 +86,8 @@ def _strings(value: Any) -> Iterator[str]:
     """Every string in a nested value (a str subclass as a plain str)."""
     if isinstance(value, str):
         yield str(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list | tuple | set | frozenset):
-        for v in value:
+    elif isinstance(value, dict | list | tuple | set | frozenset):
+        for v in value.values() if isinstance(value, dict) else value:
             yield from _strings(v)
 
 
@@ -118,7 +116,9 @@ def result_text(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
-        return str(value)
+        with contextlib.suppress(ValueError):  # an int of 4,300+ digits has no str()
+            return str(value)
+        return to_json(value, fallback=repr).decode()
 
 
 def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | None = None) -> Any:
@@ -132,8 +132,7 @@ def resolve(value: Any, results: Mapping[int, Any], inputs: Container[int] | Non
     if kind is str or isinstance(value, str):
         if "$" not in value:
             return value
-        n = whole_ref(value)
-        if n is not None and n in results and (inputs is None or n in inputs):
+        if (n := whole_ref(value)) is not None and n in results and (inputs is None or n in inputs):
             return results[n]
 
         def sub(m: re.Match[str]) -> str:

@@ -165,10 +165,14 @@ class RunLog:
             encoded = to_json(result, bytes_mode="base64").decode()
         except Exception as e:  # pydantic_core's serialization errors are not TypeErrors
             raise TypeError(f"{type(result).__name__} is not JSON-serializable ({e})") from None
+        # Its JSON form is itself: skip decoding; but an int of 4,300 digits or more is past
+        # what a resume's decoder reads, so it is decoded here and fails now, not then.
+        if type(result) in _PLAIN and (type(result) is not int or len(encoded) < 4300):
+            self._encoded[task_id] = encoded
+            return result
+        value = from_json(encoded)  # ValueError: the record could not be read back
         self._encoded[task_id] = encoded
-        if type(result) in _PLAIN:
-            return result  # its JSON form is itself: skip decoding
-        return from_json(encoded)
+        return value
 
     # lifecycle -------------------------------------------------------------------------
 
