@@ -18,7 +18,7 @@ import plait
 from plait.batch import abatch
 from plait.errors import PlaitError
 from plait.llm import SampledLLM, resolve_model, with_sampling
-from plait.llm.base import LLMError, Request
+from plait.llm.base import LLMError, Request, Usage
 from plait.llm.openai import OpenAILLM
 from plait.llm.replay import ReplayLLM
 from test_cli import FINISH, PLAN, QUESTION, assert_one_line, one_json_object, plait_main
@@ -295,3 +295,17 @@ def test_help_names_the_environment_and_the_plan_syntax(capsys):
         assert f"\n    {name} " in out
     assert 'README.md, section "Plans"' in out
     assert '1. search("Eiffel Tower height")' in out
+
+
+def test_a_temperature_keeps_a_scoring_model_choosing_by_score():
+    # --temperature wrapped the embedded model in a SampledLLM that was no Scorer, so the
+    # agent silently stopped choosing by score (the small model then answers almost nothing).
+    from plait.llm.base import Scorer
+
+    class Scoring(ReplayLLM):
+        async def score(self, request, prefix, candidates):
+            return [0.0] * len(candidates), Usage(0, 0)
+
+    sampled = with_sampling(Scoring([]), temperature=0.7)
+    assert isinstance(sampled, SampledLLM) and isinstance(sampled, Scorer)
+    assert not isinstance(with_sampling(ReplayLLM([]), temperature=0.7), Scorer)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..errors import PlaitError
-from .base import LLM, Delta, LLMError, Request, Usage
+from .base import LLM, Delta, LLMError, Request, Usage, Wrapper
 
 __all__ = ["LLM", "Delta", "LLMError", "Request", "Usage", "resolve_model", "with_sampling"]
 
@@ -79,24 +79,21 @@ def with_sampling(llm: LLM, temperature: float | None = None, max_tokens: int | 
     return SampledLLM(llm, temperature, max_tokens)
 
 
-class SampledLLM:
+class SampledLLM(Wrapper):
     """A model whose requests all carry one temperature and reply bound (`--temperature`,
     `--max-tokens`). Wrapped around a batch's SharedLLM, not inside it, so that a request
-    above temperature 0 is never taken for a copy of another."""
+    above temperature 0 is never taken for a copy of another. A model that scores its
+    choices (the embedded one) still scores through it: the temperature applies to the text
+    it writes, and choosing by score stays on."""
 
     def __init__(self, llm: LLM, temperature: float | None, max_tokens: int | None) -> None:
         if temperature is not None and not 0.0 <= temperature <= 2.0:
             raise PlaitError(f"temperature must be between 0 and 2, not {temperature}")
         if max_tokens is not None and max_tokens < 1:
             raise PlaitError(f"max_tokens must be at least 1, not {max_tokens}")
-        self.llm = llm
-        self.name = llm.name
+        super().__init__(llm)
         self.temperature = temperature
         self.max_tokens = max_tokens
-
-    @property
-    def supports_json_schema(self) -> bool:
-        return self.llm.supports_json_schema
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         changes: dict[str, Any] = {}
