@@ -1,0 +1,107 @@
+"""Hostile questions and stores against the plan cache (agent/templates.py): a template
+must never give a question a plan that does not fit it (a confident wrong answer), and a
+stored template nobody could have learned must never crash a run or be run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import plait
+from plait.agent.parse import parse_plan
+from plait.agent.templates import TemplateCache, learn, scope
+from plait.core.task import Task
+from plait.stores.memory import MemoryStore
+
+
+@plait.tool(pure=True)
+def search(query: str) -> str:
+    return query
+
+
+@plait.tool(pure=True)
+def extract_number(text: str) -> float:
+    return 0.0
+
+
+@plait.tool(pure=True)
+def calculate(expression: str) -> float:
+    return 0.0
+
+
+TOOLS = plait.Tools([search, extract_number, calculate])
+
+
+def plan(text: str) -> list[Task]:
+    return parse_plan(text, tools=TOOLS)
+
+
+def test_a_plan_using_the_questions_number_as_a_constant_too_teaches_nothing() -> None:
+    """`100 / $2 * 100`: the second 100 is a percent, not the question's number; a template
+    would answer "What is 50 divided by ..." with `50 / $2 * 50`."""
+    t = learn(
+        "What is 100 divided by the population of Iceland, in percent?",
+        plan(
+            '1. search("population of Iceland")\n2. extract_number($1)\n'
+            '3. calculate("100 / $2 * 100")'
+        ),
+    )
+    assert (
+        t is None or t.fit("What is 50 divided by the population of Iceland, in percent?") is None
+    )
+
+
+def test_a_number_slot_never_takes_a_number_with_commas() -> None:
+    t = learn(
+        "What is 500 times the height of the Eiffel Tower?",
+        plan('1. search("Eiffel Tower height")\n2. extract_number($1)\n3. calculate("$2 * 500")'),
+    )
+    assert t is not None
+    assert t.fit("What is 1,000 times the height of the Eiffel Tower?") is None
+    assert t.fit("What is 1e3 times the height of the Eiffel Tower?") is None
+    assert t.fit("What is 1000 times the height of the Eiffel Tower?") == ["Eiffel Tower", "1000"]
+
+
+def _row(tasks: object, slots: object = (("name", 1),)) -> str:
+    return json.dumps(
+        {"v": 1, "shape": ["how", "tall", "is", 0], "slots": slots, "question": "q", "tasks": tasks}
+    )
+
+
+def _task(
+    args: object, id: object = 1, tool: object = "search", deps: tuple[int, ...] = ()
+) -> dict[str, object]:
+    return {"id": id, "tool": tool, "args": args, "kwargs": {"$map": {}}, "deps": list(deps)}
+
+
+SLOT = {"$slot": [0]}
+HOSTILE = {
+    "nested past the recursion limit": '{"v": 1, "shape": ["how", "tall", "is", 0], '
+    '"slots": [["name", 1]], "question": "q", "tasks": [{"id": 1, "tool": "search", "args": '
+    + "[" * 100_000
+    + "]" * 100_000
+    + ', "kwargs": {"$map": {}}, "deps": []}]}',
+    "no tasks": _row([]),
+    "a reference to no task": _row([_task(["$7", SLOT], deps=(7,))]),
+    "a join task": _row([_task([SLOT]), _task([], id=2, tool="join")]),
+    "the question's text unused": _row([_task(["rm -rf"])]),
+    "a slot with no place in the question": _row([_task([{"$slot": [-1]}])]),
+    "two tasks with one id": _row([_task([SLOT]), _task(["x"])]),
+    "a dependency on a later task": _row([_task([SLOT], deps=(2,)), _task(["x"], id=2)]),
+    "NaN, which no plan text can write": _row([_task([SLOT, float("nan")])]),
+}
+
+
+@pytest.mark.parametrize("row", HOSTILE.values(), ids=HOSTILE.keys())
+async def test_a_stored_template_no_plan_could_teach_is_passed_over(row: str) -> None:
+    store = MemoryStore()
+    store.put_calls(scope(TOOLS), [("t:0", row)])
+    cache = TemplateCache.for_tools(TOOLS, store)
+    assert await cache.match("How tall is Eiffel", TOOLS) is None
+    # and a good one after it still works
+    good = _row([_task([SLOT])])
+    store.put_calls(scope(TOOLS), [("t:1", good)])
+    fresh = TemplateCache.for_tools(TOOLS, store)
+    m = await fresh.match("How tall is Eiffel", TOOLS)
+    assert m is not None and m.tasks[0].args == ("Eiffel",)
