@@ -4,13 +4,17 @@ stored template nobody could have learned must never crash a run or be run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 import plait
 from plait.agent.parse import parse_plan
+from plait.agent.speculate import Speculator, guess
 from plait.agent.templates import TemplateCache, learn, scope
+from plait.core.backend import ToolRaised
+from plait.core.shared import SharedCalls
 from plait.core.task import Task
 from plait.stores.memory import MemoryStore
 
@@ -105,3 +109,34 @@ async def test_a_stored_template_no_plan_could_teach_is_passed_over(row: str) ->
     fresh = TemplateCache.for_tools(TOOLS, store)
     m = await fresh.match("How tall is Eiffel", TOOLS)
     assert m is not None and m.tasks[0].args == ("Eiffel",)
+
+
+# -- speculation ----------------------------------------------------------------------------
+
+
+async def test_a_speculated_tool_raising_systemexit_fails_its_call_not_the_process() -> None:
+    """The scheduler makes a tool's SystemExit its failure (ToolRaised); a speculated call
+    of the same tool must too, or it stops the event loop and the whole run is lost."""
+    shared = SharedCalls()
+    gate = asyncio.Event()
+
+    async def invoke(tool: object, kwargs: object) -> object:
+        await gate.wait()
+        raise SystemExit("tool exits")
+
+    async def never() -> object:
+        raise AssertionError("the plan's task adopts the speculated call")
+
+    spec = Speculator(TOOLS, shared, invoke)
+    g = guess(TOOLS, Task(1, "search", ("Eiffel Tower",)), "question")
+    assert g is not None
+    spec.start(g)
+    while g.key not in shared._flying:  # the speculated call has claimed its key
+        await asyncio.sleep(0)
+    adopter = asyncio.create_task(shared.call(g.key, never))
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(ToolRaised) as raised:
+        await adopter
+    assert isinstance(raised.value.original, SystemExit)
+    await spec.aclose()

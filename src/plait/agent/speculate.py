@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import events as ev
+from ..core.backend import ToolRaised
+from ..core.scheduler import from_signal
 from ..core.shared import SharedCalls, call_key
 from ..core.task import Task
 from ..core.tools import Tool, Tools
@@ -229,10 +231,24 @@ class Speculator:
         flight_key = g.key
 
         async def call() -> Any:
-            if tool.timeout is None:
-                return await self.invoke(tool, g.kwargs)
-            async with asyncio.timeout(tool.timeout):
-                return await self.invoke(tool, g.kwargs)
+            try:
+                if tool.timeout is None:
+                    return await self.invoke(tool, g.kwargs)
+                async with asyncio.timeout(tool.timeout):
+                    return await self.invoke(tool, g.kwargs)
+            except Exception:
+                raise
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # settled, or the run is stopping
+                raise ToolRaised(asyncio.CancelledError()) from None
+            except BaseException as e:
+                if from_signal(e):
+                    raise  # a real Ctrl-C or SIGTERM: the run stops, as it would without us
+                # The tool's SystemExit or the like is its failure, as the scheduler makes it
+                # (a task adopting this call sees it); raised here it would stop the loop.
+                raise ToolRaised(e) from None
 
         try:
             limit = self.limits.get(tool.name)
