@@ -140,3 +140,22 @@ async def test_a_speculated_tool_raising_systemexit_fails_its_call_not_the_proce
         await adopter
     assert isinstance(raised.value.original, SystemExit)
     await spec.aclose()
+
+
+async def test_a_speculated_call_that_failed_before_the_plan_wrote_it_is_wasted_not_used() -> None:
+    """A failure is not kept in the shared calls, so the plan's task calls again: the
+    speculated call was of no use and must be counted wasted."""
+
+    async def invoke(tool: object, kwargs: object) -> object:
+        raise ValueError("no such page")
+
+    spec = Speculator(TOOLS, SharedCalls(), invoke)
+    task = Task(1, "search", ("Eiffel Tower",))
+    g = guess(TOOLS, task, "question")
+    assert g is not None
+    spec.start(g)
+    while spec.in_flight:
+        await asyncio.sleep(0)
+    assert spec.confirm(task) is False
+    await spec.aclose()
+    assert (spec.stats.started, spec.stats.used, spec.stats.wasted) == (1, 0, 1)

@@ -176,6 +176,7 @@ class _Flight:
     ended: float | None = None
     confirmed: bool = False
     settled: bool = False  # counted as used or wasted
+    failed: bool = False  # it raised (a task confirming it later calls again: wasted)
 
 
 Invoke = Callable[[Tool, dict[str, Any]], Awaitable[Any]]
@@ -260,7 +261,11 @@ class Speculator:
                 async with limit:
                     await self.shared.call(flight_key, call)
         except Exception:
-            pass  # a failure is not kept: the plan's own task calls again and sees it
+            # A failure is not kept: a task of the plan that had not adopted the call yet
+            # calls again itself, so the call was of no use to it.
+            flight = self._flights.get(flight_key)
+            if flight is not None:
+                flight.failed = True
         finally:
             flight = self._flights.get(flight_key)
             if flight is not None:
@@ -271,7 +276,7 @@ class Speculator:
         will adopt through the shared calls)."""
         g = guess(self.tools, task, "plan")
         flight = self._flights.get(g.key) if g is not None else None
-        if flight is None or flight.confirmed or flight.settled:
+        if flight is None or flight.confirmed or flight.settled or flight.failed:
             return False
         flight.confirmed = True
         self.stats.used += 1
