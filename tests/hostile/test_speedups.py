@@ -11,6 +11,7 @@ import pytest
 
 import plait
 from plait.agent.parse import parse_plan
+from plait.agent.samples import normalise, vote
 from plait.agent.speculate import Speculator, guess
 from plait.agent.templates import TemplateCache, learn, scope
 from plait.core.backend import ToolRaised
@@ -159,3 +160,43 @@ async def test_a_speculated_call_that_failed_before_the_plan_wrote_it_is_wasted_
     assert spec.confirm(task) is False
     await spec.aclose()
     assert (spec.stats.started, spec.stats.used, spec.stats.wasted) == (1, 0, 1)
+
+
+# -- samples --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("330 metres", "330 feet"),
+        ("5 m", "5 mi"),
+        ("2.5 million", "2.5 billion"),
+        ("237 metres", "23.7 metres"),
+        ("-5", "5"),
+    ],
+)
+def test_answers_with_different_units_or_words_after_a_number_stay_different(
+    a: str, b: str
+) -> None:
+    assert normalise(a) != normalise(b)
+
+
+async def test_two_attempts_in_different_units_do_not_agree() -> None:
+    answers = ["330 metres", "330 feet"]
+
+    async def attempt(i: int) -> str | None:
+        return answers[i]
+
+    result = await vote(attempt, 2, 2)
+    assert result.decided_by != "agreement"
+
+
+async def test_a_lone_number_agrees_with_one_unit_not_with_two_at_once() -> None:
+    answers = ["330 metres", "330", "330 feet", "330 m"]
+
+    async def attempt(i: int) -> str | None:
+        return answers[i]
+
+    result = await vote(attempt, 4, 4)  # no four agree: "330" backs metres or feet, not both
+    assert (result.answer, result.decided_by) == ("330 metres", "majority")
+    assert (await vote(attempt, 2, 2)).decided_by == "agreement"  # "330 metres" and "330"
