@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,11 @@ from plait.core.backend import ToolRaised
 from plait.core.shared import SharedCalls
 from plait.core.task import Task
 from plait.stores.memory import MemoryStore
+
+from .plaitproc import one_line
+from .plaitproc import plait as plait_cli
+
+EXAMPLE_TOOLS = str(Path(__file__).parents[2] / "examples" / "tools.py")
 
 
 @plait.tool(pure=True)
@@ -200,3 +206,17 @@ async def test_a_lone_number_agrees_with_one_unit_not_with_two_at_once() -> None
     result = await vote(attempt, 4, 4)  # no four agree: "330" backs metres or feet, not both
     assert (result.answer, result.decided_by) == ("330 metres", "majority")
     assert (await vote(attempt, 2, 2)).decided_by == "agreement"  # "330 metres" and "330"
+
+
+def test_ten_thousand_samples_is_invalid_input_before_anything_runs(tmp_path) -> None:
+    """Each attempt is a whole run at once: 10,000 of them is no sampling but a flood."""
+    model = tmp_path / "r.json"
+    model.write_text('["Action: Finish(1)"]')
+    code, out, err = plait_cli(
+        "run", "How tall?", "--tools", EXAMPLE_TOOLS, "--model", f"replay:{model}",
+        "--samples", "10000",
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert "--samples" in one_line(err)
+    with pytest.raises(plait.PlaitError, match="samples"):
+        plait.run("How tall?", tools=TOOLS, model=f"replay:{model}", samples=10_000)

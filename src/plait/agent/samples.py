@@ -64,6 +64,7 @@ TACTIC_VARIANTS: tuple[dict[str, Any], ...] = (
     {"examples": 0},
     {"constrain_join": False},
 )
+MAX_SAMPLES = 64  # attempts at once at most: each is a whole run (its model calls, its tasks)
 SAMPLE_TEMPERATURE = 0.7  # attempts after the first, when the run's own is 0
 
 
@@ -181,8 +182,8 @@ async def vote(
     judge: Judge | None = None,
 ) -> Vote:
     """Run `n` attempts at once; stop when `agree` give one answer (see the docstring)."""
-    if n < 1:
-        raise ValueError("samples must be at least 1")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ValueError(f"samples must be between 1 and {MAX_SAMPLES}, not {n}")
     if not 1 <= agree <= n:
         raise ValueError(f"agree must be between 1 and samples ({n}), not {agree}")
     attempts = [Attempt(i) for i in range(n)]
