@@ -220,3 +220,20 @@ def test_ten_thousand_samples_is_invalid_input_before_anything_runs(tmp_path) ->
     assert "--samples" in one_line(err)
     with pytest.raises(plait.PlaitError, match="samples"):
         plait.run("How tall?", tools=TOOLS, model=f"replay:{model}", samples=10_000)
+
+
+async def test_runs_of_one_shape_finishing_at_once_teach_one_template() -> None:
+    """A batch's first runs of a shape all finish unmatched; each teaching its own copy
+    would make a bad shape take twice as many replans per copy to be dropped."""
+    store = MemoryStore()
+    cache = TemplateCache.for_tools(TOOLS, store)
+    learned = await asyncio.gather(
+        *(
+            cache.learn(f"How tall is the Tower Alpha{i}?", plan(f'1. search("Tower Alpha{i}")'))
+            for i in range(5)
+        )
+    )
+    assert sum(t is not None for t in learned) == 1
+    fresh = TemplateCache.for_tools(TOOLS, store)
+    await fresh.load()
+    assert len(fresh.templates) == 1

@@ -571,6 +571,8 @@ class TemplateCache:
         if template is None:
             return None
         async with self._lock():
+            if any(t.fit(question) is not None for t in self.templates):
+                return None  # learned meanwhile by a run of the same shape
             template.number = len(self._templates)
             if self.store is not None:
                 number = await _quietly(
