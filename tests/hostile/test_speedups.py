@@ -237,3 +237,34 @@ async def test_runs_of_one_shape_finishing_at_once_teach_one_template() -> None:
     fresh = TemplateCache.for_tools(TOOLS, store)
     await fresh.load()
     assert len(fresh.templates) == 1
+
+
+UNIT_PLAN = '1. search("Eiffel Tower")\n2. extract_number($1, "metres")'
+UNIT_Q = "How tall is the Eiffel Tower in metres?"
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How tall is the Eiffel Tower in not metres?",
+        "How tall is the Eiffel Tower in metres minus 5?",
+        "How tall is the Eiffel Tower in metres and feet?",
+        "How tall is the Eiffel Tower in metres or feet?",
+        "How tall is the Eiffel Tower in 5 metres?",
+    ],
+)
+def test_a_word_slot_never_takes_words_that_turn_it_around(question: str) -> None:
+    """The plan reads one unit; "metres minus 5" in its place is a question it never
+    answered (extract_number($1, "metres minus 5") would be another question's plan)."""
+    t = learn(UNIT_Q, plan(UNIT_PLAN))
+    assert t is not None
+    assert t.fit("How tall is the Eiffel Tower in feet?") == ["Eiffel Tower", "feet"]
+    assert t.fit(question) is None
+
+
+@pytest.mark.parametrize("number", ["200.0.1", "015", "١٥", "１５", "2,5"])
+def test_a_number_slot_takes_plain_decimals_only(number: str) -> None:
+    t = learn("What is 15 percent of 200?", plan('1. calculate("200 * 15 / 100")'))
+    assert t is not None
+    assert t.fit("What is 15.5 percent of 200?") == ["200", "15.5"]
+    assert t.fit(f"What is {number} percent of 200?") is None

@@ -111,10 +111,51 @@ def kind(words: Sequence[Token]) -> str:
     return TEXT
 
 
+# Words that turn a phrase around: a text slot learned from "metres" must not take "not
+# metres" or "metres minus 5", which the plan it came from would read as metres.
+TURNING = frozenset(
+    (
+        "not",
+        "no",
+        "nor",
+        "never",
+        "none",
+        "without",
+        "except",
+        "excluding",
+        "but",
+        "minus",
+        "plus",
+        "times",
+        "than",
+        "less",
+        "more",
+        "fewer",
+        "least",
+        "most",
+        "before",
+        "after",
+        "and",
+        "or",
+        "vs",
+        "versus",
+    )
+)
+# A number a slot may hold: plain ASCII decimals ("015", "200.0.1", "١٥" are no arithmetic)
+_PLAIN = {
+    NUMBER: re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"),
+    GROUPED: re.compile(r"[1-9][0-9]{0,2}(?:,[0-9]{3})+(?:\.[0-9]+)?"),
+}
+
+
 def holds(slot_kind: str, length: int, words: Sequence[Token]) -> bool:
     """Whether a slot learned as `slot_kind` from `length` tokens may hold `words`."""
     if slot_kind == TEXT:
-        return len(words) <= length + 2 and all(t.text[0].isalnum() for t in words)
+        return len(words) <= length + 2 and all(
+            t.text[0].isalpha() and t.text not in TURNING for t in words
+        )
+    if slot_kind in _PLAIN:
+        return len(words) == 1 and _PLAIN[slot_kind].fullmatch(words[0].text) is not None
     return kind(words) == slot_kind
 
 
