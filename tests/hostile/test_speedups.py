@@ -14,7 +14,7 @@ import plait
 from plait.agent.parse import parse_plan
 from plait.agent.samples import normalise, vote
 from plait.agent.speculate import Speculator, guess
-from plait.agent.templates import TemplateCache, learn, scope
+from plait.agent.templates import Template, TemplateCache, learn, scope
 from plait.core.backend import ToolRaised
 from plait.core.shared import SharedCalls
 from plait.core.task import Task
@@ -268,3 +268,24 @@ def test_a_number_slot_takes_plain_decimals_only(number: str) -> None:
     assert t is not None
     assert t.fit("What is 15.5 percent of 200?") == ["200", "15.5"]
     assert t.fit(f"What is {number} percent of 200?") is None
+
+
+def test_a_stored_shape_of_many_slots_side_by_side_is_not_read() -> None:
+    """Twenty word slots in a row: fitting a question to it backtracks for ever (every run
+    of the tool set would hang in `match`). No learned template has such a shape."""
+    n = 20
+    row = json.dumps(
+        {
+            "v": 1,
+            "shape": [*range(n), "end"],
+            "slots": [["text", 6]] * n,
+            "question": "q",
+            "tasks": [_task([{"$slot": list(range(n))}])],
+        }
+    )
+    assert Template.from_json(row, 0) is None
+    spaced = json.loads(row)
+    spaced["shape"] = [0, "a", 1, "a", 2, "a", 3, "a", 4, "a", 5, "a", 6, "end"]
+    spaced["slots"] = [["text", 1]] * 7
+    spaced["tasks"] = [_task([{"$slot": list(range(7))}])]
+    assert Template.from_json(json.dumps(spaced), 0) is None  # more slots than learned ever

@@ -256,10 +256,15 @@ class Template:
 
 
 def _well_formed(template: Template) -> bool:
-    """Whether a template read from a store is one `learn` could have made: tasks numbered
+    """Whether a template read from a store is one `learn` could have made: a shape it
+    could have learned (at most `MAX_SLOTS` slots, never two side by side), tasks numbered
     upwards, each depending only on earlier ones, no `join`, and every slot used (a plan
     that ignores the question's text would answer every question of the shape alike)."""
-    tasks = template.tasks
+    shape, tasks = template.shape, template.tasks
+    if len(template.slots) > MAX_SLOTS or len(shape) > MAX_QUESTION_TOKENS:
+        return False  # matching such a shape could take forever
+    if any(isinstance(a, int) and isinstance(b, int) for a, b in itertools.pairwise(shape)):
+        return False  # nor are two slots side by side ever learned
     if not tasks or not all(isinstance(t, dict) for t in tasks):
         return False
     ids = [t["id"] for t in tasks]
