@@ -366,8 +366,10 @@ def _unmap(value: dict[str, Any]) -> dict[str, Any]:
 
 def learn(question: str, tasks: Sequence[Task]) -> Template | None:
     """A template of `tasks` (a first plan, as the parser gave it) for `question`, or None
-    when the shape left would be ambiguous (two slots side by side) or match too much
-    (fewer than `MIN_FIXED_WORDS` words of its own).
+    when the shape left would be ambiguous (two slots side by side), match too much
+    (fewer than `MIN_FIXED_WORDS` words of its own), or the plan writes one of the
+    question's numbers more often than the question does (`100 / $2 * 100` for "100
+    divided by ..., in percent": one of them is a constant, and no one can tell which).
 
     A whole argument that is a phrase of the question is a slot, whatever it is; if that
     leaves two slots side by side ("When was the {0} {1}?", from `search("Amber Gate")` and
