@@ -18,7 +18,6 @@ from plait.llm.replay import ReplayLLM
         ("  The Danube. ", "danube"),
         ("2504.0 kilometres", "2504 km"),
         ("1.1607142857", "1.16"),
-        ("330", "330 meters"),
         ("William  Shakespeare", "william shakespeare!"),
         ("50 percent", "50%"),
     ],
@@ -28,7 +27,14 @@ def test_equal_answers_normalise_alike(a: str, b: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("a", "b"), [("330", "331"), ("Danube", "Thames"), ("1.16", "1.17"), ("2 km", "2 km wide")]
+    ("a", "b"),
+    [
+        ("330", "331"),
+        ("Danube", "Thames"),
+        ("1.16", "1.17"),
+        ("2 km", "2 km wide"),
+        ("330", "330 meters"),
+    ],
 )
 def test_different_answers_stay_different(a: str, b: str) -> None:
     assert normalise(a) != normalise(b)

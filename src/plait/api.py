@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from typing import Any
 
 from .agent.loop import Agent, Outcome, RetryPolicy, Tactics, execute_plan, prepare_plan
-from .agent.samples import llm_judge, sampled, variant
+from .agent.samples import MAX_SAMPLES, llm_judge, sampled, variant
 from .agent.speedups import QUESTION, RunSpeedups, open_plan_cache
 from .agent.templates import TemplateCache
 from .core import events as ev
@@ -195,8 +195,8 @@ async def _sampled(
     """`samples=N`: N runs of the question at once, voted by agent/samples.py. Attempt i is
     the run `RUN_ID~i` when a run id is given; the result is the chosen attempt's, and
     `on_event` hears the first attempt's events."""
-    if n < 1:
-        raise PlaitError(f"samples must be at least 1, not {n}")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise PlaitError(f"samples must be between 1 and {MAX_SAMPLES}, not {n}")
     agree = agree if agree is not None else n // 2 + 1
     if not 1 <= agree <= n:
         raise PlaitError(f"agree must be between 1 and samples ({n}), not {agree}")

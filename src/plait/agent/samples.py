@@ -5,7 +5,8 @@ test-time scaling's early stop: `vote` starts N plan-run-join attempts at once a
 their answers as they arrive. Answers are compared as `normalise` writes them (case,
 whitespace, articles, trailing punctuation; numbers without thousands separators and to
 three significant digits unless whole; units by one name: "8,849 metres" and "8849 m" are
-one answer, and a lone number agrees with itself followed by a unit). As soon as `agree`
+one answer; a lone number agrees with itself followed by a unit, but "330 m" and "330 ft"
+differ). As soon as `agree`
 attempts give one answer, the others are cancelled (their model streams closed, their tasks
 cancelled: `vote` returns only once they have stopped) and that answer is returned. With
 no agreement once all have finished, the most frequent answer wins; a tie goes to the
@@ -33,7 +34,7 @@ from ..llm.base import LLM, Request, Scorer
 _NUMBER = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?)(?![\d])")
 _SPACE = re.compile(r"\s+")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+")
-_LONE_NUMBER = re.compile(r"^(-?\d+(?:\.\d+)?)(?: [^\W\d]+| %)?$")
+
 UNITS = {
     "m": ("m", "metre", "metres", "meter", "meters"),
     "km": ("km", "kilometre", "kilometres", "kilometer", "kilometers"),
@@ -45,6 +46,9 @@ UNITS = {
     "years": ("year", "years", "yr", "yrs"),
 }
 _UNIT = {alias: name for name, aliases in UNITS.items() for alias in aliases}
+_WITH_UNIT = re.compile(
+    r"^(-?\d+(?:\.\d+)?) (" + "|".join(map(re.escape, UNITS)) + r")$"
+)  # a number and its unit, normalised: "330 m"
 _UNIT_AFTER_NUMBER = re.compile(
     r"(\d) ?(" + "|".join(sorted(map(re.escape, _UNIT), key=len, reverse=True)) + r")(?![\w])"
 )
@@ -60,6 +64,7 @@ TACTIC_VARIANTS: tuple[dict[str, Any], ...] = (
     {"examples": 0},
     {"constrain_join": False},
 )
+MAX_SAMPLES = 64  # attempts at once at most: each is a whole run (its model calls, its tasks)
 SAMPLE_TEMPERATURE = 0.7  # attempts after the first, when the run's own is 0
 
 
@@ -70,8 +75,31 @@ def normalise(answer: str) -> str:
     text = _ARTICLE.sub("", text)
     text = _NUMBER.sub(lambda m: _number(m.group(1)), text)
     text = _UNIT_AFTER_NUMBER.sub(lambda m: f"{m.group(1)} {_UNIT[m.group(2)]}", text)
-    lone = _LONE_NUMBER.match(text)
-    return lone.group(1) if lone else text
+    return text
+
+
+def _bare(key: str) -> str | None:
+    """The number of a normalised "number unit" answer ("330" of "330 m"), else None."""
+    found = _WITH_UNIT.match(key)
+    return found.group(1) if found else None
+
+
+def _support(counts: Counter[str], key: str) -> int:
+    """How many answers agree with `key`: its own, and a lone number agrees with the same
+    number followed by a unit (with the one unit most given: "330" backs "330 m" or "330
+    ft", never both into one answer)."""
+    bare = _bare(key)
+    if bare is not None:
+        return counts[key] + counts[bare]
+    return counts[key] + max((counts[k] for k in counts if _bare(k) == key), default=0)
+
+
+def _related(counts: Counter[str], key: str) -> list[str]:
+    """`key`, then the answers it agrees with (see `_support`)."""
+    bare = _bare(key)
+    if bare is not None:
+        return [key, bare] if bare in counts else [key]
+    return [key, *(k for k in counts if _bare(k) == key)]
 
 
 def _number(text: str) -> str:
@@ -154,8 +182,8 @@ async def vote(
     judge: Judge | None = None,
 ) -> Vote:
     """Run `n` attempts at once; stop when `agree` give one answer (see the docstring)."""
-    if n < 1:
-        raise ValueError("samples must be at least 1")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ValueError(f"samples must be between 1 and {MAX_SAMPLES}, not {n}")
     if not 1 <= agree <= n:
         raise ValueError(f"agree must be between 1 and samples ({n}), not {agree}")
     attempts = [Attempt(i) for i in range(n)]
@@ -188,8 +216,9 @@ async def vote(
                 attempt.answer, attempt.normalised = answer, normalise(answer)
                 order.append(attempt.index)
                 counts[attempt.normalised] += 1
-                if winner is None and counts[attempt.normalised] >= agree:
-                    winner = attempt.normalised
+                for key in _related(counts, attempt.normalised):
+                    if winner is None and _support(counts, key) >= agree:
+                        winner = key
     finally:
         for task, i in pending.items():
             task.cancel()
@@ -204,8 +233,11 @@ async def vote(
         return Vote(first.answer, by, attempts, first.index)
     if not answered:
         return Vote(None, "none", attempts)
-    top = max(counts.values())
-    tied = [k for k in dict.fromkeys(a.normalised or "" for a in answered) if counts[k] == top]
+    support = {k: _support(counts, k) for k in counts}
+    top = max(support.values())
+    tied = [k for k in dict.fromkeys(a.normalised or "" for a in answered) if support[k] == top]
+    # A lone number tied with its own number-and-unit is that answer, not a tie with it.
+    tied = [k for k in tied if not any(_bare(j) == k for j in tied)]
     decided = "majority" if len(answered) > 1 else "only one"
     choice = tied[0]
     if len(tied) > 1 and judge is not None:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import events as ev
+from ..core.backend import ToolRaised
+from ..core.scheduler import from_signal
 from ..core.shared import SharedCalls, call_key
 from ..core.task import Task
 from ..core.tools import Tool, Tools
@@ -174,6 +176,7 @@ class _Flight:
     ended: float | None = None
     confirmed: bool = False
     settled: bool = False  # counted as used or wasted
+    failed: bool = False  # it raised (a task confirming it later calls again: wasted)
 
 
 Invoke = Callable[[Tool, dict[str, Any]], Awaitable[Any]]
@@ -229,10 +232,24 @@ class Speculator:
         flight_key = g.key
 
         async def call() -> Any:
-            if tool.timeout is None:
-                return await self.invoke(tool, g.kwargs)
-            async with asyncio.timeout(tool.timeout):
-                return await self.invoke(tool, g.kwargs)
+            try:
+                if tool.timeout is None:
+                    return await self.invoke(tool, g.kwargs)
+                async with asyncio.timeout(tool.timeout):
+                    return await self.invoke(tool, g.kwargs)
+            except Exception:
+                raise
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # settled, or the run is stopping
+                raise ToolRaised(asyncio.CancelledError()) from None
+            except BaseException as e:
+                if from_signal(e):
+                    raise  # a real Ctrl-C or SIGTERM: the run stops, as it would without us
+                # The tool's SystemExit or the like is its failure, as the scheduler makes it
+                # (a task adopting this call sees it); raised here it would stop the loop.
+                raise ToolRaised(e) from None
 
         try:
             limit = self.limits.get(tool.name)
@@ -244,7 +261,11 @@ class Speculator:
                 async with limit:
                     await self.shared.call(flight_key, call)
         except Exception:
-            pass  # a failure is not kept: the plan's own task calls again and sees it
+            # A failure is not kept: a task of the plan that had not adopted the call yet
+            # calls again itself, so the call was of no use to it.
+            flight = self._flights.get(flight_key)
+            if flight is not None:
+                flight.failed = True
         finally:
             flight = self._flights.get(flight_key)
             if flight is not None:
@@ -255,7 +276,7 @@ class Speculator:
         will adopt through the shared calls)."""
         g = guess(self.tools, task, "plan")
         flight = self._flights.get(g.key) if g is not None else None
-        if flight is None or flight.confirmed or flight.settled:
+        if flight is None or flight.confirmed or flight.settled or flight.failed:
             return False
         flight.confirmed = True
         self.stats.used += 1

@@ -83,6 +83,7 @@ def tokens(text: str) -> list[Token]:
 # number only a number, and one learned from other words only words, at most two more than
 # it had: so "How tall is the {0}?" never swallows "Golden Gate in feet" as a name.
 NAME, NUMBER, TEXT = "name", "number", "text"
+GROUPED = "grouped"  # a number written with commas ("1,000", "2,5"): holds only such numbers
 CONNECTORS = frozenset(
     ("of", "the", "de", "la", "le", "du", "des", "del", "da", "di", "von", "van", "y", "and")
 ) | frozenset("&'-.,")
@@ -99,7 +100,7 @@ def _capital(t: Token) -> bool:
 def kind(words: Sequence[Token]) -> str:
     """What a phrase of a question is: a number, a name, or other words."""
     if len(words) == 1 and _numeric(words[0]):
-        return NUMBER
+        return GROUPED if "," in words[0].text else NUMBER
     if (
         words
         and _capital(words[0])
@@ -110,10 +111,51 @@ def kind(words: Sequence[Token]) -> str:
     return TEXT
 
 
+# Words that turn a phrase around: a text slot learned from "metres" must not take "not
+# metres" or "metres minus 5", which the plan it came from would read as metres.
+TURNING = frozenset(
+    (
+        "not",
+        "no",
+        "nor",
+        "never",
+        "none",
+        "without",
+        "except",
+        "excluding",
+        "but",
+        "minus",
+        "plus",
+        "times",
+        "than",
+        "less",
+        "more",
+        "fewer",
+        "least",
+        "most",
+        "before",
+        "after",
+        "and",
+        "or",
+        "vs",
+        "versus",
+    )
+)
+# A number a slot may hold: plain ASCII decimals ("015", "200.0.1", "١٥" are no arithmetic)
+_PLAIN = {
+    NUMBER: re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"),
+    GROUPED: re.compile(r"[1-9][0-9]{0,2}(?:,[0-9]{3})+(?:\.[0-9]+)?"),
+}
+
+
 def holds(slot_kind: str, length: int, words: Sequence[Token]) -> bool:
     """Whether a slot learned as `slot_kind` from `length` tokens may hold `words`."""
     if slot_kind == TEXT:
-        return len(words) <= length + 2 and all(t.text[0].isalnum() for t in words)
+        return len(words) <= length + 2 and all(
+            t.text[0].isalpha() and t.text not in TURNING for t in words
+        )
+    if slot_kind in _PLAIN:
+        return len(words) == 1 and _PLAIN[slot_kind].fullmatch(words[0].text) is not None
     return kind(words) == slot_kind
 
 
@@ -173,8 +215,9 @@ class Template:
             numbers = {s for s in shape if isinstance(s, int)}
             if numbers != set(range(len(slots))) or any(isinstance(s, bool) for s in shape):
                 return None  # every slot in the shape, and nothing else
-            return cls(shape, list(data["tasks"]), slots, str(data["question"]), number)
-        except (ValueError, TypeError, KeyError, AttributeError):
+            template = cls(shape, list(data["tasks"]), slots, str(data["question"]), number)
+            return template if _well_formed(template) else None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return None
 
     @property
@@ -210,6 +253,58 @@ class Template:
             kwargs = {k: _fill(v, values) for k, v in _unmap(t["kwargs"]).items()}
             out.append(Task(int(t["id"]), str(t["tool"]), args, kwargs, frozenset(t["deps"])))
         return out
+
+
+def _well_formed(template: Template) -> bool:
+    """Whether a template read from a store is one `learn` could have made: a shape it
+    could have learned (at most `MAX_SLOTS` slots, never two side by side), tasks numbered
+    upwards, each depending only on earlier ones, no `join`, and every slot used (a plan
+    that ignores the question's text would answer every question of the shape alike)."""
+    shape, tasks = template.shape, template.tasks
+    if len(template.slots) > MAX_SLOTS or len(shape) > MAX_QUESTION_TOKENS:
+        return False  # matching such a shape could take forever
+    if any(isinstance(a, int) and isinstance(b, int) for a, b in itertools.pairwise(shape)):
+        return False  # nor are two slots side by side ever learned
+    if not tasks or not all(isinstance(t, dict) for t in tasks):
+        return False
+    ids = [t["id"] for t in tasks]
+    if not all(type(i) is int and i > 0 for i in ids) or ids != sorted(set(ids)):
+        return False
+    for t in tasks:
+        deps = t["deps"]
+        if not isinstance(deps, list) or not all(type(d) is int and d in ids for d in deps):
+            return False
+        if any(d >= t["id"] for d in deps) or not isinstance(t["tool"], str):
+            return False
+        if t["tool"] == "join" or not isinstance(t["args"], list):
+            return False
+        if not isinstance(t["kwargs"], dict) or not isinstance(t["kwargs"].get("$map"), dict):
+            return False
+    used = _slots_used(tasks)
+    return used is not None and used == set(range(len(template.slots)))
+
+
+def _slots_used(value: Any) -> set[int] | None:
+    """The slot numbers an encoded argument (or plan) uses; None if a slot is not a number."""
+    found: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            if "$slot" in v:
+                parts = v["$slot"]
+                if not isinstance(parts, list):
+                    return None
+                for part in parts:
+                    if type(part) is int:
+                        found.add(part)
+                    elif not isinstance(part, str):
+                        return None
+            else:
+                stack.extend(v.values())
+    return found
 
 
 def _fit(
@@ -271,8 +366,10 @@ def _unmap(value: dict[str, Any]) -> dict[str, Any]:
 
 def learn(question: str, tasks: Sequence[Task]) -> Template | None:
     """A template of `tasks` (a first plan, as the parser gave it) for `question`, or None
-    when the shape left would be ambiguous (two slots side by side) or match too much
-    (fewer than `MIN_FIXED_WORDS` words of its own).
+    when the shape left would be ambiguous (two slots side by side), match too much
+    (fewer than `MIN_FIXED_WORDS` words of its own), or the plan writes one of the
+    question's numbers more often than the question does (`100 / $2 * 100` for "100
+    divided by ..., in percent": one of them is a constant, and no one can tell which).
 
     A whole argument that is a phrase of the question is a slot, whatever it is; if that
     leaves two slots side by side ("When was the {0} {1}?", from `search("Amber Gate")` and
@@ -299,8 +396,24 @@ def learn(question: str, tasks: Sequence[Task]) -> Template | None:
         if fixed_words < MIN_FIXED_WORDS or len(phrases) > MAX_SLOTS:
             return None
         slots = [(kind(_occurrence(asked, p)), len(p)) for p in phrases]
+        if any(
+            k in (NUMBER, GROUPED) and _uses(encoded, n) > shape.count(n)
+            for n, (k, _) in enumerate(slots)
+        ):
+            return None  # the plan has a number more often than the question: a constant too
         return Template(shape, encoded, slots, question)
     return None
+
+
+def _uses(value: Any, slot: int) -> int:
+    """How many times an encoded plan (or argument) uses `slot`."""
+    if isinstance(value, list):
+        return sum(_uses(v, slot) for v in value)
+    if isinstance(value, dict):
+        if "$slot" in value:
+            return sum(1 for p in value["$slot"] if p == slot and type(p) is int)
+        return sum(_uses(v, slot) for v in value.values())
+    return 0
 
 
 def _occurrence(asked: list[Token], phrase: tuple[str, ...]) -> list[Token]:
@@ -474,7 +587,9 @@ class TemplateCache:
                 if tools is not None:
                     for t in tasks:
                         tools.prepare(t)
-            except (PlaitError, KeyError, TypeError, ValueError, IndexError):
+                if not _reads_back(tasks, tools):
+                    continue
+            except (PlaitError, KeyError, TypeError, ValueError, IndexError, RecursionError):
                 continue
             return Match(template, values, tasks)
         return None
@@ -504,6 +619,8 @@ class TemplateCache:
         if template is None:
             return None
         async with self._lock():
+            if any(t.fit(question) is not None for t in self.templates):
+                return None  # learned meanwhile by a run of the same shape
             template.number = len(self._templates)
             if self.store is not None:
                 number = await _quietly(
@@ -559,6 +676,23 @@ def _append(store: CallStore, scope: str, template: Template, start: int) -> int
             return n
         n += 1  # another writer took it first
     raise PlaitError(f"plan cache: no free place for a template in {scope}")
+
+
+def _reads_back(tasks: Sequence[Task], tools: Tools | None) -> bool:
+    """Whether the plan text `render` makes of `tasks` parses back to them: the run is given
+    that text, so a plan it would read otherwise (a reference to no task, a value with no
+    literal) is no plan to give it."""
+    from .parse import parse_plan  # the planner's reader, the one the run will use
+
+    try:
+        read = parse_plan(render(tasks), tools=tools)
+    except (PlaitError, ValueError, SyntaxError, RecursionError):
+        return False
+
+    def same(t: Task) -> tuple[Any, ...]:
+        return (t.id, t.tool, t.args, t.kwargs, t.deps)
+
+    return [same(t) for t in read] == [same(t) for t in tasks]
 
 
 def render(tasks: Sequence[Task]) -> str:

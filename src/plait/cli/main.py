@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from .. import api
+from ..agent.samples import MAX_SAMPLES
 from ..core import events as ev
 from ..errors import PlaitError, PlanError
 from ..runs.result import RunResult
@@ -204,7 +205,7 @@ def _speedups(f: Any, samples: bool = False) -> Any:
             "--samples",
             default=1,
             show_default=True,
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=MAX_SAMPLES),
             metavar="N",
             help="Run N attempts at once, sharing pure tool calls, and vote on their answers.",
         )(f)
