@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
 class RayCluster:
     def __init__(self, root: Path, *, head_cpus: int = 2, node_cpus: int = 2) -> None:
         self.root = root
+        # Ray's sockets live under its temp dir and a socket path has at most 107 characters:
+        # a short directory of its own, not one under pytest's ever-longer basetemp.
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
         self.head_cpus = head_cpus
         self.node_cpus = node_cpus
         self.port = free_port()
@@ -129,7 +133,7 @@ class RayCluster:
             f"--num-cpus={self.head_cpus}",
             f"--ray-client-server-port={free_port()}",
             "--include-dashboard=false",
-            f"--temp-dir={self.root / 'tmp'}",
+            f"--temp-dir={self.temp}",
             '--resources={"plait_head": 1}',
         )
         self._wait(1)
@@ -189,3 +193,4 @@ class RayCluster:
             while time.monotonic() < deadline and any(p.poll() is None for p in procs):
                 time.sleep(0.1)
         self.node = self.head = None
+        shutil.rmtree(self.temp, ignore_errors=True)
