@@ -200,3 +200,21 @@ def test_plain_runs_keeps_its_flags(capsys, tmp_path):
     code, out, _ = plait_main(capsys, "runs", "--store", url, "--limit", "2", "--json")
     assert code == 0
     assert len(json.loads(out)) == 2
+
+
+def test_a_wrong_store_url_or_id_creates_no_store(capsys, tmp_path, example_tools):
+    # A typo in --store (or an ID that is not there) must not leave an empty store behind,
+    # which a later `plait runs` would then read as "no runs" instead of the real store.
+    for argv in (
+        ["runs", "rm", "nope"],
+        ["resume", "nope", "--tools", example_tools],
+    ):
+        url = f"sqlite:///{tmp_path / 'typo' / 'runs.db'}"
+        code, out, err = plait_main(capsys, *argv, "--store", url)
+        assert (code, out) == (2, "")
+        assert "no run nope" in assert_one_line(err)
+        assert not (tmp_path / "typo").exists(), argv
+    url = f"sqlite:///{tmp_path / 'typo' / 'runs.db'}"
+    code, _, err = plait_main(capsys, "runs", "prune", "--older-than", "1d", "--store", url)
+    assert code == 0 and "deleted 0 runs" in assert_one_line(err)
+    assert not (tmp_path / "typo").exists()

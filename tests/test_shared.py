@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from decimal import Decimal
 
 import pytest
 
@@ -27,6 +28,23 @@ def test_call_key_is_canonical():
         "search", {"q": ("a", {"a": 2, "b": 1})}
     )
     assert call_key("search", {"q": object()}) is None  # no JSON form: never merged
+
+
+def test_call_key_never_merges_values_of_different_types_with_one_json_form():
+    # pydantic writes b"abc" and "abc" alike, {1: x} and {"1": x} alike, Decimal("1.5")
+    # and "1.5" alike: a pure tool given one must never be answered with the other's result.
+    pairs = [
+        (b"abc", "abc"),
+        ({1: "x"}, {"1": "x"}),
+        (Decimal("1.5"), "1.5"),
+        ([b"a"], ["a"]),
+        ({"k": b"v"}, {"k": "v"}),
+    ]
+    for a, b in pairs:
+        assert call_key("f", {"q": a}) != call_key("f", {"q": b}), (a, b)
+        assert call_key("f", {"q": a}) is None or call_key("f", {"q": b}) is None, (a, b)
+    assert call_key("f", {"q": True}) != call_key("f", {"q": 1})
+    assert call_key("f", {"q": 1}) != call_key("f", {"q": 1.0})
 
 
 async def test_equal_pure_calls_run_once_and_impure_ones_every_time():

@@ -1143,3 +1143,50 @@ def test_a_postgres_password_never_shows_in_any_form(postgres_url):
         with pytest.raises(StoreError) as failed:
             open_store(url)
         assert SECRET not in str(failed.value)
+
+
+def test_a_sqlite_store_written_by_a_newer_plait_is_refused_not_misread(tmp_path):
+    # A newer plait's schema may store what this one cannot read: opening it for writing
+    # (migrating "up to" an older version) or reading it must fail with one clear line.
+    from plait.stores import sqlite as sqlite_store
+
+    path = tmp_path / "runs.db"
+    url = f"sqlite:///{path}"
+    run_id = new_id()
+    s = open_store(url)
+    s.create(info(run_id))
+    s.close()
+    newer = len(sqlite_store.MIGRATIONS) + 1
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {newer}")
+    db.close()
+    for readonly in (False, True):
+        with pytest.raises(StoreError) as raised:
+            open_store(url, readonly=readonly).get(run_id)
+        assert "newer plait" in str(raised.value) and f"version {newer}" in str(raised.value)
+        assert "\n" not in str(raised.value)
+    db = sqlite3.connect(path)
+    try:  # nothing was written: the file is as the newer plait left it
+        assert db.execute("PRAGMA user_version").fetchone()[0] == newer
+        assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_store_written_by_a_newer_plait_is_refused(postgres_url):
+    import psycopg
+
+    from plait.stores import postgres as pg_store
+
+    name = f"plait_new_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    open_store(url).close()
+    newer = len(pg_store.MIGRATIONS) + 1
+    with psycopg.connect(url) as db:
+        db.execute("INSERT INTO plait_schema VALUES (%s)", (newer,))
+    with pytest.raises(StoreError) as raised:
+        open_store(url)
+    assert "newer plait" in str(raised.value) and "\n" not in str(raised.value)

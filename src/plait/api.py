@@ -313,6 +313,8 @@ async def aresume(
     """Finish a run recorded in `store`: tasks it recorded finished are not run again, and
     replies it recorded are not asked for again. A run that already finished is returned
     as recorded. Raises RunNotFound, or RunHeld while another process is running it."""
+    if isinstance(store, str):  # looked in first, so a wrong URL or ID creates no store
+        await asyncio.to_thread(_find_run, store, run_id)
     opened = await asyncio.to_thread(open_store, store) if isinstance(store, str) else store
     try:
         info = await asyncio.to_thread(opened.get, run_id)
@@ -347,6 +349,16 @@ async def aresume(
     finally:
         if isinstance(store, str):
             await asyncio.to_thread(opened.close)
+
+
+def _find_run(url: str, run_id: str) -> None:
+    """RunNotFound unless store `url` holds run `run_id` (read-only: creates nothing)."""
+    probe = open_store(url, readonly=True)
+    try:
+        if probe.get(run_id) is None:
+            raise RunNotFound(f"no run {run_id} in {probe.url}")
+    finally:
+        probe.close()
 
 
 def _resumed_body(

@@ -476,7 +476,7 @@ def runs_rm_cmd(ctx: click.Context, run_ids: tuple[str, ...], store_url: str | N
     unless every ID can go."""
     from .report import remove_runs
 
-    remove_runs(open_store(_runs_store(ctx, store_url)), list(run_ids))
+    remove_runs(_runs_store(ctx, store_url), list(run_ids))
     return EXIT_OK
 
 
@@ -497,7 +497,7 @@ def runs_prune_cmd(ctx: click.Context, age: float, dry_run: bool, store_url: str
     """Delete the runs not updated for AGE (a run being run now stays), and their logs."""
     from .report import prune_runs
 
-    prune_runs(open_store(_runs_store(ctx, store_url)), time.time() - age, dry_run)
+    prune_runs(_runs_store(ctx, store_url), time.time() - age, dry_run)
     return EXIT_OK
 
 

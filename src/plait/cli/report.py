@@ -19,7 +19,7 @@ from ..core import events as ev
 from ..errors import PlaitError
 from ..runs.runlog import replay_events, stored_result
 from ..runs.trace import TraceRecorder
-from ..stores import RunInfo, Store
+from ..stores import RunInfo, Store, open_store
 from .terminal import terminal_text
 
 
@@ -120,8 +120,10 @@ def _replies(events: Any) -> list[tuple[str, int, str, str | None]]:
     return out
 
 
-def remove_runs(store: Store, run_ids: list[str]) -> None:
-    """Delete these runs, all or none: a missing or held one is an error and nothing goes."""
+def remove_runs(url: str, run_ids: list[str]) -> None:
+    """Delete these runs, all or none: a missing or held one is an error and nothing goes.
+    Looked for read-only first, so a wrong URL or ID creates no store."""
+    store = open_store(url, readonly=True)
     try:
         infos = {i: store.get(i) for i in run_ids}
         missing = [i for i, info in infos.items() if info is None]
@@ -131,6 +133,10 @@ def remove_runs(store: Store, run_ids: list[str]) -> None:
         if held:
             who = ", ".join(f"{i.id} (held by {i.holder})" for i in held)
             raise PlaitError(f"run {who} is being run now; nothing deleted")
+    finally:
+        store.close()
+    store = open_store(url)
+    try:
         gone = store.delete(run_ids)
     finally:
         store.close()
@@ -139,13 +145,21 @@ def remove_runs(store: Store, run_ids: list[str]) -> None:
     _say(f"plait runs rm: deleted {len(gone)} run{'s' * (len(gone) != 1)}", err=True)
 
 
-def prune_runs(store: Store, before: float, dry_run: bool) -> None:
-    """Delete every run last updated before `before` (unix time) that nobody is running."""
+def prune_runs(url: str, before: float, dry_run: bool) -> None:
+    """Delete every run last updated before `before` (unix time) that nobody is running.
+    Looked for read-only first: with none to delete, nothing is opened for writing."""
+    store = open_store(url, readonly=True)
     try:
-        old = [i for i in store.runs(ALL) if i.updated < before and not i.held]
-        gone = [i.id for i in old] if dry_run else store.delete([i.id for i in old])
+        old = [i.id for i in store.runs(ALL) if i.updated < before and not i.held]
     finally:
         store.close()
+    gone = old
+    if old and not dry_run:
+        store = open_store(url)
+        try:
+            gone = store.delete(old)
+        finally:
+            store.close()
     for run_id in gone:
         _say(run_id)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before))

@@ -23,19 +23,23 @@ def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
 
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
     """The tool's name and arguments as canonical JSON (so `f(q="x")` and `f("x")` are one
-    call), or None when the arguments have no JSON form (never merged)."""
+    call; a tuple is its list), or None, never merged, unless every value is of JSON's own
+    types: pydantic would write `b"abc"` as `"abc"`, `{1: x}` as `{"1": x}`."""
     try:
-        return tool + ":" + to_json(_sorted(arguments)).decode()
+        return tool + ":" + to_json(_canonical(arguments)).decode()
     except Exception:
         return None
 
 
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value, key=str)}
-    if isinstance(value, (list, tuple)):
-        return [_sorted(v) for v in value]
-    return value
+def _canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind in (list, tuple):
+        return [_canonical(v) for v in value]
+    if kind is dict and all(type(k) is str for k in value):
+        return {k: _canonical(value[k]) for k in sorted(value)}
+    if kind in (str, int, float, bool, type(None)):
+        return value
+    raise TypeError(f"{kind.__name__} has no one JSON form")
 
 
 class CallCache(Protocol):

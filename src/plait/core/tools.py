@@ -12,7 +12,7 @@ import copy
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin, overload
+from typing import Annotated, Any, TypedDict, Union, Unpack, get_args, get_origin, overload
 
 import pydantic
 
@@ -22,8 +22,21 @@ from .task import Task, mentions_reference
 __all__ = ["Tool", "Tools", "tool"]
 
 
-OPTIONS: tuple[str, ...] = ("name", "description", "max_concurrency", "timeout", "retries")
-OPTIONS += ("retry_backoff", "pure", "resources", "stateful")  # Tool's keywords = attributes
+class Options(TypedDict, total=False):
+    """A tool's keywords, each also its attribute (unset: the default after it)."""
+
+    name: str | None  # the function's name
+    description: str | None  # the docstring's first paragraph
+    max_concurrency: int | None  # calls at once; None: no limit
+    timeout: float | None  # seconds a call may take; None: no limit
+    retries: int  # 0
+    retry_backoff: float  # 0.1 s, doubled each retry
+    pure: bool  # False
+    resources: Mapping[str, Any] | None  # {}
+    stateful: bool  # False
+
+
+OPTIONS = tuple(Options.__annotations__)
 
 
 class Tool:
@@ -33,38 +46,33 @@ class Tool:
         self,
         fn: Callable[..., Any],
         *,
-        name: str | None = None,
-        description: str | None = None,
-        max_concurrency: int | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.1,
-        pure: bool = False,
-        resources: Mapping[str, Any] | None = None,
-        stateful: bool = False,
         _signature: inspect.Signature | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ToolError(f"tool {fn.__name__}: max_concurrency must be at least 1")
-        if retries < 0:
-            raise ToolError(f"tool {fn.__name__}: retries must not be negative")
+        if unknown := set(options) - set(OPTIONS):
+            raise TypeError(f"Tool() got an unexpected keyword argument {min(unknown)!r}")
         self.fn = fn
-        self.name = name or fn.__name__
-        self.description = description or inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.retries = retries
-        self.retry_backoff = retry_backoff
+        self.name = options.get("name") or fn.__name__
+        doc = inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]
+        self.description = options.get("description") or doc
+        self.max_concurrency = options.get("max_concurrency")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ToolError(f"tool {fn.__name__}: max_concurrency must be at least 1")
+        self.timeout = options.get("timeout")
+        self.retries = options.get("retries", 0)
+        if self.retries < 0:
+            raise ToolError(f"tool {fn.__name__}: retries must not be negative")
+        self.retry_backoff = options.get("retry_backoff", 0.1)
         # Pure: the result depends on the arguments only and calling has no effect, so equal
         # calls may share one execution (see shared.py).
-        self.pure = pure
+        self.pure = options.get("pure", False)
         # What one call needs where it runs (`num_cpus`, `num_gpus`, `memory` in bytes, or a
         # custom resource by name, also as `custom={...}`): the ray backend asks the
         # cluster for it; the local backend has nothing to ask.
-        self.resources = _check_resources(fn.__name__, resources or {})
+        self.resources = _check_resources(fn.__name__, options.get("resources") or {})
         # Stateful: the tool keeps something between calls in its process (a loaded model,
         # a connection), so the ray backend runs it on one long-lived actor, not in tasks.
-        self.stateful = stateful
+        self.stateful = options.get("stateful", False)
         self.is_async = inspect.iscoroutinefunction(fn)
         try:  # string annotations (`from __future__ import annotations`) name types in fn's module
             self._signature = _signature or inspect.signature(fn, eval_str=True)
@@ -299,18 +307,7 @@ def _first_error(e: pydantic.ValidationError) -> str:
 @overload
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
-def tool(
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    max_concurrency: int | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    retry_backoff: float = 0.1,
-    pure: bool = False,
-    resources: Mapping[str, Any] | None = None,
-    stateful: bool = False,
-) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(**options: Unpack[Options]) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Make a function a tool: `@tool` or `@tool(max_concurrency=4, timeout=10, retries=2)`.
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import StoreError, redact_url, scrub
-from .sql import Dialect, SQLStore, statements
+from .sql import Dialect, SQLStore, check_version, statements
 
 try:
     import psycopg
@@ -82,7 +82,7 @@ class PostgresStore(SQLStore):
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             self._db.execute("CREATE TABLE IF NOT EXISTS plait_schema (version INTEGER NOT NULL)")
             row = self._db.execute("SELECT max(version) FROM plait_schema").fetchone()
-            version = (row[0] if row else None) or 0
+            version = check_version(self.url, (row[0] if row else None) or 0)
             for i, step in enumerate(MIGRATIONS[version:], version + 1):
                 for statement in statements(step):
                     self._db.execute(statement)  # type: ignore[arg-type]

@@ -102,6 +102,17 @@ def _render(d: Dialect, text: str, n: int) -> str:
     ).replace("?", d.mark)
 
 
+def check_version(url: str, version: int) -> int:
+    """`version`, the store's schema version, unless a newer plait wrote the store: then
+    StoreError (its tables may mean what this plait cannot read; writing could corrupt them)."""
+    if version > len(SCHEMA):
+        raise StoreError(
+            f"{url}: written by a newer plait (schema version {version}; this plait knows "
+            f"up to {len(SCHEMA)}): upgrade plait to open it"
+        )
+    return version
+
+
 def statements(step: str) -> list[str]:
     """A schema step's statements, one by one (sqlite3 runs one statement a call)."""
     return [s for s in step.split(";") if s.strip()]

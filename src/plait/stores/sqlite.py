@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .base import StoreError
-from .sql import Dialect, SQLStore, statements
+from .sql import Dialect, SQLStore, check_version, statements
 
 DIALECT = Dialect(mark="?", log_options=" WITHOUT ROWID")
 MIGRATIONS: list[str] = DIALECT.migrations()  # applied once each, counted in user_version
@@ -79,7 +79,11 @@ class SQLiteStore(SQLStore):
                 raise
             # A WAL reader must make the -shm file; where it cannot, read the file as it is.
             db = self._connect(f"{target}?immutable=1")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            version = check_version(self.url, db.execute("PRAGMA user_version").fetchone()[0])
+        except StoreError:
+            db.close()
+            raise
         if version == 0:  # an empty file, never set up: no runs
             db.close()
             return None
@@ -139,7 +143,7 @@ class SQLiteStore(SQLStore):
 
     def _migrate(self) -> None:
         with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            version = check_version(self.url, db.execute("PRAGMA user_version").fetchone()[0])
             for i, step in enumerate(MIGRATIONS[version:], version + 1):
                 for statement in statements(step):
                     db.execute(statement)
