@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 from servesupport import PLAIT, TOOLS, WAIT, Server, events, key, open_gate, ran, wait_for
 
+from plait.serve.app import Lockout
+
 PLAN = "1. add(1, 2)\n2. add($1, 10)\n"
 GATED = '1. gate("g")\n2. echo($1)\n'
 
@@ -266,3 +268,33 @@ def test_a_client_cannot_name_a_model_that_reads_a_file_on_the_server(server: Se
             _one_line_error(refused, 400, "not allowed from a client", spec)
             assert "Expecting value" not in refused.text and "not found" not in refused.text
         assert c.get("/v1/runs").json() == []  # nothing was started
+
+
+def test_guessing_the_token_is_held_back_and_a_browser_without_one_is_not(
+    store_url: str, serve_env: dict
+) -> None:
+    # Ten wrong tokens (by header, by cookie, by the login form) in a minute, and the client
+    # is answered 429 with Retry-After, the right token too; asking with no token (a page
+    # reload) never counts; /healthz is never held back.
+    token = "the-right-token"
+    server = Server(store_url, serve_env, "--token", token).start()
+    try:
+        with server.client() as c:
+            for _ in range(5):
+                assert c.get("/").status_code == 401  # no credential: the login page
+            for i in range(Lockout.ATTEMPTS):
+                if i % 3 == 0:
+                    wrong = c.get("/v1/runs", headers={"Authorization": f"Bearer guess{i}"})
+                elif i % 3 == 1:
+                    wrong = c.post("/login", data={"token": f"guess{i}"})
+                else:
+                    wrong = c.get("/v1/runs", headers={"Cookie": f"plait_token=guess{i}"})
+                assert wrong.status_code == 401, i
+            held = c.get("/v1/runs", headers={"Authorization": f"Bearer {token}"})
+            assert held.status_code == 429 and int(held.headers["Retry-After"]) >= 1
+            assert "too many wrong tokens" in held.json()["error"]
+            assert c.post("/login", data={"token": token}).status_code == 429
+            assert c.get("/healthz").status_code == 200
+    finally:
+        server.kill()
+    assert token not in "".join(server.stderr)

@@ -13,6 +13,7 @@ import pytest
 import plait
 from plait import events as ev
 from plait.serve import loopback
+from plait.serve.app import Lockout
 from plait.serve.metrics import Metrics
 from plait.serve.runs import END, RunManager, event_name, key_text, parse_key
 
@@ -187,4 +188,53 @@ async def test_a_run_that_is_finishing_takes_no_edit_and_no_cancel(tmp_path: Pat
         assert [(t["id"], t["status"]) for t in run["tasks"]] == [(1, "done")]
     finally:
         held.release.set()
+        store.close()
+
+
+def test_a_lockout_refuses_a_client_after_too_many_wrong_tokens_until_the_window_passes() -> None:
+    now = [1000.0]
+    lockout = Lockout(clock=lambda: now[0])
+    for _ in range(Lockout.ATTEMPTS - 1):
+        lockout.failed("10.0.0.1")
+        now[0] += 1
+    assert lockout.refusal("10.0.0.1") is None  # one guess short of the limit
+    lockout.failed("10.0.0.1")
+    refused = lockout.refusal("10.0.0.1")
+    assert refused is not None and refused.status_code == 429
+    # The oldest failure (at 1000) leaves the window at 1000 + WINDOW: 51 s from now (1009).
+    assert refused.headers["Retry-After"] == str(round(1000 + Lockout.WINDOW - now[0]))
+    assert lockout.refusal("10.0.0.2") is None  # another client is not held back
+    now[0] = 1000 + Lockout.WINDOW  # the oldest failure has left the window
+    assert lockout.refusal("10.0.0.1") is None
+    lockout.failed("10.0.0.1")
+    assert lockout.refusal("10.0.0.1") is not None  # back at the limit at once
+
+
+def test_a_lockout_remembers_a_bounded_number_of_clients(monkeypatch) -> None:
+    monkeypatch.setattr(Lockout, "CLIENTS", 3)
+    lockout = Lockout(clock=lambda: 0.0)
+    for client in ["a", "b", "c", "d"]:
+        for _ in range(Lockout.ATTEMPTS):
+            lockout.failed(client)
+    assert lockout.refusal("a") is None  # forgotten: the least recent of four
+    assert all(lockout.refusal(c) is not None for c in "bcd")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_page_cookie_is_secure_when_the_page_came_over_https(tmp_path: Path, scheme) -> None:
+    from starlette.testclient import TestClient
+
+    from plait.serve.app import build_app
+
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        manager = RunManager(store, plait.Tools([]), "local", Metrics())
+        app = build_app(manager, "tok", resume_on_start=False)
+        with TestClient(app, base_url=f"{scheme}://127.0.0.1") as client:
+            login = client.post("/login", data={"token": "tok"}, follow_redirects=False)
+        assert login.status_code == 303
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert ("secure" in cookie.split("; ")) == (scheme == "https")
+    finally:
         store.close()

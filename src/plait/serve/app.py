@@ -14,8 +14,10 @@ Routes (JSON everywhere; an error is `{"error": "one line"}` with its status cod
     GET    /                               the live page (static files under static/)
 
 Auth: with a token, every route but /healthz needs `Authorization: Bearer TOKEN` or the
-page's cookie (set by its login form: a digest of the token, never the token itself),
-compared in constant time; the token is never logged or echoed.
+page's cookie (set by its login form: a digest of the token, never the token itself;
+`Secure` when the page came over HTTPS), compared in constant time; the token is never
+logged or echoed. A client that gave a wrong token `Lockout.ATTEMPTS` times within
+`Lockout.WINDOW` seconds is answered 429 (with Retry-After) until the oldest leaves it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qs
@@ -97,14 +101,68 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status)
 
 
+class Lockout:
+    """Wrong tokens by client address: after `ATTEMPTS` within `WINDOW` seconds, a client
+    waits until the oldest of them leaves the window, so guessing the token online runs
+    at `ATTEMPTS` a `WINDOW` at most. While it waits, every credential it gives is refused
+    unread, the right one too (else the refusals would tell a guess apart). Behind a proxy
+    the address is the proxy's unless uvicorn is told to trust its forwarding headers."""
+
+    ATTEMPTS = 10
+    WINDOW = 60.0
+    CLIENTS = 10_000  # addresses remembered at most, the least recent forgotten first
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failed: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def wait(self, client: str) -> float:
+        """Seconds `client` must still wait before its credentials are read (0: none)."""
+        failed = self._failed.get(client)
+        if failed is None:
+            return 0.0
+        while failed and failed[0] <= self.clock() - self.WINDOW:
+            failed.popleft()
+        if len(failed) < self.ATTEMPTS:
+            return 0.0
+        return failed[0] + self.WINDOW - self.clock()
+
+    def failed(self, client: str) -> None:
+        """`client` gave a wrong token."""
+        self._failed.setdefault(client, deque(maxlen=self.ATTEMPTS)).append(self.clock())
+        self._failed.move_to_end(client)
+        while len(self._failed) > self.CLIENTS:
+            self._failed.popitem(last=False)
+
+    def refusal(self, client: str) -> Response | None:
+        """The 429 for `client` while it must wait, else None."""
+        wait = self.wait(client)
+        if wait <= 0:
+            return None
+        response = _error(429, f"too many wrong tokens: try again in {wait:.0f} s")
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
 class TokenAuth:
     """Pure ASGI middleware: the bearer token (or the page's cookie) on every route but
     /healthz and the login form. Streams pass through untouched."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, lockout: Lockout | None = None) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.cookie = cookie_value(token).encode() if token else None
+        self.lockout = lockout or Lockout()
+
+    def offered(self, scope: Scope) -> bool:
+        """Whether the request carries a credential at all (a bearer header or the cookie)."""
+        request = Request(scope)
+        return "authorization" in request.headers or COOKIE in request.cookies
 
     def allowed(self, scope: Scope) -> bool:
         if self.token is None:
@@ -129,9 +187,15 @@ class TokenAuth:
         if scope["path"] == "/login":
             await self.app(scope, receive, send)
             return
+        client, offered = _client(scope), self.token is not None and self.offered(scope)
+        if offered and (waiting := self.lockout.refusal(client)) is not None:
+            await waiting(scope, receive, send)
+            return
         if self.allowed(scope):
             await self.app(scope, receive, send)
             return
+        if offered:
+            self.lockout.failed(client)
         response: Response
         if scope["path"] == "/" and scope["method"] == "GET":
             response = HTMLResponse(_login_page(), status_code=401)
@@ -221,6 +285,7 @@ def _shown(text: str, most: int = 80) -> str:
 
 def build_app(manager: RunManager, token: str | None, resume_on_start: bool = True) -> ASGIApp:
     """The ASGI app: routes over `manager`, behind the token check when there is one."""
+    lockout = Lockout()  # one for the login form and the token check: guesses add up
     metrics = manager.metrics
     tools = manager.tools
 
@@ -399,12 +464,26 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
     async def login(request: Request) -> Response:
         if token is None:
             return RedirectResponse("/", status_code=303)
+        client = _client(request.scope)
+        refused = lockout.refusal(client)
+        if refused is not None:
+            return refused
         form = parse_qs((await _body(request)).decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
         if not hmac.compare_digest(given.encode(), token.encode()):
+            lockout.failed(client)
             return HTMLResponse(_login_page(wrong=True), status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict", path="/")
+        response.set_cookie(
+            COOKIE,
+            cookie_value(token),
+            httponly=True,
+            samesite="strict",
+            path="/",
+            # Behind a TLS proxy uvicorn takes its X-Forwarded-Proto (from the addresses
+            # in $FORWARDED_ALLOW_IPS, 127.0.0.1 by default): the scheme is then https.
+            secure=request.url.scheme == "https",
+        )
         return response
 
     def guarded(handler: Any) -> Any:
@@ -460,7 +539,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found, Exception: internal},
     )
-    return TokenAuth(app, token)
+    return TokenAuth(app, token, lockout)
 
 
 async def _frames(manager: RunManager, run_id: str, after: tuple[int, int]) -> AsyncIterator[str]:
