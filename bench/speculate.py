@@ -57,7 +57,10 @@ def draft(steps: list[tuple[str, str, str]], wrong: bool) -> str:
 
 
 async def once(question: str, plan: str, joiner: str, draft_text: str | None) -> dict[str, Any]:
-    llm = ReplayLLM([plan, joiner], ttft=lc.TTFT, tps=lc.TPS)
+    # Keyed by prompt, not by call order: a speculative join (wasted or not) is a call too.
+    # The joiner's key is longer than the planner's and found in every join prompt.
+    replies = {f"Question: {question}": [plan], f"Now decide, for the question: {question}": [joiner] * 2}
+    llm = ReplayLLM(replies, ttft=lc.TTFT, tps=lc.TPS)
     extra: dict[str, Any] = {}
     if draft_text is not None:
         extra["draft_model"] = ReplayLLM([draft_text], ttft=DRAFT_TTFT, tps=DRAFT_TPS)

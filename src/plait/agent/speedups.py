@@ -30,6 +30,7 @@ from ..core.scheduler import Scheduler
 from ..core.task import Task
 from ..core.tools import Tools
 from ..llm.base import LLM, Request
+from .loop import Agent
 from .prompts import planner_messages, select_examples
 from .speculate import Speculator, draft_guesses, from_question
 from .templates import CallStore, Match, TemplateCache, render, scope
@@ -89,8 +90,10 @@ class RunSpeedups:
         self.cache.hit(self.match)
         return render(self.match.tasks)
 
-    def start(self, scheduler: Scheduler) -> None:
-        """Begin speculating (inside the run, before the planner is asked)."""
+    def start(self, scheduler: Scheduler, agent: Agent | None = None) -> None:
+        """Begin speculating (inside the run, before the planner is asked); with a draft
+        model and the run's `agent`, a whole draft plan whose speculated results are all in
+        starts the agent's speculative join (`Agent.join_early`)."""
         if self.draft is None or self.match is not None:
             return
         spec = Speculator(
@@ -107,8 +110,14 @@ class RunSpeedups:
             if shots:
                 shots = select_examples(shots, self.question, 2)
             request = Request(planner_messages(self.question, self.tools, examples=shots), STOP)
+            on_plan = None
+            if agent is not None:
+                on_plan = spec.start_plan
+                joins = spec.stats.joins
+                spec.on_whole = lambda tasks, results: agent.join_early(tasks, results, joins)
             self._draft_task = asyncio.create_task(
-                draft_guesses(self.draft, request, self.tools, spec.start), name="plait-draft"
+                draft_guesses(self.draft, request, self.tools, spec.start, on_plan),
+                name="plait-draft",
             )
 
     def watch(self, event: ev.Event) -> None:
@@ -147,9 +156,11 @@ class RunSpeedups:
     def savings(self) -> dict[str, Any]:
         """The run's `savings` in its --json object."""
         spec = self.speculator.stats.to_dict() if self.speculator is not None else None
+        joins = self.speculator.stats.joins.to_dict() if self.speculator is not None else None
         return {
             "planner_calls_skipped": 1 if self.match is not None else 0,
             "speculated_calls": spec,
+            "speculated_joins": joins,
         }
 
     def plan_cache(self) -> dict[str, Any] | None:
