@@ -53,6 +53,7 @@ from .prompts import (
     observations,
     parse_decision,
     planner_messages,
+    render_call,
     replan_turn,
     select_examples,
 )
@@ -170,6 +171,7 @@ class Agent:
         self._choosing = False  # this run's plans are chosen among candidates
         self._round = 0  # 0: the first plan
         self._joining = False  # the current round's join has begun
+        self._planned = False  # the current round's plan is complete
         # The joiner's own view of the conversation while its join is short: its prompt,
         # then what the conversation gained from the index on (the reply, any ask-again).
         self._view: tuple[list[dict[str, str]], int] | None = None
@@ -186,12 +188,15 @@ class Agent:
         reason: str | None = None
         error = "no answer"
         for round_ in range(self.max_replans + 1):
-            self._round, self._joining = round_, False
+            self._round, self._joining, self._planned = round_, False, False
             if round_:
                 await self._discard_early()
                 self.emit(ev.Replanning(self.clock(), round_, reason or ""))
             try:
                 invalid = await self._plan(question, reason)
+                self._planned = True
+                if self._early is not None and self._early.calls != self._plan_calls():
+                    await self._discard_early()  # another plan: no need to wait for its tasks
                 await self.scheduler.wait()
                 decision = None if invalid is not None else await self._decide(question)
             except LLMError as e:
@@ -383,9 +388,18 @@ class Agent:
             return
         tools = self.scheduler.tools
         rows = [(canonical(t, tools), DONE, results[t.id], None) for t in tasks]
+        calls = [render_call(t) for t, *_ in rows]
+        if self._planned and calls != self._plan_calls():
+            return  # the real plan is complete, and it is another
         request = self._join_request(joiner_messages(self._question, rows), session=None)
         texts = {t.id: result_text(results[t.id]) for t in tasks}
-        self._early = SpeculativeJoin(self.llm, request, texts, stats)
+        self._early = SpeculativeJoin(self.llm, request, calls, texts, stats)
+
+    def _plan_calls(self) -> list[str]:
+        """The run's tasks so far as canonical calls, in order."""
+        tools = self.scheduler.tools
+        nodes = sorted(self.scheduler.graph.nodes.values(), key=lambda n: n.task.id)
+        return [render_call(canonical(n.task, tools)) for n in nodes]
 
     def _adoptable(self, early: SpeculativeJoin, short: list[dict[str, str]]) -> bool:
         """Whether the speculative join joined this very plan: the same prompt (tasks and

@@ -491,12 +491,14 @@ class SpeculativeJoin:
         self,
         llm: LLM,
         request: Request,
+        calls: list[str],
         results: dict[int, str],
         stats: JoinStats,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.llm = llm
         self.request = request
+        self.calls = calls  # the plan it joins, as canonical calls
         self.results = results  # each task's result as text: what the join was given
         self.stats = stats
         self.clock = clock
