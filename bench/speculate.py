@@ -61,7 +61,10 @@ async def once(
 ) -> dict[str, Any]:
     # Keyed by prompt, not by call order: a speculative join (wasted or not) is a call too.
     # The joiner's key is longer than the planner's and found in every join prompt.
-    replies = {f"Question: {question}": [plan], f"Now decide, for the question: {question}": [joiner] * 2}
+    replies = {
+        f"Question: {question}": [plan],
+        f"Now decide, for the question: {question}": [joiner] * 2,
+    }
     llm = ReplayLLM(replies, ttft=lc.TTFT, tps=lc.TPS)
     extra: dict[str, Any] = {}
     if draft_text is not None:

@@ -153,7 +153,8 @@ async def test_an_impure_task_in_the_draft_means_no_speculative_join() -> None:
 @pytest.mark.parametrize(
     "draft",
     [
-        '1. search("Eiffel Tower")\n2. search("Statue of Liberty")\n3. compare($1, $2)\n',  # no join
+        # no join() at the end
+        '1. search("Eiffel Tower")\n2. search("Statue of Liberty")\n3. compare($1, $2)\n',
         '1. search("broken")\n2. compare($1, $1)\n3. join()\n',  # a speculated call fails
         '1. search("Eiffel Tower")\n2. compare($1, $3)\n3. join()\n',  # a reference ahead
         "".join(f'{i}. search("q{i}")\n' for i in range(1, 11)) + "11. join()\n",  # too many

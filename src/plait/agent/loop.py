@@ -420,9 +420,7 @@ class Agent:
         if early is not None:
             await early.discard()
 
-    def _join_request(
-        self, messages: list[dict[str, str]], session: str | None
-    ) -> Request:
+    def _join_request(self, messages: list[dict[str, str]], session: str | None) -> Request:
         schema = None
         if self._scorer() is None and self.tactics.constrain_join and self.llm.supports_json_schema:
             schema = JOIN_SCHEMA

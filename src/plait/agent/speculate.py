@@ -296,9 +296,7 @@ class Speculator:
         if any(d not in prepared or d >= i for i, t in prepared.items() for d in t.deps):
             return
         self._plan = prepared
-        self._plan_runner = asyncio.create_task(
-            self._run_plan(source), name="plait-speculate-plan"
-        )
+        self._plan_runner = asyncio.create_task(self._run_plan(source), name="plait-speculate-plan")
 
     def _signature(self, task: Task) -> tuple[Any, ...] | None:
         """What makes a plan's task the same as a guessed one: id, tool, named arguments as
