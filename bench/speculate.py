@@ -13,8 +13,11 @@ Measured in one process, one after the other, median of --repeat:
   start while the planner thinks, and the plan's tasks adopt them;
 - **wrong**: a draft whose every call differs from the plan's (other arguments): every
   speculated call is wasted, cancelled when the plan is complete.
-Reported: latency ÷ none, speculated calls used / wasted. Targets (issue 18): right ≤ 0.75×
-(≥ 25% lower latency), wrong ≤ 1.05×.
+Reported: latency ÷ none, speculated calls used / wasted, and speculative joins (the
+joiner started on the draft's whole plan and its speculated results) adopted / started.
+Targets (issue 18): right ≤ 0.75× (≥ 25% lower latency), wrong ≤ 1.05×. The replayed model
+serves its replies by prompt (the plan by the question, the joiner's reply by the join
+turn), as a speculative join is a call of its own.
 
 --tool-scale 3 makes every tool call three times slower (searches of 1.2-3.6 s, as a web
 search or a retrieval service takes): speculation can only save the part of a call that
