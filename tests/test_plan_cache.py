@@ -4,14 +4,14 @@ joiner that fails (the model, not the plan) is no miss of the template."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 import plait
 from plait.agent.prompts import JOINER_SYSTEM, PLANNER_SYSTEM
 from plait.agent.templates import TemplateCache
-from plait.llm.base import Delta, LLMError, Request
+from plait.llm.base import Delta, LLMError, Request, Usage
 from plait.llm.replay import ReplayLLM
 from plait.stores.memory import MemoryStore
 
@@ -134,3 +134,41 @@ async def test_a_joiner_that_fails_is_no_miss_of_the_template() -> None:
     llm = ReplayLLM([FINISH.format("Burj")])  # the template is still there: no planner
     result = await plait.arun(Q2, tools=tools, model=llm, plan_cache=cache)
     assert result.answer == "Burj" and llm.count == 1
+
+
+async def test_a_decision_chosen_by_score_keeps_the_conversation(monkeypatch) -> None:
+    """A scoring model's decision was calibrated on the run's conversation: a cached plan
+    does not change what it is chosen after."""
+    from plait.agent.choose import DecisionChooser
+
+    tools = make_tools()
+    cache = TemplateCache.for_tools(plait.Tools(tools))
+    await taught(tools, cache=cache)
+    asked: list[Request] = []
+    chosen = DecisionChooser.stream
+
+    def stream(self: DecisionChooser, request: Request) -> AsyncIterator[Delta]:
+        asked.append(request)
+        return chosen(self, request)
+
+    monkeypatch.setattr(DecisionChooser, "stream", stream)
+
+    class Scores:
+        name = "scores"
+        supports_json_schema = False
+
+        async def score(
+            self, request: Request, prefix: str, candidates: Sequence[str]
+        ) -> tuple[list[float], Usage]:
+            return [0.0] + [-10.0] * (len(candidates) - 1), Usage(10, 1)
+
+        async def stream(self, request: Request) -> AsyncIterator[Delta]:
+            raise LLMError("a scoring model is not asked to generate")
+            yield Delta()  # pragma: no cover
+
+    result = await plait.arun(Q2, tools=tools, model=Scores(), plan_cache=cache)
+    assert result.to_dict()["plan_cache"]["hit"] is True
+    [request] = asked
+    assert request.messages[0]["content"] != JOINER_SYSTEM
+    assert request.messages[1]["content"] == f"Question: {Q2}"
+    assert "search(query='Burj Khalifa')" in request.messages[2]["content"]

@@ -350,7 +350,8 @@ class Agent:
         """The round's join. The conversation always gains the join turn and the reply (a
         replan after it reads as ever); what the joiner is sent is that conversation, or,
         for the first plan when no planner call of this run wrote it (a cached plan, a
-        speculative join adopted), a short prompt of its own (`joiner_messages`)."""
+        speculative join adopted), a short prompt of its own (`joiner_messages`), unless
+        the decision is chosen by score."""
         self._joining = True
         self._conversation = [
             *self._conversation,
@@ -358,7 +359,10 @@ class Agent:
         ]
         self._view = None
         source: Source | None = None
-        if self._round == 0 and (self.cached_plan or self._early is not None):
+        # A model whose decision is chosen by score keeps the conversation: its choice was
+        # calibrated there (choose.py).
+        short_allowed = self._scorer() is None
+        if self._round == 0 and short_allowed and (self.cached_plan or self._early is not None):
             short = self._short_join()
             early, self._early = self._early, None
             if early is not None and self._adoptable(early, short):
@@ -384,7 +388,9 @@ class Agent:
         it if the real plan's tasks and results are the same (so is the prompt), and else
         discards it. Not for a model whose decision is chosen among candidates (the choice
         reads the run's graph), nor once the first join has begun."""
-        if self._early is not None or self._round or self._joining or self._scorer():
+        if self._early is not None or self._round or self._joining:
+            return
+        if self._scorer() is not None:
             return
         tools = self.scheduler.tools
         rows = [(canonical(t, tools), DONE, results[t.id], None) for t in tasks]
