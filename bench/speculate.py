@@ -13,8 +13,11 @@ Measured in one process, one after the other, median of --repeat:
   start while the planner thinks, and the plan's tasks adopt them;
 - **wrong**: a draft whose every call differs from the plan's (other arguments): every
   speculated call is wasted, cancelled when the plan is complete.
-Reported: latency ÷ none, speculated calls used / wasted. Targets (issue 18): right ≤ 0.75×
-(≥ 25% lower latency), wrong ≤ 1.05×.
+Reported: latency ÷ none, speculated calls used / wasted, and speculative joins (the
+joiner started on the draft's whole plan and its speculated results) adopted / started.
+Targets (issue 18): right ≤ 0.75× (≥ 25% lower latency), wrong ≤ 1.05×. The replayed model
+serves its replies by prompt (the plan by the question, the joiner's reply by the join
+turn), as a speculative join is a call of its own.
 
 --tool-scale 3 makes every tool call three times slower (searches of 1.2-3.6 s, as a web
 search or a retrieval service takes): speculation can only save the part of a call that
@@ -56,8 +59,16 @@ def draft(steps: list[tuple[str, str, str]], wrong: bool) -> str:
     return "\n".join([*lines, f"{len(steps) + 1}. join()"])
 
 
-async def once(question: str, plan: str, joiner: str, draft_text: str | None) -> dict[str, Any]:
-    llm = ReplayLLM([plan, joiner], ttft=lc.TTFT, tps=lc.TPS)
+async def once(
+    question: str, plan: str, joiner: str, answer: str, draft_text: str | None
+) -> dict[str, Any]:
+    # Keyed by prompt, not by call order: a speculative join (wasted or not) is a call too.
+    # The joiner's key is longer than the planner's and found in every join prompt.
+    replies = {
+        f"Question: {question}": [plan],
+        f"Now decide, for the question: {question}": [joiner] * 2,
+    }
+    llm = ReplayLLM(replies, ttft=lc.TTFT, tps=lc.TPS)
     extra: dict[str, Any] = {}
     if draft_text is not None:
         extra["draft_model"] = ReplayLLM([draft_text], ttft=DRAFT_TTFT, tps=DRAFT_TPS)
@@ -66,8 +77,15 @@ async def once(question: str, plan: str, joiner: str, draft_text: str | None) ->
     result = await plait.arun(question, tools=PURE, model=llm, **extra)
     elapsed = time.perf_counter() - start
     assert result.status == "done", result.error
+    assert result.answer == answer, result.answer
     spec = (result.savings or {}).get("speculated_calls") or {}
-    return {"t": elapsed, "used": spec.get("used", 0), "wasted": spec.get("wasted", 0)}
+    joins = (result.savings or {}).get("speculated_joins") or {}
+    return {
+        "t": elapsed,
+        "used": spec.get("used", 0),
+        "wasted": spec.get("wasted", 0),
+        "joins": f"{joins.get('used', 0)}/{joins.get('speculated', 0)}",
+    }
 
 
 async def main(repeat: int, think: float, scale: float) -> None:
@@ -80,22 +98,22 @@ async def main(repeat: int, think: float, scale: float) -> None:
     )
     print(
         f"{'workload':<15} {'none s':>7} {'right s':>8} {'right÷none':>10} {'used':>5}"
-        f" {'wrong s':>8} {'wrong÷none':>10} {'wasted':>6}"
+        f" {'joins':>5} {'wrong s':>8} {'wrong÷none':>10} {'wasted':>6} {'joins':>5}"
     )
     for name, (question, steps, joiner_thought, answer) in lc.WORKLOADS.items():
         plan = thought(think) + lc.plan_reply(steps)
         joiner = lc.finish_reply(joiner_thought, answer)
         runs: dict[str, list[dict[str, Any]]] = {"none": [], "right": [], "wrong": []}
         for _ in range(repeat):
-            runs["none"].append(await once(question, plan, joiner, None))
-            runs["right"].append(await once(question, plan, joiner, draft(steps, False)))
-            runs["wrong"].append(await once(question, plan, joiner, draft(steps, True)))
+            runs["none"].append(await once(question, plan, joiner, answer, None))
+            runs["right"].append(await once(question, plan, joiner, answer, draft(steps, False)))
+            runs["wrong"].append(await once(question, plan, joiner, answer, draft(steps, True)))
         t = {k: statistics.median(r["t"] for r in v) for k, v in runs.items()}
-        used = runs["right"][-1]["used"]
-        wasted = runs["wrong"][-1]["wasted"]
+        right, wrong = runs["right"][-1], runs["wrong"][-1]
         print(
             f"{name:<15} {t['none']:>7.3f} {t['right']:>8.3f} {t['right'] / t['none']:>9.2f}×"
-            f" {used:>5} {t['wrong']:>8.3f} {t['wrong'] / t['none']:>9.2f}× {wasted:>6}"
+            f" {right['used']:>5} {right['joins']:>5} {t['wrong']:>8.3f}"
+            f" {t['wrong'] / t['none']:>9.2f}× {wrong['wasted']:>6} {wrong['joins']:>5}"
         )
 
 

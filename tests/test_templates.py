@@ -105,6 +105,20 @@ def test_a_name_slot_does_not_swallow_the_words_after_the_name() -> None:
     assert t.fit("How tall is the Golden Lighthouse in feet?") is None
 
 
+def test_a_name_slot_takes_no_function_word_and_no_two_names() -> None:
+    """A name slot once took "And" (or "Than", "The") as a name, and "Eiffel Tower and Big
+    Ben" as one: a plan for one landmark run on two, or on a word."""
+    ask = "Which is taller, the {} or the {}?"
+    t = learn(ask.format("Eiffel Tower", "Statue of Liberty"), plan(DIFF_PLAN))
+    assert t is not None and t.slots == [("name", 2), ("name", 3)]
+    assert t.fit(ask.format("Big Ben", "Tokyo Skytree")) == ["Big Ben", "Tokyo Skytree"]
+    assert t.fit(ask.format("The Shard", "Statue of Liberty")) == ["The Shard", "Statue of Liberty"]
+    for first in ["And", "AND", "Than", "The", "Of The", "Height", "Eiffel Tower and Big Ben"]:
+        assert t.fit(ask.format(first, "Big Ben")) is None, first
+    assert t.fit(ask.format("Big Ben", "Or")) is None
+    assert t.fit(ask.format("Big Ben", "Tower & Bridge")) is None
+
+
 def test_a_word_argument_next_to_a_name_stays_fixed() -> None:
     """`extract_number($1, "built")` after search("Amber Gate") would make "built" a slot
     right after the name's: ambiguous, so only the name is a slot."""

@@ -285,10 +285,11 @@ def _question_body(
             replies=replies,
             defined=run.defined,
             tactics=tactics,
+            cached_plan=first_plan is not None,
         )
         if speed is None:
             return await agent.answer(question)
-        speed.start(run.scheduler)  # speculation, while the planner thinks
+        speed.start(run.scheduler, agent)  # speculation, while the planner thinks
         try:
             return await agent.answer(question)
         finally:

@@ -47,14 +47,18 @@ from .prompts import (
     JOIN_SCHEMA,
     Decision,
     ask_again_turn,
+    canonical,
     join_turn,
+    joiner_messages,
     observations,
     parse_decision,
     planner_messages,
+    render_call,
     replan_turn,
     select_examples,
 )
 from .schema import plan_schema
+from .speculate import JoinStats, SpeculativeJoin
 
 STOP = ("<END_OF_PLAN>",)
 JOIN_RETRIES = 2  # joiner replies without a decision asked again, after the first
@@ -139,8 +143,13 @@ class Agent:
         replies: dict[int, ev.LLMFinished] | None = None,
         defined: dict[int, Task] | None = None,
         tactics: Tactics | None = None,
+        cached_plan: bool = False,
     ) -> None:
         self.llm = llm
+        # The first plan was given (the plan cache's), not written by a planner call of this
+        # run: its join is a short prompt of its own (`_short_join`), not the planner's
+        # conversation, whose prefix no call of the run has evaluated.
+        self.cached_plan = cached_plan
         self.replies = replies or {}
         # Tasks as an earlier session dispatched them. A reply lost mid-stream and asked
         # again may define an id differently from the tasks it had already dispatched; the
@@ -160,16 +169,34 @@ class Agent:
         self._calls = 0
         self._question = ""
         self._choosing = False  # this run's plans are chosen among candidates
+        self._round = 0  # 0: the first plan
+        self._joining = False  # the current round's join has begun
+        self._planned = False  # the current round's plan is complete
+        # The joiner's own view of the conversation while its join is short: its prompt,
+        # then what the conversation gained from the index on (the reply, any ask-again).
+        self._view: tuple[list[dict[str, str]], int] | None = None
+        self._early: SpeculativeJoin | None = None  # a speculative join of the first plan
 
     async def answer(self, question: str) -> Outcome:
         self._question = question
+        try:
+            return await self._answer(question)
+        finally:
+            await self._discard_early()
+
+    async def _answer(self, question: str) -> Outcome:
         reason: str | None = None
         error = "no answer"
         for round_ in range(self.max_replans + 1):
+            self._round, self._joining, self._planned = round_, False, False
             if round_:
+                await self._discard_early()
                 self.emit(ev.Replanning(self.clock(), round_, reason or ""))
             try:
                 invalid = await self._plan(question, reason)
+                self._planned = True
+                if self._early is not None and self._early.calls != self._plan_calls():
+                    await self._discard_early()  # another plan: no need to wait for its tasks
                 await self.scheduler.wait()
                 decision = None if invalid is not None else await self._decide(question)
             except LLMError as e:
@@ -320,22 +347,102 @@ class Agent:
     # joiner ----------------------------------------------------------------------------
 
     async def _join(self, question: str) -> str:
+        """The round's join. The conversation always gains the join turn and the reply (a
+        replan after it reads as ever); what the joiner is sent is that conversation, or,
+        for the first plan when no planner call of this run wrote it (a cached plan, a
+        speculative join adopted), a short prompt of its own (`joiner_messages`), unless
+        the decision is chosen by score."""
+        self._joining = True
         self._conversation = [
             *self._conversation,
             join_turn(question, self._unreported()),
         ]
-        return await self._join_call()
-
-    async def _join_call(self) -> str:
-        """Ask the joiner once (its reply read whole) and say its reply in the conversation."""
+        self._view = None
         source: Source | None = None
+        # A model whose decision is chosen by score keeps the conversation: its choice was
+        # calibrated there (choose.py).
+        short_allowed = self._scorer() is None
+        if self._round == 0 and short_allowed and (self.cached_plan or self._early is not None):
+            short = self._short_join()
+            early, self._early = self._early, None
+            if early is not None and self._adoptable(early, short):
+                source = early.adopt()
+            elif early is not None:
+                await early.discard()
+            if source is not None or self.cached_plan:
+                self._view = (short, len(self._conversation))
+        return await self._join_call(source)
+
+    def _short_join(self) -> list[dict[str, str]]:
+        """The first plan's own join prompt: the question, its tasks (canonical) and results."""
+        tools = self.scheduler.tools
+        nodes = sorted(self.scheduler.graph.nodes.values(), key=lambda n: n.task.id)
+        return joiner_messages(
+            self._question,
+            [(canonical(n.task, tools), n.status, n.result, n.error) for n in nodes],
+        )
+
+    def join_early(self, tasks: list[Task], results: dict[int, object], stats: JoinStats) -> None:
+        """Speculative join: a guessed first plan (a draft's) and all its speculated results
+        are in, so start its joiner now, on the short prompt built from them. `_join` adopts
+        it if the real plan's tasks and results are the same (so is the prompt), and else
+        discards it. Not for a model whose decision is chosen among candidates (the choice
+        reads the run's graph), nor once the first join has begun."""
+        if self._early is not None or self._round or self._joining:
+            return
+        if self._scorer() is not None:
+            return
+        tools = self.scheduler.tools
+        rows = [(canonical(t, tools), DONE, results[t.id], None) for t in tasks]
+        calls = [render_call(t) for t, *_ in rows]
+        if self._planned and calls != self._plan_calls():
+            return  # the real plan is complete, and it is another
+        request = self._join_request(joiner_messages(self._question, rows), session=None)
+        texts = {t.id: result_text(results[t.id]) for t in tasks}
+        self._early = SpeculativeJoin(self.llm, request, calls, texts, stats)
+
+    def _plan_calls(self) -> list[str]:
+        """The run's tasks so far as canonical calls, in order."""
+        tools = self.scheduler.tools
+        nodes = sorted(self.scheduler.graph.nodes.values(), key=lambda n: n.task.id)
+        return [render_call(canonical(n.task, tools)) for n in nodes]
+
+    def _adoptable(self, early: SpeculativeJoin, short: list[dict[str, str]]) -> bool:
+        """Whether the speculative join joined this very plan: the same prompt (tasks and
+        results), every task done with the result it was given, and no failed call."""
+        nodes = self.scheduler.graph.nodes
+        return (
+            not early.failed
+            and early.request.messages == short
+            and set(nodes) == set(early.results)
+            and all(
+                n.status == DONE and result_text(n.result) == early.results[i]
+                for i, n in nodes.items()
+            )
+        )
+
+    async def _discard_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:
+            await early.discard()
+
+    def _join_request(self, messages: list[dict[str, str]], session: str | None) -> Request:
         schema = None
-        scorer = self._scorer()
-        if scorer is not None:
-            source = self._decision_chooser(scorer).stream
-        elif self.tactics.constrain_join and self.llm.supports_json_schema:
+        if self._scorer() is None and self.tactics.constrain_join and self.llm.supports_json_schema:
             schema = JOIN_SCHEMA
-        request = Request(self._conversation, json_schema=schema, session=self.run_id)
+        return Request(messages, json_schema=schema, session=session)
+
+    async def _join_call(self, source: Source | None = None) -> str:
+        """Ask the joiner once (its reply read whole) and say its reply in the conversation;
+        from `source` if given (an adopted speculative join)."""
+        scorer = self._scorer()
+        if source is None and scorer is not None:
+            source = self._decision_chooser(scorer).stream
+        messages = self._conversation
+        if self._view is not None:
+            short, since = self._view
+            messages = [*short, *self._conversation[since:]]
+        request = self._join_request(messages, session=self.run_id)
         read: list[str] = []
         call = self._next_call()
         async with contextlib.aclosing(self._reply(call, "joiner", request, source)) as reply:

@@ -27,6 +27,7 @@ from typing import Any
 from ..core.graph import DONE
 from ..core.task import Task, result_text
 from ..core.tools import Tools
+from ..errors import PlaitError
 from .parse import END_OF_PLAN
 from .schema import FUNCTION_WORDS, MARK
 
@@ -71,11 +72,9 @@ missing)."""
 
 EXAMPLES_HEAD = "\n\nExamples:\n"
 
-JOINER_RULES = """
-
-After the plan has run you will be shown its results and asked to decide. Then reply in \
-exactly two lines:
-Thought: <your reasoning about the results>
+# How the joiner replies: in the planner's prompt (JOINER_RULES) and the joiner's own
+# (JOINER_SYSTEM), word for word.
+REPLY_FORMAT = """Thought: <your reasoning about the results>
 Action: Finish(<the final answer>)
 or, only if the results cannot answer the question yet:
 Thought: <your reasoning>
@@ -83,6 +82,18 @@ Action: Replan(<what is missing and should be done next>)
 For example:
 Thought: The Nile is about 6650 km long and the Amazon about 6400 km.
 Action: Finish(The Nile is longer, by about 250 km.)"""
+JOINER_RULES = (
+    "\n\nAfter the plan has run you will be shown its results and asked to decide. Then "
+    "reply in exactly two lines:\n" + REPLY_FORMAT
+)
+# The joiner's own instructions, for a join whose plan no planner call of this run wrote (a
+# plan from the plan cache, a speculative join): the planner's prefix would be evaluated for
+# nothing there, so the joiner is shown only the question, the plan and its results.
+JOINER_SYSTEM = (
+    "A plan of tool calls was run to answer a user's question. You are shown the question, "
+    "each task of the plan with its result, and decide. Reply in exactly two lines:\n"
+    + REPLY_FORMAT
+)
 
 JOIN_TURN = (
     "{results}\n\nNow decide, for the question: {question}\n"
@@ -178,6 +189,30 @@ def join_turn(question: str, results: str) -> dict[str, str]:
     """
     seen = f"Results of the tasks:\n{results}" if results else "No task was run."
     return {"role": "user", "content": JOIN_TURN.format(results=seen, question=question)}
+
+
+def joiner_messages(
+    question: str, tasks: Sequence[tuple[Task, str, object, str | None]]
+) -> list[dict[str, str]]:
+    """A join of its own (JOINER_SYSTEM): the question, the plan's tasks as canonical calls
+    (each argument named, see `canonical`), each with its result. Built from the tasks and
+    results alone, never from a planner's text: two plans with the same tasks and results
+    get the same prompt."""
+    results = observations(tasks)
+    seen = f"Question: {question}\n\nThe plan's tasks and their results:\n{results}"
+    return [
+        {"role": "system", "content": JOINER_SYSTEM},
+        {"role": "user", "content": JOIN_TURN.format(results=seen, question=question)},
+    ]
+
+
+def canonical(task: Task, tools: Tools) -> Task:
+    """`task` with every argument named (as the tool binds it), so `f("x")` and `f(q="x")`
+    read alike; the task as written if it does not bind."""
+    try:
+        return tools.prepare(task)
+    except PlaitError:
+        return task
 
 
 def ask_again_turn() -> dict[str, str]:

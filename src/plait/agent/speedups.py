@@ -8,11 +8,15 @@ after it. The logic lives in those modules; this one only keeps the run's accoun
   the instantiated plan as its first planner reply (a reply that needs no model, as a
   resumed run's kept replies are), so the planner is not called; the caller keeps the plan
   text in the run's options for a resume. `finish` counts a hit whose run replanned or found
-  no answer as a miss, and teaches the cache a template when the run was answered on its
-  first plan with every task done (the tasks `watch` saw before any Replanning).
+  no answer as a miss (not one whose model call failed: an outage is no fault of the plan),
+  and teaches the cache a template when the run was answered on its first plan with every
+  task done (the tasks `watch` saw before any Replanning). A hit's joiner is sent a short
+  prompt of its own (agent/loop.py), not the planner's conversation.
 - Speculation: `start` builds a Speculator over the scheduler's shared calls and backend,
   starts the question's literals (`speculate="question"`) or streams a draft model's plan
-  (`draft`), and `watch` hands it the run's events (it adopts and settles by them). Not
+  (`draft`), and `watch` hands it the run's events (it adopts and settles by them). A
+  draft's whole plan is speculated too, and once its results are in the agent's joiner is
+  started on them (`Agent.join_early`, the speculative join). Not
   done when the plan comes from the cache: the plan is then there at once, which is all
   speculation could hope for.
 """
@@ -30,6 +34,7 @@ from ..core.scheduler import Scheduler
 from ..core.task import Task
 from ..core.tools import Tools
 from ..llm.base import LLM, Request
+from .loop import Agent
 from .prompts import planner_messages, select_examples
 from .speculate import Speculator, draft_guesses, from_question
 from .templates import CallStore, Match, TemplateCache, render, scope
@@ -76,6 +81,7 @@ class RunSpeedups:
     _replanned: bool = False
     _failed: bool = False  # a task of the run failed or was skipped
     _missed: bool = False
+    _model_failed: bool = False  # a model call of the run failed for good
     _learned: bool = False
     _draft_task: asyncio.Task[None] | None = None
 
@@ -89,8 +95,10 @@ class RunSpeedups:
         self.cache.hit(self.match)
         return render(self.match.tasks)
 
-    def start(self, scheduler: Scheduler) -> None:
-        """Begin speculating (inside the run, before the planner is asked)."""
+    def start(self, scheduler: Scheduler, agent: Agent | None = None) -> None:
+        """Begin speculating (inside the run, before the planner is asked); with a draft
+        model and the run's `agent`, a whole draft plan whose speculated results are all in
+        starts the agent's speculative join (`Agent.join_early`)."""
         if self.draft is None or self.match is not None:
             return
         spec = Speculator(
@@ -107,8 +115,14 @@ class RunSpeedups:
             if shots:
                 shots = select_examples(shots, self.question, 2)
             request = Request(planner_messages(self.question, self.tools, examples=shots), STOP)
+            on_plan = None
+            if agent is not None:
+                on_plan = spec.start_plan
+                joins = spec.stats.joins
+                spec.on_whole = lambda tasks, results: agent.join_early(tasks, results, joins)
             self._draft_task = asyncio.create_task(
-                draft_guesses(self.draft, request, self.tools, spec.start), name="plait-draft"
+                draft_guesses(self.draft, request, self.tools, spec.start, on_plan),
+                name="plait-draft",
             )
 
     def watch(self, event: ev.Event) -> None:
@@ -119,6 +133,8 @@ class RunSpeedups:
             self._first.append(event.task)
         elif isinstance(event, ev.TaskFinished) and event.status != "done":
             self._failed = True
+        elif isinstance(event, ev.LLMFinished) and event.error is not None:
+            self._model_failed = True
         if self.speculator is not None:
             self.speculator.watch(event)
             if self.speculator.over and self._draft_task is not None:
@@ -138,7 +154,9 @@ class RunSpeedups:
         if self.cache is None:
             return
         if self.match is not None:
-            if self._replanned or not answered:
+            # A model that failed (an outage: LLMError after its retries) says nothing of
+            # the plan: no miss, or an outage would drop every good template.
+            if self._replanned or not (answered or self._model_failed):
                 self._missed = True
                 await self.cache.miss(self.match)
         elif answered and not self._replanned and not self._failed and self._first:
@@ -147,9 +165,11 @@ class RunSpeedups:
     def savings(self) -> dict[str, Any]:
         """The run's `savings` in its --json object."""
         spec = self.speculator.stats.to_dict() if self.speculator is not None else None
+        joins = self.speculator.stats.joins.to_dict() if self.speculator is not None else None
         return {
             "planner_calls_skipped": 1 if self.match is not None else 0,
             "speculated_calls": spec,
+            "speculated_joins": joins,
         }
 
     def plan_cache(self) -> dict[str, Any] | None:

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from ..core.task import Task
 from ..core.tools import Tools
 from ..errors import PlaitError
+from .schema import EDGE_WORDS, FUNCTION_WORDS
 
 MAX_SLOT_TOKENS = 8  # a slot of a new question spans at most this many tokens
 MAX_QUESTION_TOKENS = 120  # a longer question is no template's, and matches none
@@ -156,7 +157,18 @@ def holds(slot_kind: str, length: int, words: Sequence[Token]) -> bool:
         )
     if slot_kind in _PLAIN:
         return len(words) == 1 and _PLAIN[slot_kind].fullmatch(words[0].text) is not None
-    return kind(words) == slot_kind
+    return kind(words) == slot_kind and _a_name(words)
+
+
+def _a_name(words: Sequence[Token]) -> bool:
+    """Whether capitalised words a name slot would take name one thing: not a function word
+    ("And", "Than", "Height"), nor only edge words ("The Of"), nor two things joined ("Eiffel
+    Tower and Big Ben": "and", "or", "vs" and the other turning words never inside a name)."""
+    if any(t.text in TURNING or t.text == "&" for t in words):
+        return False
+    if words[0].text in FUNCTION_WORDS or words[-1].text in FUNCTION_WORDS:
+        return False
+    return any(t.text not in EDGE_WORDS and t.text not in CONNECTORS for t in words)
 
 
 def fingerprint(tools: Tools) -> str:
