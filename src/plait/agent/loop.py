@@ -371,6 +371,11 @@ class Agent:
                 await early.discard()
             if source is not None or self.cached_plan:
                 self._view = (short, len(self._conversation))
+            if early is not None and source is not None:
+                try:
+                    return await self._join_call(source)
+                finally:  # read, or the run stopped: its stream ends with the call
+                    await early.close()
         return await self._join_call(source)
 
     def _short_join(self) -> list[dict[str, str]]:

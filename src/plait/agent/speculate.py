@@ -553,11 +553,15 @@ class SpeculativeJoin:
             self._changed.clear()
             await self._changed.wait()
 
+    async def close(self) -> None:
+        """Close its stream (done with: adopted and read, or discarded): its reading task
+        ends here, even when the run is being cancelled."""
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
     async def discard(self) -> None:
         """Not adopted: close its stream and count it wasted (its time and tokens)."""
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
+        await self.close()
         self.stats.wasted += 1
         self.stats.wasted_seconds += self.clock() - self.started
         usage = [d.usage for d in self.deltas if d.usage is not None]
