@@ -13,7 +13,7 @@ import pytest
 from plait.core import events as ev
 from plait.llm.base import Delta
 
-from .test_speed2 import PLAN, Model, run
+from .test_speed2 import FINISH, PLAN, Model, joins, run
 
 
 async def test_a_run_cancelled_while_replaying_an_adopted_join_closes_its_stream() -> None:
@@ -38,3 +38,26 @@ async def test_a_run_cancelled_while_replaying_an_adopted_join_closes_its_stream
     assert model.closed.is_set()
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert not {n for n in names if n.startswith("plait-spec")}
+
+
+class CutModel(Model):
+    """A speculative joiner whose stream stops mid-answer with a CancelledError of its own
+    (a client that gave up, not a cancel of the run)."""
+
+    async def speculative(self) -> AsyncIterator[Delta]:
+        self.gate.set()
+        yield Delta("Thought: done.\nAction: Finish(the Eif")
+        raise asyncio.CancelledError
+
+
+async def test_a_speculative_reply_cut_by_its_own_cancel_is_not_adopted() -> None:
+    """Cut short, the reply is no reply (asked after the plan, it would have ended the run
+    with that error): taking it would answer "the Eif" with exit 0 (a cut Finish( is kept as
+    cut at max tokens)."""
+    log: list[str] = []
+    model = CutModel(PLAN, None, [FINISH])
+    result = await run(model, PLAN.replace("<END_OF_PLAN>", ""), log)
+    assert result.status == "done", result.error
+    assert result.answer == "the Eiffel Tower"
+    assert model.roles() == ["planner", "short", "joiner"]
+    assert joins(result) == (1, 0, 1)

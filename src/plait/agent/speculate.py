@@ -517,6 +517,13 @@ class SpeculativeJoin:
                     self._changed.set()
         except Exception as e:
             self.error = e
+        except asyncio.CancelledError as e:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # closed: discarded, or done with
+            # The model's stream raised it itself: the reply is cut, not whole (asked after
+            # the plan, this call would have failed the run), so it is never adopted as one.
+            self.error = e
         finally:
             self.finished = True
             self._changed.set()
