@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from plait.agent.loop import RetryPolicy
+from plait.agent.speculate import JoinStats, SpeculativeJoin
 from plait.core import events as ev
-from plait.llm.base import Delta
+from plait.llm.base import Delta, LLMError, Request, Usage
 
 from .test_speed2 import FINISH, PLAN, Model, joins, run
 
@@ -61,3 +63,63 @@ async def test_a_speculative_reply_cut_by_its_own_cancel_is_not_adopted() -> Non
     assert result.answer == "the Eiffel Tower"
     assert model.roles() == ["planner", "short", "joiner"]
     assert joins(result) == (1, 0, 1)
+
+
+class LostAfterAdoption(Model):
+    """A speculative joiner whose reply is lost (a retryable error) once the run has adopted
+    it: the joiner's answer then comes from a new call."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.adopted = asyncio.Event()
+
+    async def speculative(self) -> AsyncIterator[Delta]:
+        self.gate.set()
+        yield Delta("Thought: ")
+        async with asyncio.timeout(30):
+            await self.adopted.wait()
+        raise LLMError("connection reset", retryable=True)
+
+
+async def test_an_adopted_join_lost_and_asked_again_is_not_counted_used() -> None:
+    """savings.speculated_joins must say what happened: the speculative call gave no reply
+    the run used (its retry did), so it was wasted, not used."""
+    log: list[str] = []
+    model = LostAfterAdoption(PLAN, None, [FINISH])
+
+    def on_event(e: Any) -> None:
+        if isinstance(e, ev.LLMToken) and e.call == 2:
+            model.adopted.set()
+
+    draft = PLAN.replace("<END_OF_PLAN>", "")
+    result = await run(model, draft, log, on_event=on_event, retry=RetryPolicy(base=0.0))
+    assert result.status == "done", result.error
+    assert result.answer == "the Eiffel Tower"
+    assert model.roles() == ["planner", "short", "joiner"]
+    assert joins(result) == (1, 0, 1)
+
+
+async def test_a_discarded_join_counts_the_seconds_it_ran_not_those_it_waited() -> None:
+    """A speculative join that finished its reply, then waited for the plan and was
+    discarded, cost its model only the time it ran (as speculated calls count theirs)."""
+    now = [0.0]
+    stats = JoinStats()
+    ended = asyncio.Event()
+
+    class Quick:
+        name = "quick"
+        supports_json_schema = False
+
+        async def stream(self, request: Request) -> AsyncIterator[Delta]:
+            now[0] = 2.0  # the reply took 2 s
+            yield Delta("Thought: x\nAction: Finish(y)", usage=Usage(50, 5))
+            ended.set()
+
+    join = SpeculativeJoin(Quick(), Request([]), [], {}, stats, clock=lambda: now[0])  # type: ignore[arg-type]
+    async with asyncio.timeout(30):
+        await ended.wait()
+    while not join.finished:
+        await asyncio.sleep(0)
+    now[0] = 10.0  # the plan it joined turned out another, 8 s later
+    await join.discard()
+    assert (stats.wasted, stats.wasted_seconds, stats.wasted_tokens) == (1, 2.0, 55)

@@ -504,6 +504,8 @@ class SpeculativeJoin:
         self.deltas: list[Delta] = []
         self.error: BaseException | None = None
         self.finished = False
+        self.ended: float | None = None  # when its stream ended
+        self._counted = False  # counted used or wasted
         self._changed = asyncio.Event()
         stats.speculated += 1
         self._task = asyncio.create_task(self._read(llm), name="plait-speculative-join")
@@ -526,6 +528,7 @@ class SpeculativeJoin:
             self.error = e
         finally:
             self.finished = True
+            self.ended = self.clock()
             self._changed.set()
 
     @property
@@ -535,8 +538,8 @@ class SpeculativeJoin:
     def adopt(self) -> Callable[[Request], AsyncIterator[Delta]]:
         """The run takes this call as its joiner's: a source for `Agent._reply` that gives
         the reply (read so far, then as it comes) the first time it is asked, and asks
-        `self`'s model again (a retry) after that."""
-        self.stats.used += 1
+        `self`'s model again (a retry) after that. Counted used once its reply was read
+        (or the reader had what it needed), wasted if it failed: the retry answered."""
         first = [True]
 
         def source(request: Request) -> AsyncIterator[Delta]:
@@ -549,16 +552,19 @@ class SpeculativeJoin:
 
     async def _replay(self) -> AsyncIterator[Delta]:
         i = 0
-        while True:
-            while i < len(self.deltas):
-                yield self.deltas[i]
-                i += 1
-            if self.finished:
-                if self.error is not None:
-                    raise self.error
-                return
-            self._changed.clear()
-            await self._changed.wait()
+        try:
+            while True:
+                while i < len(self.deltas):
+                    yield self.deltas[i]
+                    i += 1
+                if self.finished:
+                    if self.error is not None:
+                        raise self.error
+                    return
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._count(used=self.error is None)
 
     async def close(self) -> None:
         """Close its stream (done with: adopted and read, or discarded): its reading task
@@ -569,8 +575,18 @@ class SpeculativeJoin:
     async def discard(self) -> None:
         """Not adopted: close its stream and count it wasted (its time and tokens)."""
         await self.close()
+        self._count(used=False)
+
+    def _count(self, used: bool) -> None:
+        """Count it once: used, or wasted with the time its stream ran and its tokens."""
+        if self._counted:
+            return
+        self._counted = True
+        if used:
+            self.stats.used += 1
+            return
         self.stats.wasted += 1
-        self.stats.wasted_seconds += self.clock() - self.started
+        self.stats.wasted_seconds += (self.ended or self.clock()) - self.started
         usage = [d.usage for d in self.deltas if d.usage is not None]
         if usage:
             self.stats.wasted_tokens += usage[-1].prompt_tokens + usage[-1].completion_tokens
