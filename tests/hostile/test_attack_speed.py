@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+import plait
 from plait.agent.loop import RetryPolicy
 from plait.agent.speculate import JoinStats, SpeculativeJoin
 from plait.core import events as ev
 from plait.llm.base import Delta, LLMError, Request, Usage
+from plait.llm.replay import ReplayLLM
 
-from .test_speed2 import FINISH, PLAN, Model, joins, run
+from .test_speed2 import FINISH, PLAN, Model, joins, run, tools
 
 
 async def test_a_run_cancelled_while_replaying_an_adopted_join_closes_its_stream() -> None:
@@ -123,3 +125,42 @@ async def test_a_discarded_join_counts_the_seconds_it_ran_not_those_it_waited() 
     now[0] = 10.0  # the plan it joined turned out another, 8 s later
     await join.discard()
     assert (stats.wasted, stats.wasted_seconds, stats.wasted_tokens) == (1, 2.0, 55)
+
+
+class Crash(Exception):
+    """The process dies here (a SIGKILL, as far as the run log can tell)."""
+
+
+class CrashMidReplay(Model):
+    """The speculative joiner's reply is adopted, then the process dies while it streams."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.adopted = asyncio.Event()
+
+    async def speculative(self) -> AsyncIterator[Delta]:
+        self.gate.set()
+        yield Delta("Thought: both")
+        async with asyncio.timeout(30):
+            await self.adopted.wait()
+        raise Crash
+
+
+async def test_resume_after_dying_in_an_adopted_join_asks_the_joiner_again(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    log: list[str] = []
+    model = CrashMidReplay(PLAN, None, [])
+
+    def on_event(e: Any) -> None:
+        if isinstance(e, ev.LLMToken) and e.call == 2:
+            model.adopted.set()
+
+    draft = PLAN.replace("<END_OF_PLAN>", "")
+    with pytest.raises(Crash):
+        await run(model, draft, log, store=store, run_id="r1", on_event=on_event)
+    again = ReplayLLM([FINISH])
+    result = await plait.aresume("r1", tools=tools(log), store=store, model=again)
+    assert result.status == "done", result.error
+    assert result.answer == "the Eiffel Tower"
+    assert again.count == 1  # the planner's reply replayed, the joiner asked again
+    assert log.count("Eiffel Tower") == 1 and log.count("compare") == 1  # nothing run twice
