@@ -375,7 +375,7 @@ class Agent:
                 try:
                     return await self._join_call(source)
                 finally:  # read, or the run stopped: its stream ends with the call
-                    await early.close()
+                    await early.discard()
         return await self._join_call(source)
 
     def _short_join(self) -> list[dict[str, str]]:

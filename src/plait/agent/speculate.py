@@ -566,15 +566,12 @@ class SpeculativeJoin:
         finally:
             self._count(used=self.error is None)
 
-    async def close(self) -> None:
-        """Close its stream (done with: adopted and read, or discarded): its reading task
-        ends here, even when the run is being cancelled."""
+    async def discard(self) -> None:
+        """Done with it: close its stream (its reading task ends here, even when the run is
+        being cancelled) and count it wasted (its time and tokens), unless the run read its
+        reply as adopted (`_replay` counted it used)."""
         self._task.cancel()
         await asyncio.wait([self._task])
-
-    async def discard(self) -> None:
-        """Not adopted: close its stream and count it wasted (its time and tokens)."""
-        await self.close()
         self._count(used=False)
 
     def _count(self, used: bool) -> None:
