@@ -12,7 +12,9 @@ import pytest
 
 import plait
 from plait.agent.loop import RetryPolicy
+from plait.agent.parse import parse_plan
 from plait.agent.speculate import JoinStats, SpeculativeJoin
+from plait.agent.templates import learn
 from plait.core import events as ev
 from plait.llm.base import Delta, LLMError, Request, Usage
 from plait.llm.replay import ReplayLLM
@@ -164,3 +166,17 @@ async def test_resume_after_dying_in_an_adopted_join_asks_the_joiner_again(tmp_p
     assert result.answer == "the Eiffel Tower"
     assert again.count == 1  # the planner's reply replayed, the joiner asked again
     assert log.count("Eiffel Tower") == 1 and log.count("compare") == 1  # nothing run twice
+
+
+def test_a_name_slot_takes_no_list_of_names() -> None:
+    """ "the Eiffel Tower, Big Ben or the Statue of Liberty" filled the first name slot with
+    "Eiffel Tower, Big Ben": the cached plan for two landmarks searched one query for two
+    and its joiner compared two of three, with no planner call to notice (as "Eiffel Tower
+    and Big Ben" and "Tower & Bridge" are already refused)."""
+    plan = '1. search("Eiffel Tower")\n2. search("Statue of Liberty")\n3. compare($1, $2)\n'
+    ask = "Which is taller, the {} or the {}?"
+    t = learn(ask.format("Eiffel Tower", "Statue of Liberty"), parse_plan(plan))
+    assert t is not None and t.slots == [("name", 2), ("name", 3)]
+    assert t.fit(ask.format("Big Ben", "Tokyo Skytree")) == ["Big Ben", "Tokyo Skytree"]
+    assert t.fit(ask.format("Eiffel Tower, Big Ben", "Statue of Liberty")) is None
+    assert t.fit(ask.format("Big Ben", "Tokyo Skytree, Burj Khalifa")) is None

@@ -163,8 +163,10 @@ def holds(slot_kind: str, length: int, words: Sequence[Token]) -> bool:
 def _a_name(words: Sequence[Token]) -> bool:
     """Whether capitalised words a name slot would take name one thing: not a function word
     ("And", "Than", "Height"), nor only edge words ("The Of"), nor two things joined ("Eiffel
-    Tower and Big Ben": "and", "or", "vs" and the other turning words never inside a name)."""
-    if any(t.text in TURNING or t.text == "&" for t in words):
+    Tower and Big Ben": "and", "or", "vs" and the other turning words never inside a name),
+    nor a list ("Eiffel Tower, Big Ben": a comma may part a name, as in "Paris, Texas", but
+    a slot cannot tell it from two, so a name with one is left to the planner)."""
+    if any(t.text in TURNING or t.text in ("&", ",") for t in words):
         return False
     if words[0].text in FUNCTION_WORDS or words[-1].text in FUNCTION_WORDS:
         return False
