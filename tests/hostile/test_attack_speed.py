@@ -13,6 +13,7 @@ import pytest
 import plait
 from plait.agent.loop import RetryPolicy
 from plait.agent.parse import parse_plan
+from plait.agent.prompts import JOINER_SYSTEM
 from plait.agent.speculate import JoinStats, SpeculativeJoin
 from plait.agent.templates import learn
 from plait.core import events as ev
@@ -180,3 +181,28 @@ def test_a_name_slot_takes_no_list_of_names() -> None:
     assert t.fit(ask.format("Big Ben", "Tokyo Skytree")) == ["Big Ben", "Tokyo Skytree"]
     assert t.fit(ask.format("Eiffel Tower, Big Ben", "Statue of Liberty")) is None
     assert t.fit(ask.format("Big Ben", "Tokyo Skytree, Burj Khalifa")) is None
+
+
+class RefusesAtOnce(Model):
+    """A model whose stream() raises as it is called (a plain function, not a generator:
+    LLM.stream need only return an iterator), for the speculative join's request."""
+
+    def stream(self, request: Request) -> AsyncIterator[Delta]:
+        if request.messages[0]["content"] == JOINER_SYSTEM and not self.joins_asked():
+            self.asked.append(("short", request))
+            self.gate.set()
+            raise LLMError("429 too many requests", retryable=True)
+        return super().stream(request)
+
+
+async def test_a_speculative_join_whose_call_raises_at_once_is_not_adopted() -> None:
+    """The call raised before its stream began: the join was taken as still streaming,
+    adopted, and its replay waited forever (the run hung)."""
+    log: list[str] = []
+    model = RefusesAtOnce(PLAN, None, [FINISH])
+    async with asyncio.timeout(30):  # a failsafe: the defect hangs
+        result = await run(model, PLAN.replace("<END_OF_PLAN>", ""), log)
+    assert result.status == "done", result.error
+    assert result.answer == "the Eiffel Tower"
+    assert model.roles() == ["planner", "short", "joiner"]
+    assert joins(result) == (1, 0, 1)

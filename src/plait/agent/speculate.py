@@ -511,8 +511,10 @@ class SpeculativeJoin:
         self._task = asyncio.create_task(self._read(llm), name="plait-speculative-join")
 
     async def _read(self, llm: LLM) -> None:
-        stream: AsyncIterator[Delta] = llm.stream(self.request)
         try:
+            # Asked inside the try: a model may raise as it is called (LLM.stream need only
+            # return an iterator), and a join not `finished` would be adopted and awaited.
+            stream: AsyncIterator[Delta] = llm.stream(self.request)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for delta in stream:
                     self.deltas.append(delta)
