@@ -1,6 +1,7 @@
 """Adversarial pass on the speculative join and the cached plan's short join prompt (issue
 18): a speculative joiner's call must end with the run however it ends, its decision be taken
-only for the very plan and results it joined, and the accounting say what happened."""
+only for the very plan and results it joined, and the accounting say what happened; a
+cached plan's name slot takes one name, never a list."""
 
 from __future__ import annotations
 
