@@ -7,14 +7,18 @@ slices with --start/--count to keep each invocation short). Tools: examples/tool
 pure (they are: a search over a file and arithmetic), so the attempts share their calls.
 Answers are checked as bench/answers.py checks them.
 
-Per question, in one process, one after the other: one attempt (`plait.arun`), then
-`plait.arun(samples=5, agree=3)`. The embedded model chooses by score, so sampling
-temperature changes nothing for it: attempts differ by tactics (agent/samples.py's
-`TACTIC_VARIANTS`: fewer or more few-shot examples, calibration off, ...). Reported:
-accuracy of each, time ÷ one attempt (target ≤ 1.5× while accuracy rises), attempts cut
-short, and tokens the early stop saved.
+Per question, in one process, one after the other: one attempt (`plait.arun`) and
+`plait.arun(samples=5, agree=3)`, which goes first alternating by question. Each starts
+cold: `LocalLLM.forget_scores()` drops the cached scores and the prompts cached in
+llama.cpp's scoring context, so neither run reuses the other's work on the same question.
+The embedded model chooses by score: attempts after the first sample each choice from the
+softmax of the candidates' scores (agent/samples.py's `ChoiceSampler`, temperature 1 unless
+--temperature), sharing one prompt, so the choice points they share are scored once.
+Reported: accuracy of each, time ÷ one attempt (target ≤ 1.5× while accuracy rises),
+attempts cut short, and tokens the early stop saved.
 
     python bench/samples.py [--start 0] [--count 30] [--samples 5] [--agree 3] [--model local]
+                            [--temperature T] [--attempts]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import plait
-from plait.agent.samples import ChoiceSampler
+from plait.agent.samples import CHOICE_TEMPERATURE, ChoiceSampler
 from plait.core import events as ev
 from plait.llm.base import Delta, LLMError, Request, Scorer, Usage
 from plait.llm.local import LocalLLM
@@ -146,7 +146,7 @@ async def test_attempts_of_a_scoring_model_share_one_prompt_and_sample_their_cho
     seen: list[Any] = []
     real_init = ChoiceSampler.__init__
 
-    def spy(self: ChoiceSampler, llm: Any, seed: int, temperature: float = 1.0) -> None:
+    def spy(self: ChoiceSampler, llm: Any, seed: int, temperature: float = 0.0) -> None:
         seen.append((seed, temperature))
         real_init(self, llm, seed, temperature)
 
@@ -159,7 +159,8 @@ async def test_attempts_of_a_scoring_model_share_one_prompt_and_sample_their_cho
     finally:
         ChoiceSampler.__init__ = real_init  # type: ignore[method-assign]
     assert isinstance(model, Scorer)
-    assert sorted(seen) == [(1, 1.0), (2, 1.0), (3, 1.0)]  # attempt 0 stays greedy
+    t = CHOICE_TEMPERATURE
+    assert sorted(seen) == [(1, t), (2, t), (3, t)]  # attempt 0 stays greedy
     assert result.attempts is not None and len(result.attempts) == 4
     runs = [a["run_id"] for a in result.attempts]
     firsts = {model.prompts[r][0] for r in runs}

@@ -175,6 +175,13 @@ class _ScoringContext:
         self.owner: list[str | None] = [None] * SCORE_SLOTS
         self.used = [0.0] * SCORE_SLOTS
 
+    def forget(self) -> None:
+        """Drop every cached prompt."""
+        for slot in range(SCORE_SLOTS):
+            self.lib.llama_memory_seq_rm(self.mem, slot, -1, -1)
+        self.tokens = [[] for _ in range(SCORE_SLOTS)]
+        self.owner = [None] * SCORE_SLOTS
+
     def close(self) -> None:
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
@@ -411,8 +418,16 @@ class LocalLLM:
                     del self._waiting[key]
 
     def forget_scores(self) -> None:
-        """Drop the cached scores (a benchmark's runs start cold)."""
+        """Drop the cached scores and the scoring context's cached prompts, so that a run
+        starts cold (a benchmark compares runs that each start alike)."""
         self._scored.clear()
+        if self._llm is None:
+            return
+        llm, lock = self._model()
+        with lock:
+            scorer = _scorers.get(id(llm))
+            if scorer is not None:
+                scorer.forget()
 
     def _score(
         self, text: str, session: str | None, candidates: Sequence[str]
