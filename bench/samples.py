@@ -53,7 +53,6 @@ async def main(args: argparse.Namespace) -> None:
     llm = plait.llm.resolve_model(args.model)  # loaded once, warmed up untimed
     await plait.arun("How tall is the Eiffel Tower?", tools=tools, model=llm)
     forget = getattr(llm, "forget_scores", lambda: None)
-    n_asked = 0
     sampling: dict[str, Any] = {"samples": args.samples, "agree": args.agree}
     if args.temperature is not None:
         sampling["temperature"] = args.temperature
@@ -63,13 +62,13 @@ async def main(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         result = await plait.arun(q, tools=tools, model=llm, **sampling)
         return result, time.perf_counter() - start
-    for item in items:
+
+    for asked, item in enumerate(items):
         q = item["question"]
         # Each starts with no cached scores (the attempts share theirs among themselves,
         # not with the single run), and which goes first alternates: the one after finds
         # the question's prompt in llama.cpp's cache.
-        single_first = n_asked % 2 == 0
-        n_asked += 1
+        single_first = asked % 2 == 0
         if not single_first:
             many, tn = await timed(q, **sampling)
         single, t1 = await timed(q)

@@ -18,7 +18,6 @@ from plait.agent.samples import CHOICE_TEMPERATURE, ChoiceSampler
 from plait.core import events as ev
 from plait.llm.base import Delta, LLMError, Request, Scorer, Usage
 from plait.llm.local import LocalLLM
-
 from test_cli import one_json_object, plait_main
 
 EXAMPLE_TOOLS = str(Path(__file__).parents[2] / "examples" / "tools.py")
@@ -131,9 +130,7 @@ class RecordingScorer:
     async def score(
         self, request: Request, prefix: str, candidates: Sequence[str]
     ) -> tuple[list[float], Usage]:
-        self.prompts.setdefault(request.session, []).append(
-            json.dumps(request.messages) + prefix
-        )
+        self.prompts.setdefault(request.session, []).append(json.dumps(request.messages) + prefix)
         await asyncio.sleep(0)
         return [-0.1 * k for k in range(len(candidates))], Usage(10, len(candidates))
 
@@ -176,9 +173,7 @@ def replay(tmp_path: Path, replies: list[str]) -> str:
     return f"replay:{path}?tps=400"
 
 
-def test_the_trace_is_the_chosen_attempts_even_when_the_first_is_cut_short(
-    capsys, tmp_path
-):
+def test_the_trace_is_the_chosen_attempts_even_when_the_first_is_cut_short(capsys, tmp_path):
     # The plan of the attempt that asks first thinks for minutes before its first task: the
     # other two agree long before, and it is cut short with nothing run.
     slow = "Thought: " + "let me think. " * 4000 + '\n1. search("Eiffel Tower")\n2. join()\n'
