@@ -114,6 +114,22 @@ async def test_the_choice_most_attempts_wait_for_is_scored_first_and_an_abandone
     assert dropped.cancelled()
 
 
+async def test_a_scoring_already_started_is_finished_and_kept_when_its_caller_leaves(
+    tmp_path, monkeypatch
+):
+    llm, scored = cached_model(tmp_path, monkeypatch)
+    llm.release.clear()  # type: ignore[attr-defined]
+    request = Request([{"role": "user", "content": "q"}])
+    asked = asyncio.create_task(llm.score(request, "", ["a", "bb"]))
+    await asyncio.sleep(0.05)  # on the model now
+    asked.cancel()
+    await asyncio.sleep(0)
+    llm.release.set()  # type: ignore[attr-defined]
+    again = await llm.score(request, "", ["a", "bb"])  # waits for it, or finds it kept
+    assert again[0] == [-1.0, -2.0]
+    assert len(scored) == 1
+
+
 # the attempts of a scoring model ------------------------------------------------------
 
 
@@ -138,7 +154,9 @@ class RecordingScorer:
         raise AssertionError("every choice is scored")
 
 
-async def test_attempts_of_a_scoring_model_share_one_prompt_and_sample_their_choices():
+async def test_attempts_of_a_scoring_model_share_one_prompt_and_sample_their_choices(
+    monkeypatch,
+):
     model = RecordingScorer()
     seen: list[Any] = []
     real_init = ChoiceSampler.__init__
@@ -147,14 +165,11 @@ async def test_attempts_of_a_scoring_model_share_one_prompt_and_sample_their_cho
         seen.append((seed, temperature))
         real_init(self, llm, seed, temperature)
 
-    ChoiceSampler.__init__ = spy  # type: ignore[method-assign]
-    try:
-        result = await plait.arun(
-            "How tall is the Eiffel Tower?", tools=EXAMPLE_TOOLS, model=model,
-            store="memory://", samples=4, agree=4,
-        )  # fmt: skip
-    finally:
-        ChoiceSampler.__init__ = real_init  # type: ignore[method-assign]
+    monkeypatch.setattr(ChoiceSampler, "__init__", spy)
+    result = await plait.arun(
+        "How tall is the Eiffel Tower?", tools=EXAMPLE_TOOLS, model=model,
+        store="memory://", samples=4, agree=4,
+    )  # fmt: skip
     assert isinstance(model, Scorer)
     t = CHOICE_TEMPERATURE
     assert sorted(seen) == [(1, t), (2, t), (3, t)]  # attempt 0 stays greedy

@@ -42,6 +42,7 @@ import functools
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -282,6 +283,7 @@ class _Waiting:
     session: str | None
     candidates: list[str]
     waiters: int = 0
+    started: bool = False  # being scored: a caller that leaves no longer stops it
 
 
 class LocalLLM:
@@ -308,7 +310,8 @@ class LocalLLM:
         # waiting to be scored, served by one worker task, most waited-for first
         self._scored: OrderedDict[_Key, tuple[list[float], Usage]] = OrderedDict()
         self._waiting: dict[_Key, _Waiting] = {}
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
+        self._workers = weakref.WeakKeyDictionary()  # one per event loop using this model
         self._asked = 0
 
     @classmethod
@@ -368,13 +371,14 @@ class LocalLLM:
             waiting = _Waiting(loop.create_future(), self._asked, request.session, list(candidates))
             self._waiting[key] = waiting
         waiting.waiters += 1
-        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
-            self._worker = loop.create_task(self._serve(), name="plait-local-scoring")
+        worker = self._workers.get(loop)
+        if worker is None or worker.done():
+            self._workers[loop] = loop.create_task(self._serve(), name="plait-local-scoring")
         try:
             scores, usage = await asyncio.shield(waiting.future)
         except asyncio.CancelledError:
             waiting.waiters -= 1
-            if not waiting.waiters and self._waiting.get(key) is waiting:
+            if not waiting.waiters and not waiting.started and self._waiting.get(key) is waiting:
                 del self._waiting[key]  # asked by no one any more: never scored
                 waiting.future.cancel()
             raise
@@ -389,17 +393,23 @@ class LocalLLM:
         while True:
             for _ in range(4):  # callers just answered ask their next choice first
                 await asyncio.sleep(0)
-            mine = [(k, w) for k, w in self._waiting.items() if w.future.get_loop() is loop]
+            mine = [
+                (k, w)
+                for k, w in self._waiting.items()
+                if w.future.get_loop() is loop and not w.started
+            ]
             if not mine:
                 return
             key, waiting = max(mine, key=lambda kw: (kw[1].waiters, -kw[1].order))
+            waiting.started = True
             job = functools.partial(self._score, key[0], waiting.session, waiting.candidates)
             try:
                 result = await asyncio.shield(loop.run_in_executor(None, job))
-            except asyncio.CancelledError:  # the loop is closing: so are the callers
-                for w in list(self._waiting.values()):
-                    w.future.cancel()
-                self._waiting.clear()
+            except asyncio.CancelledError:  # the loop is closing: so are its callers
+                for k, w in list(self._waiting.items()):
+                    if w.future.get_loop() is loop:
+                        w.future.cancel()
+                        del self._waiting[k]
                 raise
             except Exception as e:
                 if isinstance(e, (RuntimeError, ValueError)):
