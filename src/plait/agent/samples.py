@@ -18,11 +18,11 @@ the first at a temperature. A model that chooses by score (agent/choose.py) samp
 choice instead: attempt i > 0 runs on `ChoiceSampler(model, seed=i)`, which picks each
 choice from softmax(score / T) (the Gumbel-max trick: the candidates' scores plus T times
 Gumbel noise drawn from the seed and the choice point, so the chooser's argmax is such a
-sample, and an attempt at the same choice point always draws the same). Every attempt keeps one prompt, so their
-common choice points are one scoring request, which the model answers once (llm/local.py's
-score cache); only where paths part does an attempt cost model time. Attempt 0 stays
-greedy: the run as asked. This module owns the voting; it knows nothing of plans, tools or
-stores.
+sample, and an attempt at the same choice point always draws the same). Every attempt
+keeps one prompt, so their common choice points are one scoring request, which the model
+answers once (llm/local.py's score cache); only where paths part does an attempt cost
+model time. Attempt 0 stays greedy: the run as asked. This module owns the voting; it
+knows nothing of plans, tools or stores.
 """
 
 from __future__ import annotations
