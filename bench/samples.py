@@ -7,14 +7,18 @@ slices with --start/--count to keep each invocation short). Tools: examples/tool
 pure (they are: a search over a file and arithmetic), so the attempts share their calls.
 Answers are checked as bench/answers.py checks them.
 
-Per question, in one process, one after the other: one attempt (`plait.arun`), then
-`plait.arun(samples=5, agree=3)`. The embedded model chooses by score, so sampling
-temperature changes nothing for it: attempts differ by tactics (agent/samples.py's
-`TACTIC_VARIANTS`: fewer or more few-shot examples, calibration off, ...). Reported:
-accuracy of each, time ÷ one attempt (target ≤ 1.5× while accuracy rises), attempts cut
-short, and tokens the early stop saved.
+Per question, in one process, one after the other: one attempt (`plait.arun`) and
+`plait.arun(samples=5, agree=3)`, which goes first alternating by question. Each starts
+cold: `LocalLLM.forget_scores()` drops the cached scores and the prompts cached in
+llama.cpp's scoring context, so neither run reuses the other's work on the same question.
+The embedded model chooses by score: attempts after the first sample each choice from the
+softmax of the candidates' scores (agent/samples.py's `ChoiceSampler`, temperature 1 unless
+--temperature), sharing one prompt, so the choice points they share are scored once.
+Reported: accuracy of each, time ÷ one attempt (target ≤ 1.5× while accuracy rises),
+attempts cut short, and tokens the early stop saved.
 
     python bench/samples.py [--start 0] [--count 30] [--samples 5] [--agree 3] [--model local]
+                            [--temperature T] [--attempts]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import time
+from typing import Any
 
 import plait
 import plait.llm
@@ -47,14 +52,28 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{len(items)} questions from {args.start}; samples {args.samples}, agree {args.agree}")
     llm = plait.llm.resolve_model(args.model)  # loaded once, warmed up untimed
     await plait.arun("How tall is the Eiffel Tower?", tools=tools, model=llm)
-    for item in items:
+    forget = getattr(llm, "forget_scores", lambda: None)
+    sampling: dict[str, Any] = {"samples": args.samples, "agree": args.agree}
+    if args.temperature is not None:
+        sampling["temperature"] = args.temperature
+
+    async def timed(q: str, **sampling: Any) -> tuple[plait.RunResult, float]:
+        forget()
+        start = time.perf_counter()
+        result = await plait.arun(q, tools=tools, model=llm, **sampling)
+        return result, time.perf_counter() - start
+
+    for asked, item in enumerate(items):
         q = item["question"]
-        start = time.perf_counter()
-        single = await plait.arun(q, tools=tools, model=llm)
-        t1 = time.perf_counter() - start
-        start = time.perf_counter()
-        many = await plait.arun(q, tools=tools, model=llm, samples=args.samples, agree=args.agree)
-        tn = time.perf_counter() - start
+        # Each starts with no cached scores (the attempts share theirs among themselves,
+        # not with the single run), and which goes first alternates: the one after finds
+        # the question's prompt in llama.cpp's cache.
+        single_first = asked % 2 == 0
+        if not single_first:
+            many, tn = await timed(q, **sampling)
+        single, t1 = await timed(q)
+        if single_first:
+            many, tn = await timed(q, **sampling)
         a = check(item["answer"], single.answer, item.get("not"))
         b = check(item["answer"], many.answer, item.get("not"))
         savings = many.savings or {}
@@ -68,6 +87,8 @@ async def main(args: argparse.Namespace) -> None:
             f" cut {savings.get('attempts_cut_short', 0)}"
             f" {single.answer!r:.30} / {many.answer!r:.30}"
         )
+        if args.attempts:
+            print("     attempts:", [(a["answer"], a["cut_short"]) for a in many.attempts or []])
     n = len(items)
     print(
         f"accuracy: one attempt {one_ok}/{n}, samples {many_ok}/{n}; "
@@ -83,4 +104,11 @@ if __name__ == "__main__":
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--agree", type=int, default=3)
     ap.add_argument("--model", default="local")
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="the sampled attempts' temperature (a scoring model's choices: 1 by default)",
+    )
+    ap.add_argument("--attempts", action="store_true", help="print each attempt's answer")
     asyncio.run(main(ap.parse_args()))

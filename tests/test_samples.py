@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from plait.agent.samples import llm_judge, normalise, variant, vote
+from plait.llm.base import Delta, Request, Scorer, Usage
 from plait.llm.replay import ReplayLLM
 
 
@@ -147,18 +150,91 @@ def test_tokens_saved_is_estimated_from_the_finished_attempts() -> None:
     assert v.tokens_saved() == 70
 
 
-def test_attempts_after_the_first_vary() -> None:
-    assert variant(0, None) == (None, {})
-    t1, tactics1 = variant(1, None)
-    assert t1 and t1 > 0 and tactics1
-    assert variant(2, 0.3)[0] == 0.3
-    assert variant(3, None, scores=True)[0] is None  # a scoring model keeps choosing
-    assert len({str(variant(i, None)[1]) for i in range(1, 7)}) == 6
+def test_attempts_after_the_first_sample_and_a_chooser_samples_its_choices() -> None:
+    from plait.agent.samples import CHOICE_TEMPERATURE, SAMPLE_TEMPERATURE
+
+    assert variant(0, None) == (None, 0.0)  # the run as asked
+    assert variant(0, None, scores=True) == (None, 0.0)  # greedy choices
+    assert variant(1, None) == (SAMPLE_TEMPERATURE, 0.0)
+    assert variant(2, 0.3) == (0.3, 0.0)
+    # A scoring model writes as asked and samples its choices instead.
+    assert variant(3, None, scores=True) == (None, CHOICE_TEMPERATURE)
+    assert variant(3, 0.5, scores=True) == (0.5, 0.5)
+
+
+class FixedScorer:
+    """A scoring model whose candidates always score `scores`; it counts its calls."""
+
+    name = "fixed"
+    supports_json_schema = False
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+        self.calls = 0
+
+    async def score(
+        self, request: Request, prefix: str, candidates: Sequence[str]
+    ) -> tuple[list[float], Usage]:
+        self.calls += 1
+        return list(self.scores[: len(candidates)]), Usage(10, len(candidates))
+
+    def stream(self, request: Request) -> AsyncIterator[Delta]:
+        raise AssertionError("a chooser is not asked to write")
+
+
+def _pick(scorer: object, question: str, session: str | None = None) -> int:
+    assert isinstance(scorer, Scorer)
+    request = Request([{"role": "user", "content": question}], session=session)
+    scores, _ = asyncio.run(scorer.score(request, "1. ", ["a", "b", "c"]))
+    return max(range(3), key=scores.__getitem__)
+
+
+def test_a_sampled_choice_is_drawn_from_the_softmax_of_the_scores() -> None:
+    from plait.agent.samples import ChoiceSampler
+
+    probs = [0.6, 0.3, 0.1]
+    inner = FixedScorer([math.log(p) for p in probs])
+    picks = Counter(_pick(ChoiceSampler(inner, seed, 1.0), "q") for seed in range(1, 1501))
+    for k, p in enumerate(probs):
+        assert abs(picks[k] / 1500 - p) < 0.05, picks
+    # Colder: the best candidate nearly always.
+    cold = Counter(_pick(ChoiceSampler(inner, seed, 0.1), "q") for seed in range(1, 201))
+    assert cold[0] >= 195
+
+
+def test_a_sampled_choice_is_fixed_by_the_seed_and_the_choice_point() -> None:
+    from plait.agent.samples import ChoiceSampler
+
+    inner = FixedScorer([0.0, 0.0, 0.0])  # a fair three-way choice
+    for seed in range(5):
+        assert _pick(ChoiceSampler(inner, seed), "q") == _pick(ChoiceSampler(inner, seed), "q")
+    assert len({_pick(ChoiceSampler(inner, seed), "q") for seed in range(30)}) == 3
+    assert len({_pick(ChoiceSampler(inner, 7), f"question {i}") for i in range(30)}) == 3
+
+
+def test_the_calibration_prior_and_a_zero_temperature_are_not_sampled() -> None:
+    from plait.agent.choose import NEUTRAL_SESSION
+    from plait.agent.samples import ChoiceSampler
+
+    inner = FixedScorer([0.0, -1.0, -2.0])
+    request = Request([{"role": "user", "content": "q"}], session=NEUTRAL_SESSION)
+    prior, _ = asyncio.run(ChoiceSampler(inner, 3).score(request, "", ["a", "b", "c"]))
+    assert prior == [0.0, -1.0, -2.0]
+    plain = Request([{"role": "user", "content": "q"}])
+    kept, _ = asyncio.run(ChoiceSampler(inner, 3, 0.0).score(plain, "", ["a", "b", "c"]))
+    assert kept == [0.0, -1.0, -2.0]
+
+
+def test_a_model_that_does_not_score_is_not_made_a_scorer() -> None:
+    from plait.agent.samples import ChoiceSampler
+
+    assert not isinstance(ChoiceSampler(ReplayLLM(["x"]), 1), Scorer)
+    assert isinstance(ChoiceSampler(FixedScorer([0.0]), 1), Scorer)
 
 
 class FakeRun:
-    def __init__(self, status: str, answer: str | None) -> None:
-        self.status, self.answer = status, answer
+    def __init__(self, status: str, answer: str | None, error: str | None = None) -> None:
+        self.status, self.answer, self.error = status, answer, error
 
 
 async def test_sampled_runs_count_tokens_from_events_and_vote() -> None:
@@ -196,3 +272,17 @@ async def test_sampled_raises_when_every_attempt_raised() -> None:
 
     with pytest.raises(ValueError, match="bad input 0"):
         await sampled(attempt, 2, 2)
+
+
+async def test_an_attempt_without_an_answer_reports_why() -> None:
+    from plait.agent.samples import sampled
+
+    async def attempt(i: int, listen: object) -> FakeRun:
+        if i == 0:
+            return FakeRun("failed", None, "model error: local: out of memory")
+        return FakeRun("done", "42")
+
+    vote_, _ = await sampled(attempt, 3, 3)
+    assert vote_.answer == "42"
+    assert vote_.attempts[0].error == "model error: local: out of memory"
+    assert vote_.attempts[0].to_dict()["error"] == "model error: local: out of memory"

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from typing import Any
 
 from .agent.loop import Agent, Outcome, RetryPolicy, Tactics, execute_plan, prepare_plan
-from .agent.samples import MAX_SAMPLES, llm_judge, sampled, variant
+from .agent.samples import MAX_SAMPLES, ChoiceSampler, llm_judge, sampled, variant
 from .agent.speedups import QUESTION, RunSpeedups, open_plan_cache
 from .agent.templates import TemplateCache
 from .core import events as ev
@@ -193,8 +193,9 @@ async def _sampled(
     question: str, n: int, agree: int | None, judge: str | LLM | None, kwargs: dict[str, Any]
 ) -> RunResult:
     """`samples=N`: N runs of the question at once, voted by agent/samples.py. Attempt i is
-    the run `RUN_ID~i` when a run id is given; the result is the chosen attempt's, and
-    `on_event` hears the first attempt's events."""
+    the run `RUN_ID~i` when a run id is given; the result is the chosen attempt's.
+    `on_event` hears the first attempt's events as they come; if it has a `chosen` method
+    (the CLI's trace), that is given the chosen attempt's events, whole, after the vote."""
     if not 1 <= n <= MAX_SAMPLES:
         raise PlaitError(f"samples must be between 1 and {MAX_SAMPLES}, not {n}")
     agree = agree if agree is not None else n // 2 + 1
@@ -206,27 +207,36 @@ async def _sampled(
     if judge is not None:
         chooser = llm_judge(resolve_model(judge, base_url=kwargs["base_url"]), question)
     run_id, user = kwargs.pop("run_id"), kwargs.pop("on_event")
-    given = kwargs.pop("tactics")
-    base_tactics = given or Tactics()
     # The attempts share pure calls and per-tool limits (a batch's, when in one).
     shared = kwargs.pop("shared") or Shared(SharedCalls(), tool_limits(registry))
     scores = isinstance(llm, Scorer)
+    chosen = getattr(user, "chosen", None)  # a listener (a trace) of the chosen attempt
+    heard: list[list[ev.Event]] = [[] for _ in range(n)]
 
     async def attempt(i: int, listen: ev.Listener) -> RunResult:
-        temperature, changes = variant(i, kwargs["temperature"], scores)
+        temperature, choice = variant(i, kwargs["temperature"], scores)
+        if chosen is not None:
+            listen = _both(heard[i].append, listen)
         return await arun(
             question,
-            **{**kwargs, "tools": registry, "model": llm, "temperature": temperature},
-            tactics=dataclasses.replace(base_tactics, **changes) if changes else given,
+            **{
+                **kwargs,
+                "tools": registry,
+                "model": ChoiceSampler(llm, i, choice) if choice else llm,
+                "temperature": temperature,
+            },
             shared=shared,
             run_id=f"{run_id}~{i + 1}" if run_id else None,
-            # One run's events for a listener that expects one run (a live view, a trace):
-            # the first attempt's, the run as asked.
+            # A listener that expects one run (a live view) hears the first attempt's
+            # events as they come, the run as asked.
             on_event=_both(user, listen) if i == 0 else listen,
         )
 
     voted, results = await sampled(attempt, n, agree, chooser)
-    result = results[voted.chosen if voted.chosen is not None else min(results)]
+    picked = voted.chosen if voted.chosen is not None else min(results)
+    result = results[picked]
+    if chosen is not None:
+        chosen(heard[picked])
     result.attempts = [
         {**a.to_dict(), "run_id": results[a.index].run_id if a.index in results else None}
         for a in voted.attempts

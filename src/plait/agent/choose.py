@@ -53,6 +53,7 @@ MAX_CANDIDATES = 96  # per choice; beyond this the plan's own order decides whic
 MAX_ANSWER_WORDS = 4
 CALIBRATION = 0.5  # weight of the context-free log-probability subtracted from a decision's
 NEUTRAL = [{"role": "user", "content": "Reply with an action."}]
+NEUTRAL_SESSION = "plait:neutral"  # the calibration prior's requests: no run's choice
 
 
 @dataclass(slots=True)
@@ -366,7 +367,7 @@ class DecisionChooser:
         scores, more = await self.llm.score(request, "Action: Finish(", options)
         usage = usage + more
         if self.calibration:
-            neutral = Request(NEUTRAL, session="plait:neutral")
+            neutral = Request(NEUTRAL, session=NEUTRAL_SESSION)
             prior, _ = await self.llm.score(neutral, "Action: Finish(", options)
             scores = [s - self.calibration * p for s, p in zip(scores, prior, strict=True)]
         choice = options[max(range(len(options)), key=lambda i: scores[i])]

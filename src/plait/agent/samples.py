@@ -12,23 +12,35 @@ cancelled: `vote` returns only once they have stopped) and that answer is return
 no agreement once all have finished, the most frequent answer wins; a tie goes to the
 `judge` when there is one, else to the answer given first.
 
-Attempts differ by what `variant` gives attempt i (a temperature, a set of tactics), and the
-caller shares their pure tool calls (one SharedCalls for all of them). This module owns
-the voting; it knows nothing of plans, tools or stores.
+Attempts differ by what `variant` gives attempt i, and the caller shares their pure tool
+calls (one SharedCalls for all of them). A model that writes text samples attempts after
+the first at a temperature. A model that chooses by score (agent/choose.py) samples each
+choice instead: attempt i > 0 runs on `ChoiceSampler(model, seed=i)`, which picks each
+choice from softmax(score / T) (the Gumbel-max trick: the candidates' scores plus T times
+Gumbel noise drawn from the seed and the choice point, so the chooser's argmax is such a
+sample, and an attempt at the same choice point always draws the same). Every attempt
+keeps one prompt, so their common choice points are one scoring request, which the model
+answers once (llm/local.py's score cache); only where paths part does an attempt cost
+model time. Attempt 0 stays greedy: the run as asked. This module owns the voting; it
+knows nothing of plans, tools or stores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
+import random
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..core import events as ev
-from ..llm.base import LLM, Request, Scorer
+from ..llm.base import LLM, Delta, Request, Scorer, Usage, Wrapper
+from .choose import NEUTRAL_SESSION
 
 # A number (thousands separators allowed) and the unit right after it, if any.
 _NUMBER = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?)(?![\d])")
@@ -53,19 +65,10 @@ _UNIT_AFTER_NUMBER = re.compile(
     r"(\d) ?(" + "|".join(sorted(map(re.escape, _UNIT), key=len, reverse=True)) + r")(?![\w])"
 )
 
-# Attempt i's differences from attempt 0, for models whose sampling temperature changes
-# nothing (a model that chooses among candidates by score): each varies one tactic.
-TACTIC_VARIANTS: tuple[dict[str, Any], ...] = (
-    {},
-    {"examples": 1},  # bench/README: as accurate as the default on the embedded model
-    {"calibrate": False},
-    {"examples": 3},
-    {"similar_examples": False},
-    {"examples": 0},
-    {"constrain_join": False},
-)
 MAX_SAMPLES = 64  # attempts at once at most: each is a whole run (its model calls, its tasks)
 SAMPLE_TEMPERATURE = 0.7  # attempts after the first, when the run's own is 0
+CHOICE_TEMPERATURE = 0.7  # a scoring model's choices: its softmax at 0.7 (bench/README: at 1
+# the attempts part more often, cost more and were no more accurate)
 
 
 def normalise(answer: str) -> str:
@@ -113,18 +116,53 @@ def _number(text: str) -> str:
     return str(int(rounded)) if rounded == int(rounded) else repr(rounded)
 
 
-def variant(
-    i: int, temperature: float | None, scores: bool = False
-) -> tuple[float | None, dict[str, Any]]:
-    """Attempt i's temperature and tactic changes: attempt 0 is the run as asked; the others
-    each change one tactic and, for a model that samples (not one that chooses by score,
-    which a temperature would turn back into a free writer), sample warmer."""
+def variant(i: int, temperature: float | None, scores: bool = False) -> tuple[float | None, float]:
+    """Attempt i's sampling temperature (for the text a model writes) and its choice
+    temperature (0: choices greedy; for a model that chooses by score, whose writing
+    temperature would turn a chooser back into a free writer). Attempt 0 is the run as
+    asked; the others sample: a writer at the run's temperature (`SAMPLE_TEMPERATURE` when
+    that is 0), a chooser its choices at the run's temperature (`CHOICE_TEMPERATURE` when 0)."""
     if i == 0:
-        return temperature, {}
-    tactics = TACTIC_VARIANTS[1 + (i - 1) % (len(TACTIC_VARIANTS) - 1)]
+        return temperature, 0.0
     if scores:
-        return temperature, tactics
-    return (temperature if temperature else SAMPLE_TEMPERATURE), tactics
+        return temperature, temperature or CHOICE_TEMPERATURE
+    return temperature or SAMPLE_TEMPERATURE, 0.0
+
+
+def gumbel(seed: str) -> float:
+    """A Gumbel(0, 1) draw fixed by `seed`."""
+    u = random.Random(seed).random()
+    return -math.log(-math.log(u)) if u > 0.0 else -math.log(-math.log(1e-300))
+
+
+class ChoiceSampler(Wrapper):
+    """A scoring model whose choices are sampled (see the module docstring): `score` returns
+    each candidate's log-probability plus `temperature` times Gumbel noise fixed by `seed`
+    and the choice point, so taking the best is drawing from softmax(score / temperature).
+    A calibration prior (`NEUTRAL_SESSION`) is scored as it is, so the chooser's calibrated
+    choice is still one draw. Text the model writes is streamed unchanged."""
+
+    def __init__(self, llm: LLM, seed: int, temperature: float = CHOICE_TEMPERATURE) -> None:
+        super().__init__(llm)
+        self.seed = seed
+        self.temperature = temperature
+        self._inner = getattr(llm, "score", None)
+        if self._inner is not None:
+            self.score = self._sampled
+
+    def stream(self, request: Request) -> AsyncIterator[Delta]:
+        return self.llm.stream(request)
+
+    async def _sampled(
+        self, request: Request, prefix: str, candidates: Sequence[str]
+    ) -> tuple[list[float], Usage]:
+        assert self._inner is not None
+        scores, usage = await self._inner(request, prefix, candidates)
+        if request.session == NEUTRAL_SESSION or len(scores) < 2 or not self.temperature:
+            return scores, usage
+        point = json.dumps([self.seed, request.messages, prefix, list(candidates)])
+        noisy = [s + self.temperature * gumbel(f"{point}{k}") for k, s in enumerate(scores)]
+        return noisy, usage
 
 
 @dataclass(slots=True)
@@ -282,6 +320,7 @@ class Answered(Protocol):
 
     status: str
     answer: str | None
+    error: str | None
 
 
 R = TypeVar("R", bound=Answered)
@@ -294,7 +333,8 @@ async def sampled(
     judge: Judge | None = None,
 ) -> tuple[Vote, dict[int, R]]:
     """Run `n` whole runs (`attempt(i, listener)`, the listener given their events) and
-    vote on their answers (a run that did not end "done" gives none). Returns the vote and
+    vote on their answers (a run that did not end "done" gives none, and its error is the
+    attempt's). Returns the vote and
     the results of the attempts that finished. Each attempt's tokens are counted from its
     events, so the vote knows what the cut-short ones had used. If every attempt raised,
     the first one's error is raised."""
@@ -329,6 +369,9 @@ async def sampled(
     outcome = await vote(one, n, agree, judge)
     for a in outcome.attempts:
         a.tokens = tokens[a.index]
+        ended = results.get(a.index)
+        if a.answer is None and ended is not None and ended.error:
+            a.error = ended.error  # why it has none (a model error, a failed plan), said
     if not results and errors:
         raise errors[min(errors)]
     return outcome, results

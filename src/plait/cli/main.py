@@ -591,6 +591,33 @@ def _drive_new(
         raise PlaitError(_taken(again.store, run_id, again)) from None
 
 
+class _Listener:
+    """What `_drive` gives a run as its listener: the live view and the trace hear its
+    events. Sampled attempts (`--samples`): the live view follows the first attempt as it
+    goes, and the trace is rebuilt from the chosen attempt's events after the vote
+    (`chosen`), so it is written, and is the answer's run, whichever attempt that is."""
+
+    def __init__(self, trace: TraceRecorder | None, view: LiveView | None) -> None:
+        self.trace = trace
+        self.view = view
+        self.final: list[RunResult] = []
+
+    def __call__(self, e: ev.Event) -> None:
+        if self.trace is not None:
+            self.trace(e)
+        if self.view is not None:
+            self.view(e)
+        if isinstance(e, ev.RunFinished):
+            self.final.append(e.result)
+
+    def chosen(self, events: list[ev.Event]) -> None:
+        if self.trace is None:
+            return
+        self.trace = TraceRecorder()
+        for e in events:
+            self.trace(e)
+
+
 def _drive(
     start: Callable[..., Coroutine[Any, Any, RunResult]],
     again: Again,
@@ -600,17 +627,9 @@ def _drive(
 ) -> int:
     """Run `start` (an api call, given here the run's tools, store, backend and event
     listener) to its end with the live view or --json; its exit code."""
-    trace = TraceRecorder() if trace_path else None
     view = None if as_json else LiveView(verbose)
-    final: list[RunResult] = []
-
-    def on_event(e: ev.Event) -> None:
-        if trace is not None:
-            trace(e)
-        if view is not None:
-            view(e)
-        if isinstance(e, ev.RunFinished):
-            final.append(e.result)
+    on_event = _Listener(TraceRecorder() if trace_path else None, view)
+    final = on_event.final
 
     trace_error: str | None = None
     try:
@@ -629,6 +648,7 @@ def _drive(
         finally:
             if view is not None:
                 view.stop()
+            trace = on_event.trace
             if trace is not None and trace_path and trace.events:
                 try:
                     trace.write(trace_path)

@@ -27,16 +27,25 @@ Options ride on the spec as a query: `local:/models/x.gguf?n_ctx=8192&n_threads=
   (the system prompt). The candidates of one call are decoded together in one batch, each
   in its own sequence that shares the prompt's cells; a candidate's last token needs no
   evaluation at all.
+- Scores are cached (`SCORE_CACHE` entries, least recently used dropped), keyed by the exact
+  prompt text (the chat prompt and the reply's prefix) and the candidate list: attempts of
+  one question (agent/samples.py) that reach the same choice point ask the same request,
+  which is scored once (a request asked while the same one is being scored waits for it).
+  A cached answer reports the usage the scoring reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -54,6 +63,7 @@ SCORE_CTX = 8192  # the scoring context's cells, shared by the cached prompts an
 SCORE_BATCH = 1024  # tokens decoded at once when scoring
 SCORE_SLOTS = 8  # run prompts kept cached for scoring (one sequence each)
 SCORE_SEQS = 64  # sequences in the scoring context: the slots, then candidates
+SCORE_CACHE = 512  # scoring requests whose answers are kept (a few floats each)
 
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
@@ -166,6 +176,13 @@ class _ScoringContext:
         self.owner: list[str | None] = [None] * SCORE_SLOTS
         self.used = [0.0] * SCORE_SLOTS
 
+    def forget(self) -> None:
+        """Drop every cached prompt."""
+        for slot in range(SCORE_SLOTS):
+            self.lib.llama_memory_seq_rm(self.mem, slot, -1, -1)
+        self.tokens = [[] for _ in range(SCORE_SLOTS)]
+        self.owner = [None] * SCORE_SLOTS
+
     def close(self) -> None:
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
@@ -254,6 +271,21 @@ class _ScoringContext:
         return scores, evaluated
 
 
+_Key = tuple[str, tuple[str, ...]]  # a scoring request: prompt text, candidates
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A scoring request not yet answered, and how many callers wait for it."""
+
+    future: asyncio.Future[tuple[list[float], Usage]]
+    order: int
+    session: str | None
+    candidates: list[str]
+    waiters: int = 0
+    started: bool = False  # being scored: a caller that leaves no longer stops it
+
+
 class LocalLLM:
     supports_json_schema = True
 
@@ -274,6 +306,13 @@ class LocalLLM:
         self.max_tokens = max_tokens
         self._llm: Any = None
         self._lock: threading.Lock | None = None
+        # prompt text and candidates -> scores and usage (the cache), and the requests
+        # waiting to be scored, served by one worker task, most waited-for first
+        self._scored: OrderedDict[_Key, tuple[list[float], Usage]] = OrderedDict()
+        self._waiting: dict[_Key, _Waiting] = {}
+        self._workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
+        self._workers = weakref.WeakKeyDictionary()  # one per event loop using this model
+        self._asked = 0
 
     @classmethod
     def from_spec(cls, rest: str = "", **options: Any) -> LocalLLM:
@@ -319,23 +358,100 @@ class LocalLLM:
         loop = asyncio.get_running_loop()
         if self._llm is None:
             await loop.run_in_executor(None, self._model)
-        llm, lock = self._model()
-
-        def work() -> tuple[list[float], Usage]:
-            with lock:
-                scorer = _scorers.get(id(llm))
-                if scorer is None:
-                    scorer = _scorers[id(llm)] = _ScoringContext(llm, self.n_threads)
-                text = self._chat_prompt(llm, request.messages) + prefix
-                prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
-                cands = [llm.tokenize(c.encode(), add_bos=False, special=False) for c in candidates]
-                scores, _ = scorer.score(request.session, prompt, cands)
-                return scores, Usage(len(prompt), sum(map(len, cands)))
-
+        llm, _ = self._model()
+        text = self._chat_prompt(llm, request.messages) + prefix
+        key = (text, tuple(candidates))
+        found = self._scored.get(key)
+        if found is not None:
+            self._scored.move_to_end(key)
+            return list(found[0]), found[1]
+        waiting = self._waiting.get(key)
+        if waiting is None or waiting.future.get_loop() is not loop:
+            self._asked += 1
+            waiting = _Waiting(loop.create_future(), self._asked, request.session, list(candidates))
+            self._waiting[key] = waiting
+        waiting.waiters += 1
+        worker = self._workers.get(loop)
+        if worker is None or worker.done():
+            self._workers[loop] = loop.create_task(self._serve(), name="plait-local-scoring")
         try:
-            return await loop.run_in_executor(None, work)
-        except (RuntimeError, ValueError) as e:
-            raise LLMError(f"{self.name}: scoring failed: {e}") from None
+            scores, usage = await asyncio.shield(waiting.future)
+        except asyncio.CancelledError:
+            waiting.waiters -= 1
+            if not waiting.waiters and not waiting.started and self._waiting.get(key) is waiting:
+                del self._waiting[key]  # asked by no one any more: never scored
+                waiting.future.cancel()
+            raise
+        return list(scores), usage
+
+    async def _serve(self) -> None:
+        """Score the waiting requests one at a time (they take turns on the model anyway),
+        the one most callers wait for first, then the oldest: the choice points that most
+        sampled attempts share go ahead of one attempt's own, so the attempts that agree
+        finish first and the others are cut short before they cost model time."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for _ in range(4):  # callers just answered ask their next choice first
+                await asyncio.sleep(0)
+            mine = [
+                (k, w)
+                for k, w in self._waiting.items()
+                if w.future.get_loop() is loop and not w.started
+            ]
+            if not mine:
+                return
+            key, waiting = max(mine, key=lambda kw: (kw[1].waiters, -kw[1].order))
+            waiting.started = True
+            job = functools.partial(self._score, key[0], waiting.session, waiting.candidates)
+            try:
+                result = await asyncio.shield(loop.run_in_executor(None, job))
+            except asyncio.CancelledError:  # the loop is closing: so are its callers
+                for k, w in list(self._waiting.items()):
+                    if w.future.get_loop() is loop:
+                        w.future.cancel()
+                        del self._waiting[k]
+                raise
+            except Exception as e:
+                if isinstance(e, (RuntimeError, ValueError)):
+                    e = LLMError(f"{self.name}: scoring failed: {e}")
+                if not waiting.future.done():
+                    waiting.future.set_exception(e)
+                    waiting.future.exception()  # raised to every waiter, none unheard
+            else:
+                self._scored[key] = result
+                while len(self._scored) > SCORE_CACHE:
+                    self._scored.popitem(last=False)
+                if not waiting.future.done():
+                    waiting.future.set_result(result)
+            finally:
+                if self._waiting.get(key) is waiting:
+                    del self._waiting[key]
+
+    def forget_scores(self) -> None:
+        """Drop the cached scores and the scoring context's cached prompts, so that a run
+        starts cold (a benchmark compares runs that each start alike)."""
+        self._scored.clear()
+        if self._llm is None:
+            return
+        llm, lock = self._model()
+        with lock:
+            scorer = _scorers.get(id(llm))
+            if scorer is not None:
+                scorer.forget()
+
+    def _score(
+        self, text: str, session: str | None, candidates: Sequence[str]
+    ) -> tuple[list[float], Usage]:
+        """`score`'s work, in a worker thread under the model's lock."""
+        llm, lock = self._model()
+        with lock:
+            scorer = _scorers.get(id(llm))
+            if scorer is None:
+                scorer = _scorers[id(llm)] = _ScoringContext(llm, self.n_threads)
+            prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+            cands = [llm.tokenize(c.encode(), add_bos=False, special=False) for c in candidates]
+            scores, _ = scorer.score(session, prompt, cands)
+            return scores, Usage(len(prompt), sum(map(len, cands)))
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()
