@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any, Protocol
 
+from pydantic import BaseModel
 from pydantic_core import to_json
 
 
@@ -23,12 +26,17 @@ def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
 
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
     """The tool's name and arguments as canonical JSON (so `f(q="x")` and `f("x")` are one
-    call; a tuple is its list), or None, never merged, unless every value is of JSON's own
-    types: pydantic would write `b"abc"` as `"abc"`, `{1: x}` as `{"1": x}`."""
+    call; a tuple is its list), or None, never merged, when a value has no one JSON form.
+    JSON's own types are themselves; any other value is tagged with its type, so values of
+    two types never meet: pydantic would write `b"abc"` as `"abc"`, `{1: x}` as `{"1": x}`.
+    (Validation hands a pure tool Enums, models, dates: their equal calls are shared too.)"""
     try:
         return tool + ":" + to_json(_canonical(arguments)).decode()
     except Exception:
         return None
+
+
+_TAG = "\x00"  # a tagged value's only key; a plain dict's keys that start with it are escaped
 
 
 def _canonical(value: Any) -> Any:
@@ -36,10 +44,24 @@ def _canonical(value: Any) -> Any:
     if kind in (list, tuple):
         return [_canonical(v) for v in value]
     if kind is dict and all(type(k) is str for k in value):
-        return {k: _canonical(value[k]) for k in sorted(value)}
+        return {(_TAG + k if k.startswith(_TAG) else k): _canonical(value[k]) for k in sorted(value)}
     if kind in (str, int, float, bool, type(None)):
         return value
-    raise TypeError(f"{kind.__name__} has no one JSON form")
+    return {_TAG: [f"{kind.__module__}.{kind.__qualname__}", _contents(value)]}
+
+
+def _contents(value: Any) -> Any:
+    """What tells apart two values of one type not JSON's own (TypeError: nothing does)."""
+    if isinstance(value, Enum):
+        return _canonical(value.value)
+    if isinstance(value, BaseModel):
+        return _canonical({**value.__dict__, **(value.__pydantic_extra__ or {})})
+    if dataclasses.is_dataclass(value):
+        return _canonical({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    encoded = to_json(value)
+    if encoded[:1] in (b"[", b"{"):  # a container: JSON would lose its items' types
+        raise TypeError(f"{type(value).__name__} has no one JSON form")
+    return encoded.decode()
 
 
 class CallCache(Protocol):
