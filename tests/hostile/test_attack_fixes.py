@@ -81,3 +81,62 @@ def test_keys_of_non_json_values_tell_their_types_and_contents_apart():
     # A set's (or any other container's) items lose their types in JSON: never merged.
     assert call_key("f", {"q": {b"a"}}) is None
     assert call_key("f", {"q": frozenset({"a"})}) is None
+
+
+def _served(tmp_path, token: str):
+    from plait.serve.app import build_app
+    from plait.serve.metrics import Metrics
+    from plait.serve.runs import RunManager
+
+    store = plait.open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    manager = RunManager(store, plait.Tools([]), "local", Metrics())
+    return store, build_app(manager, token, resume_on_start=False)
+
+
+def test_a_stale_cookie_sent_again_and_again_does_not_lock_its_browser_out(
+    tmp_path, monkeypatch
+):
+    # `plait serve` restarted with a new token: every open tab polls /v1/runs with the old
+    # cookie, gets 401 and reloads (GET / with the old cookie again). That one wrong value,
+    # repeated, tells a guesser nothing: it counted once per request, so the browser (and
+    # every client on its address: all of them on 127.0.0.1) was refused the right token.
+    from starlette.testclient import TestClient
+
+    from plait.serve.app import Lockout
+
+    monkeypatch.setattr(Lockout, "WINDOW", 1e9)  # no failure leaves the window in this test
+    store, app = _served(tmp_path, "new-token")
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            client.cookies.set("plait_token", "digest-of-the-old-token")
+            for _ in range(3 * Lockout.ATTEMPTS):
+                assert client.get("/v1/runs").status_code == 401
+                assert client.get("/").status_code == 401
+            login = client.post("/login", data={"token": "new-token"}, follow_redirects=False)
+            assert login.status_code == 303
+            right = client.get("/v1/runs", headers={"Authorization": "Bearer new-token"})
+            assert right.status_code == 200
+            # Distinct guesses still add up, the stale cookie's among them.
+            client.cookies.clear()
+            for i in range(Lockout.ATTEMPTS - 1):
+                wrong = client.get("/v1/runs", headers={"Authorization": f"Bearer guess{i}"})
+                assert wrong.status_code == 401
+            assert client.get("/v1/runs", headers={"Authorization": "Bearer x"}).status_code == 429
+    finally:
+        store.close()
+
+
+def test_a_lockout_counts_an_ipv6_client_by_its_network_not_each_address():
+    # One host is handed a /64 (2**64 addresses): keyed by the whole address, it could
+    # make a fresh client of each guess. An IPv4-mapped address is its IPv4 client.
+    from plait.serve.app import _client
+
+    def key(host: str) -> str:
+        return _client({"client": (host, 4242)})
+
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+    assert key("2001:db8:1:2::1") != key("2001:db8:1:3::1")
+    assert key("::ffff:10.0.0.1") == key("10.0.0.1") != key("10.0.0.2")
+    assert key("127.0.0.1") != key("::1")
+    assert key("testclient") == "testclient"  # not an address: as it is
+    assert _client({}) == ""
