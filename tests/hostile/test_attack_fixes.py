@@ -93,9 +93,7 @@ def _served(tmp_path, token: str):
     return store, build_app(manager, token, resume_on_start=False)
 
 
-def test_a_stale_cookie_sent_again_and_again_does_not_lock_its_browser_out(
-    tmp_path, monkeypatch
-):
+def test_a_stale_cookie_sent_again_and_again_does_not_lock_its_browser_out(tmp_path, monkeypatch):
     # `plait serve` restarted with a new token: every open tab polls /v1/runs with the old
     # cookie, gets 401 and reloads (GET / with the old cookie again). That one wrong value,
     # repeated, tells a guesser nothing: it counted once per request, so the browser (and

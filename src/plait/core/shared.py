@@ -44,7 +44,9 @@ def _canonical(value: Any) -> Any:
     if kind in (list, tuple):
         return [_canonical(v) for v in value]
     if kind is dict and all(type(k) is str for k in value):
-        return {(_TAG + k if k.startswith(_TAG) else k): _canonical(value[k]) for k in sorted(value)}
+        return {
+            (_TAG + k if k.startswith(_TAG) else k): _canonical(value[k]) for k in sorted(value)
+        }
     if kind in (str, int, float, bool, type(None)):
         return value
     return {_TAG: [f"{kind.__module__}.{kind.__qualname__}", _contents(value)]}

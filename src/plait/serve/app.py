@@ -109,7 +109,7 @@ class Lockout:
     unread, the right one too (else the refusals would tell a guess apart). A wrong value
     given again counts once: it tells a guesser nothing, and a page still holding the
     cookie of a token since changed sends it on every poll and reload. Behind a proxy
-    the address is the proxy's unless uvicorn is told to trust its forwarding headers."""
+    the address is the proxy's unless $FORWARDED_ALLOW_IPS names it (serve/__init__.py)."""
 
     ATTEMPTS = 10
     WINDOW = 60.0
@@ -513,8 +513,8 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             httponly=True,
             samesite="strict",
             path="/",
-            # Behind a TLS proxy uvicorn takes its X-Forwarded-Proto (from the addresses
-            # in $FORWARDED_ALLOW_IPS, 127.0.0.1 by default): the scheme is then https.
+            # Behind a TLS proxy uvicorn takes its X-Forwarded-Proto (only from the
+            # addresses in $FORWARDED_ALLOW_IPS: serve/__init__.py): the scheme is https.
             secure=request.url.scheme == "https",
         )
         return response
