@@ -164,3 +164,43 @@ def test_a_postgres_store_written_by_a_newer_plait_is_refused_read_only_too(post
         plait.open_store(url, readonly=True).runs()
     assert "newer plait" in str(raised.value) and f"version {newer}" in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("command", ["rm", "prune"])
+def test_a_run_resumed_between_the_look_and_the_delete_is_not_deleted(
+    tmp_path, monkeypatch, command
+):
+    # rm and prune look read-only, close, then open for writing to delete: a `plait resume`
+    # that claims the run in between was running a run whose rows were deleted under it.
+    import time
+
+    from plait.cli import report
+    from plait.errors import PlaitError
+    from plait.stores import RunInfo, open_store
+    from plait.stores.base import new_holder
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = open_store(url)
+    store.create(RunInfo("r1", "plan", "1. f()", created=1.0, updated=1.0))
+    store.close()
+    real = open_store
+
+    def resumed_meanwhile(url: str, *, readonly: bool = False):
+        if not readonly:  # another process resumes r1 just before the delete
+            other = real(url)
+            other.claim("r1", new_holder(), 60)
+            other.close()
+        return real(url, readonly=readonly)
+
+    monkeypatch.setattr(report, "open_store", resumed_meanwhile)
+    if command == "rm":
+        with pytest.raises(PlaitError, match="being run now; nothing deleted"):
+            report.remove_runs(url, ["r1"])
+    else:
+        report.prune_runs(url, time.time(), dry_run=False)
+    store = real(url, readonly=True)
+    try:
+        kept = store.get("r1")
+        assert kept is not None and kept.held
+    finally:
+        store.close()
