@@ -316,6 +316,8 @@ def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     `resources={"num_cpus": 2, "memory": 2**30, "custom": {"scraper": 1}}` is what one call
     needs on a Ray cluster; `stateful=True` keeps the tool on one Ray actor between calls.
     """
+    if unknown := set(options) - set(OPTIONS):  # here, not once the decorator is applied
+        raise TypeError(f"tool() got an unexpected keyword argument {min(unknown)!r}")
     if fn is not None:
         return Tool(fn, **options)
     return lambda f: Tool(f, **options)
