@@ -65,11 +65,9 @@ def test_keys_of_non_json_values_tell_their_types_and_contents_apart():
     # Shared at last, but never merged with a value of another type or another content.
     assert call_key("f", {"q": Color.RED}) == call_key("f", {"q": Color.RED}) is not None
     assert call_key("f", {"q": Point(x=1, y=2)}) == call_key("f", {"q": Point(x=1, y=2)})
-    assert call_key("f", {"q": Box("a")}) == call_key("f", {"q": Box("a")}) is not None
     distinct = [
         Color.RED, "red", Label("red"), b"red", ["red"], {"\x00": ["red"]},
         Point(x=1, y=2), {"x": 1, "y": 2}, Point(x=1, y=3),
-        Box("a"), Box(b"a"), {"item": "a"}, Box(Box("a")),
         datetime.date(2026, 1, 2), "2026-01-02", datetime.datetime(2026, 1, 2),
     ]  # fmt: skip
     keys = [call_key("f", {"q": v}) for v in distinct]
@@ -81,6 +79,7 @@ def test_keys_of_non_json_values_tell_their_types_and_contents_apart():
     assert all(call_key("f", {"q": f}) not in (tagged, None) for f in forged)
     # A set's (or any other container's) items lose their types in JSON: never merged.
     assert call_key("f", {"q": {b"a"}}) is None
+    assert call_key("f", {"q": Box("a")}) is None
     assert call_key("f", {"q": frozenset({"a"})}) is None
 
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from enum import Enum
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -25,45 +23,28 @@ def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
 
 
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
-    """The tool's name and arguments as canonical JSON (so `f(q="x")` and `f("x")` are one
-    call; a tuple is its list), or None, never merged, when a value has no one JSON form.
-    JSON's own types are themselves; any other value is tagged with its type, so values of
-    two types never meet: pydantic would write `b"abc"` as `"abc"`, `{1: x}` as `{"1": x}`.
-    (Validation hands a pure tool Enums, models, dates: their equal calls are shared too.)"""
+    """The tool's name and arguments as canonical JSON (`f(q="x")` and `f("x")` are one call;
+    a tuple is its list), or None (never merged) when a value has no one JSON form. Other
+    types are tagged (pydantic writes b"abc" as "abc"): Enums, dates, models share, apart."""
     try:
         return tool + ":" + to_json(_canonical(arguments)).decode()
     except Exception:
         return None
 
 
-_TAG = "\x00"  # a tagged value's only key; a plain dict's keys that start with it are escaped
-
-
 def _canonical(value: Any) -> Any:
     kind = type(value)
     if kind in (list, tuple):
         return [_canonical(v) for v in value]
-    if kind is dict and all(type(k) is str for k in value):
-        return {
-            (_TAG + k if k.startswith(_TAG) else k): _canonical(value[k]) for k in sorted(value)
-        }
+    if kind is dict and all(type(k) is str for k in value):  # a "\0" key is a tag's: escaped
+        return {"\0" * k.startswith("\0") + k: _canonical(value[k]) for k in sorted(value)}
     if kind in (str, int, float, bool, type(None)):
         return value
-    return {_TAG: [f"{kind.__module__}.{kind.__qualname__}", _contents(value)]}
-
-
-def _contents(value: Any) -> Any:
-    """What tells apart two values of one type not JSON's own (TypeError: nothing does)."""
-    if isinstance(value, Enum):
-        return _canonical(value.value)
     if isinstance(value, BaseModel):
-        return _canonical({**value.__dict__, **(value.__pydantic_extra__ or {})})
-    if dataclasses.is_dataclass(value):
-        return _canonical({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
-    encoded = to_json(value)
-    if encoded[:1] in (b"[", b"{"):  # a container: JSON would lose its items' types
-        raise TypeError(f"{type(value).__name__} has no one JSON form")
-    return encoded.decode()
+        inner = _canonical(dict(value))  # its fields and extras
+    elif (inner := to_json(value).decode())[:1] in "[{":  # JSON loses its items' types
+        raise TypeError(f"{kind.__name__} has no one JSON form")
+    return {"\0": [f"{kind.__module__}.{kind.__qualname__}", inner]}  # the value's type tag
 
 
 class CallCache(Protocol):
