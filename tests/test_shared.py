@@ -42,7 +42,6 @@ def test_call_key_never_merges_values_of_different_types_with_one_json_form():
     ]
     for a, b in pairs:
         assert call_key("f", {"q": a}) != call_key("f", {"q": b}), (a, b)
-        assert call_key("f", {"q": a}) is None or call_key("f", {"q": b}) is None, (a, b)
     assert call_key("f", {"q": True}) != call_key("f", {"q": 1})
     assert call_key("f", {"q": 1}) != call_key("f", {"q": 1.0})
 

@@ -298,3 +298,43 @@ def test_guessing_the_token_is_held_back_and_a_browser_without_one_is_not(
     finally:
         server.kill()
     assert token not in "".join(server.stderr)
+
+
+def test_a_client_cannot_dodge_the_lockout_by_naming_another_address(
+    store_url: str, serve_env: dict
+) -> None:
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise, so any process on
+    # the machine could give each guess a fresh "client" and guess without end. plait trusts
+    # forwarding headers only when $FORWARDED_ALLOW_IPS says whose (README: behind a proxy).
+    token = "the-right-token"
+    env = {k: v for k, v in serve_env.items() if k != "FORWARDED_ALLOW_IPS"}
+    server = Server(store_url, env, "--token", token).start()
+    try:
+        with server.client() as c:
+            for i in range(Lockout.ATTEMPTS):
+                wrong = c.get(
+                    "/v1/runs",
+                    headers={"Authorization": f"Bearer guess{i}", "X-Forwarded-For": f"10.9.0.{i}"},
+                )
+                assert wrong.status_code == 401, i
+            held = c.get(
+                "/v1/runs",
+                headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "10.9.1.1"},
+            )
+            assert held.status_code == 429
+    finally:
+        server.kill()
+    # Told to trust the proxy on loopback, the forwarded address is the client (each its own).
+    server = Server(store_url, {**env, "FORWARDED_ALLOW_IPS": "127.0.0.1"}, "--token", token)
+    server.start()
+    try:
+        with server.client() as c:
+            for i in range(Lockout.ATTEMPTS):
+                headers = {"Authorization": f"Bearer guess{i}", "X-Forwarded-For": "10.9.0.1"}
+                assert c.get("/v1/runs", headers=headers).status_code == 401
+            headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "10.9.0.2"}
+            assert c.get("/v1/runs", headers=headers).status_code == 200
+            headers["X-Forwarded-For"] = "10.9.0.1"
+            assert c.get("/v1/runs", headers=headers).status_code == 429
+    finally:
+        server.kill()

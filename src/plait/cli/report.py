@@ -129,20 +129,25 @@ def remove_runs(url: str, run_ids: list[str]) -> None:
         missing = [i for i, info in infos.items() if info is None]
         if missing:
             raise PlaitError(f"no run {', '.join(missing)} in {store.url}; nothing deleted")
-        held = [info for info in infos.values() if info is not None and info.held]
-        if held:
-            who = ", ".join(f"{i.id} (held by {i.holder})" for i in held)
-            raise PlaitError(f"run {who} is being run now; nothing deleted")
+        _refuse_held([info for info in infos.values() if info is not None])
     finally:
         store.close()
     store = open_store(url)
-    try:
-        gone = store.delete(run_ids)
+    try:  # looked at again where it is deleted: a run claimed since is not taken from under it
+        gone = store.delete(run_ids, keep=lambda info: _refuse_held([info]))
     finally:
         store.close()
     for run_id in gone:
         _say(run_id)
     _say(f"plait runs rm: deleted {len(gone)} run{'s' * (len(gone) != 1)}", err=True)
+
+
+def _refuse_held(infos: list[RunInfo]) -> bool:
+    """False, unless one of `infos` is held: then `plait runs rm`'s one-line refusal."""
+    if held := [i for i in infos if i.held]:
+        who = ", ".join(f"{i.id} (held by {i.holder})" for i in held)
+        raise PlaitError(f"run {who} is being run now; nothing deleted")
+    return False
 
 
 def prune_runs(url: str, before: float, dry_run: bool) -> None:
@@ -156,8 +161,8 @@ def prune_runs(url: str, before: float, dry_run: bool) -> None:
     gone = old
     if old and not dry_run:
         store = open_store(url)
-        try:
-            gone = store.delete(old)
+        try:  # a run resumed since it was looked at (held, or updated) is kept
+            gone = store.delete(old, keep=lambda info: info.held or info.updated >= before)
         finally:
             store.close()
     for run_id in gone:

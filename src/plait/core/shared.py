@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from pydantic import BaseModel
 from pydantic_core import to_json
 
 
@@ -22,9 +23,9 @@ def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
 
 
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
-    """The tool's name and arguments as canonical JSON (so `f(q="x")` and `f("x")` are one
-    call; a tuple is its list), or None, never merged, unless every value is of JSON's own
-    types: pydantic would write `b"abc"` as `"abc"`, `{1: x}` as `{"1": x}`."""
+    """The tool's name and arguments as canonical JSON (`f(q="x")` and `f("x")` are one call;
+    a tuple is its list), or None (never merged) when a value has no one JSON form. Other
+    types are tagged (pydantic writes b"abc" as "abc"): Enums, dates, models share, apart."""
     try:
         return tool + ":" + to_json(_canonical(arguments)).decode()
     except Exception:
@@ -35,11 +36,15 @@ def _canonical(value: Any) -> Any:
     kind = type(value)
     if kind in (list, tuple):
         return [_canonical(v) for v in value]
-    if kind is dict and all(type(k) is str for k in value):
-        return {k: _canonical(value[k]) for k in sorted(value)}
+    if kind is dict and all(type(k) is str for k in value):  # a "\0" key is a tag's: escaped
+        return {"\0" * k.startswith("\0") + k: _canonical(value[k]) for k in sorted(value)}
     if kind in (str, int, float, bool, type(None)):
         return value
-    raise TypeError(f"{kind.__name__} has no one JSON form")
+    if isinstance(value, BaseModel):
+        inner = _canonical(dict(value))  # its fields and extras
+    elif (inner := to_json(value).decode())[:1] in "[{":  # JSON loses its items' types
+        raise TypeError(f"{kind.__name__} has no one JSON form")
+    return {"\0": [f"{kind.__module__}.{kind.__qualname__}", inner]}  # the value's type tag
 
 
 class CallCache(Protocol):

@@ -63,15 +63,12 @@ class Tool:
         if self.retries < 0:
             raise ToolError(f"tool {fn.__name__}: retries must not be negative")
         self.retry_backoff = options.get("retry_backoff", 0.1)
-        # Pure: the result depends on the arguments only and calling has no effect, so equal
-        # calls may share one execution (see shared.py).
+        # Pure: the result depends on the arguments only, calling has no effect (shared.py).
         self.pure = options.get("pure", False)
         # What one call needs where it runs (`num_cpus`, `num_gpus`, `memory` in bytes, or a
-        # custom resource by name, also as `custom={...}`): the ray backend asks the
-        # cluster for it; the local backend has nothing to ask.
+        # custom resource, also as `custom={...}`): the ray backend asks the cluster for it.
         self.resources = _check_resources(fn.__name__, options.get("resources") or {})
-        # Stateful: the tool keeps something between calls in its process (a loaded model,
-        # a connection), so the ray backend runs it on one long-lived actor, not in tasks.
+        # Stateful: it keeps a loaded model, a connection: the ray backend's one actor runs it.
         self.stateful = options.get("stateful", False)
         self.is_async = inspect.iscoroutinefunction(fn)
         try:  # string annotations (`from __future__ import annotations`) name types in fn's module
@@ -110,9 +107,7 @@ class Tool:
             arbitrary_types_allowed=True, extra="allow" if self._var_keyword else "forbid"
         )
         self._model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
-            f"{self.name}_arguments",
-            __config__=config,
-            **fields,
+            f"{self.name}_arguments", __config__=config, **fields
         )
         self._names = {f"p{i}": n for i, n in enumerate(self._signature.parameters)}
         self._required = [n for n in annotations if n not in self._defaults]
@@ -316,9 +311,9 @@ def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     `resources={"num_cpus": 2, "memory": 2**30, "custom": {"scraper": 1}}` is what one call
     needs on a Ray cluster; `stateful=True` keeps the tool on one Ray actor between calls.
     """
-    if fn is not None:
-        return Tool(fn, **options)
-    return lambda f: Tool(f, **options)
+    if unknown := set(options) - set(OPTIONS):  # here, not once the decorator is applied
+        raise TypeError(f"tool() got an unexpected keyword argument {min(unknown)!r}")
+    return Tool(fn, **options) if fn is not None else lambda f: Tool(f, **options)
 
 
 class Tools(Mapping[str, Tool]):

@@ -11,6 +11,7 @@ metrics.py the counters, static/ the page (plain HTML, JS and CSS: no build step
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sys
 
@@ -90,6 +91,10 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=3,
         lifespan="on",
+        # A client's X-Forwarded-For and -Proto are believed only from the addresses in
+        # $FORWARDED_ALLOW_IPS (a proxy plait was told of); uvicorn's default believes any
+        # process on 127.0.0.1, which could then name a fresh address for each token guess.
+        proxy_headers="FORWARDED_ALLOW_IPS" in os.environ,
     )
     server = uvicorn.Server(config)
     try:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -105,8 +106,10 @@ class Lockout:
     """Wrong tokens by client address: after `ATTEMPTS` within `WINDOW` seconds, a client
     waits until the oldest of them leaves the window, so guessing the token online runs
     at `ATTEMPTS` a `WINDOW` at most. While it waits, every credential it gives is refused
-    unread, the right one too (else the refusals would tell a guess apart). Behind a proxy
-    the address is the proxy's unless uvicorn is told to trust its forwarding headers."""
+    unread, the right one too (else the refusals would tell a guess apart). A wrong value
+    given again counts once: it tells a guesser nothing, and a page still holding the
+    cookie of a token since changed sends it on every poll and reload. Behind a proxy
+    the address is the proxy's unless $FORWARDED_ALLOW_IPS names it (serve/__init__.py)."""
 
     ATTEMPTS = 10
     WINDOW = 60.0
@@ -114,22 +117,31 @@ class Lockout:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._failed: OrderedDict[str, deque[float]] = OrderedDict()
+        # Per client: (when, a digest of the wrong value or None) of its recent failures.
+        self._failed: OrderedDict[str, deque[tuple[float, bytes | None]]] = OrderedDict()
+
+    def _recent(self, client: str) -> deque[tuple[float, bytes | None]]:
+        failed = self._failed.get(client)
+        if failed is None:
+            return deque()
+        while failed and failed[0][0] <= self.clock() - self.WINDOW:
+            failed.popleft()
+        return failed
 
     def wait(self, client: str) -> float:
         """Seconds `client` must still wait before its credentials are read (0: none)."""
-        failed = self._failed.get(client)
-        if failed is None:
-            return 0.0
-        while failed and failed[0] <= self.clock() - self.WINDOW:
-            failed.popleft()
+        failed = self._recent(client)
         if len(failed) < self.ATTEMPTS:
             return 0.0
-        return failed[0] + self.WINDOW - self.clock()
+        return failed[0][0] + self.WINDOW - self.clock()
 
-    def failed(self, client: str) -> None:
-        """`client` gave a wrong token."""
-        self._failed.setdefault(client, deque(maxlen=self.ATTEMPTS)).append(self.clock())
+    def failed(self, client: str, given: bytes | None = None) -> None:
+        """`client` gave a wrong token: `given`, the credential as sent (None: unknown, so
+        never the same as an earlier one)."""
+        mark = None if given is None else hashlib.blake2b(given, digest_size=16).digest()
+        if mark is None or all(m != mark for _, m in self._recent(client)):
+            self._failed.setdefault(client, deque(maxlen=self.ATTEMPTS))
+            self._failed[client].append((self.clock(), mark))
         self._failed.move_to_end(client)
         while len(self._failed) > self.CLIENTS:
             self._failed.popitem(last=False)
@@ -145,8 +157,21 @@ class Lockout:
 
 
 def _client(scope: Scope) -> str:
+    """Who a request counts against: its address; an IPv6 one's /64 (one host is handed
+    2**64 addresses: each would be a fresh client), an IPv4-mapped one's IPv4 address."""
     client = scope.get("client")
-    return str(client[0]) if client else ""
+    if not client:
+        return ""
+    host = str(client[0])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # not an address (a test client, a unix socket): as it is
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 class TokenAuth:
@@ -163,6 +188,14 @@ class TokenAuth:
         """Whether the request carries a credential at all (a bearer header or the cookie)."""
         request = Request(scope)
         return "authorization" in request.headers or COOKIE in request.cookies
+
+    def given(self, scope: Scope) -> bytes:
+        """The credentials a request carries, as sent (the bearer header's token, the cookie)."""
+        request = Request(scope)
+        header = request.headers.get("authorization", "").encode("latin-1")
+        scheme, _, token = header.partition(b" ")
+        bearer = token.strip() if scheme.lower() == b"bearer" else header
+        return bearer + b"\0" + _raw(request.cookies.get(COOKIE, ""))
 
     def allowed(self, scope: Scope) -> bool:
         if self.token is None:
@@ -195,7 +228,7 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         if offered:
-            self.lockout.failed(client)
+            self.lockout.failed(client, self.given(scope))
         response: Response
         if scope["path"] == "/" and scope["method"] == "GET":
             response = HTMLResponse(_login_page(), status_code=401)
@@ -471,7 +504,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         form = parse_qs((await _body(request)).decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
         if not hmac.compare_digest(given.encode(), token.encode()):
-            lockout.failed(client)
+            lockout.failed(client, given.encode() + b"\0")  # as the same token by header
             return HTMLResponse(_login_page(wrong=True), status_code=401)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
@@ -480,8 +513,8 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             httponly=True,
             samesite="strict",
             path="/",
-            # Behind a TLS proxy uvicorn takes its X-Forwarded-Proto (from the addresses
-            # in $FORWARDED_ALLOW_IPS, 127.0.0.1 by default): the scheme is then https.
+            # Behind a TLS proxy uvicorn takes its X-Forwarded-Proto (only from the
+            # addresses in $FORWARDED_ALLOW_IPS: serve/__init__.py): the scheme is https.
             secure=request.url.scheme == "https",
         )
         return response

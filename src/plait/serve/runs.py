@@ -628,8 +628,10 @@ class CommitWatch:
     def runs(self, limit: int = 50) -> list[RunInfo]:
         return self.inner.runs(limit)
 
-    def delete(self, run_ids: Sequence[str]) -> list[str]:
-        return self.inner.delete(run_ids)
+    def delete(
+        self, run_ids: Sequence[str], keep: Callable[[RunInfo], bool] | None = None
+    ) -> list[str]:
+        return self.inner.delete(run_ids, keep)
 
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         return self.inner.get_calls(scope, keys)

@@ -25,7 +25,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
@@ -146,9 +146,13 @@ class Store(Protocol):
     def runs(self, limit: int = 50) -> list[RunInfo]:
         """The most recently updated runs first."""
 
-    def delete(self, run_ids: Sequence[str]) -> list[str]:
-        """Remove these runs and their logs, in one transaction; return the ids that were
-        there. The caller decides what may go (`plait runs rm` refuses a held run)."""
+    def delete(
+        self, run_ids: Sequence[str], keep: Callable[[RunInfo], bool] | None = None
+    ) -> list[str]:
+        """Remove these runs and their logs, in one transaction; return the ids that went.
+        The caller decides what may go: `keep`, asked of each run as that transaction sees
+        it, spares those it is true of (a run claimed since the caller looked, for `plait
+        runs prune`), and may raise: then nothing goes (`plait runs rm` refuses a held run)."""
 
     def get_calls(self, scope: str, keys: Sequence[str]) -> dict[str, str]:
         """The stored results (JSON text) of those of `keys` that `scope` has; others absent."""

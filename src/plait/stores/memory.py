@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .base import (
     Progress,
@@ -104,9 +104,13 @@ class MemoryStore:
             infos = sorted(self._runs.values(), key=lambda i: i.updated, reverse=True)
             return [copy.deepcopy(i) for i in infos[:limit]]
 
-    def delete(self, run_ids: Sequence[str]) -> list[str]:
+    def delete(
+        self, run_ids: Sequence[str], keep: Callable[[RunInfo], bool] | None = None
+    ) -> list[str]:
         with self._lock:
             gone = [i for i in dict.fromkeys(run_ids) if i in self._runs]
+            if keep is not None:
+                gone = [i for i in gone if not keep(copy.deepcopy(self._runs[i]))]
             for run_id in gone:
                 del self._runs[run_id]
                 self._log.pop(run_id, None)

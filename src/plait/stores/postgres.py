@@ -52,6 +52,9 @@ class PostgresStore(SQLStore):
                     self._db.read_only = True
                     row = self._db.execute("SELECT to_regclass('plait_runs')").fetchone()
                     self._empty = row is None or row[0] is None
+                    if not self._empty:  # read-only too: a newer plait's tables are not ours
+                        row = self._db.execute("SELECT max(version) FROM plait_schema").fetchone()
+                        check_version(self.url, (row[0] if row else None) or 0)
                     self._db.commit()
                 else:
                     self._migrate()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -235,14 +235,19 @@ class SQLStore:
         )
         return [row_info(r) for r in rows]
 
-    def delete(self, run_ids: Sequence[str]) -> list[str]:
+    def delete(
+        self, run_ids: Sequence[str], keep: Callable[[RunInfo], bool] | None = None
+    ) -> list[str]:
         ids = list(dict.fromkeys(run_ids))
         gone: set[str] = set()
+        lock = self.dialect.lock_row
         with self._write() as db:
             for part in chunks(ids):
+                q = self._q("SELECT {columns} FROM {runs} WHERE id IN ({marks})", len(part))
+                infos = [row_info(r) for r in db.execute(q + lock, tuple(part)).fetchall()]
+                gone.update(i.id for i in infos if keep is None or not keep(i))
+            for part in chunks([i for i in ids if i in gone]):
                 n, args = len(part), tuple(part)
-                rows = db.execute(self._q("SELECT id FROM {runs} WHERE id IN ({marks})", n), args)
-                gone.update(row[0] for row in rows.fetchall())
                 db.execute(self._q("DELETE FROM {events} WHERE run IN ({marks})", n), args)
                 db.execute(self._q("DELETE FROM {runs} WHERE id IN ({marks})", n), args)
         return [i for i in ids if i in gone]
