@@ -24,8 +24,8 @@ def backoff(base: float, attempt: int, cap: float = float("inf")) -> float:
 
 def call_key(tool: str, arguments: dict[str, Any]) -> str | None:
     """The tool's name and arguments as canonical JSON (`f(q="x")` and `f("x")` are one call;
-    a tuple is its list), or None (never merged) when a value has no one JSON form. Other
-    types are tagged (pydantic writes b"abc" as "abc"): Enums, dates, models share, apart."""
+    a tuple is its list), or None (never merged) when a value has no one JSON form. Any other
+    type (bytes, an Enum, a date, a model) is tagged with its name: b"abc" is not "abc"."""
     try:
         return tool + ":" + to_json(_canonical(arguments)).decode()
     except Exception:
