@@ -14,30 +14,10 @@ from plait.agent.templates import TemplateCache
 from plait.llm.base import Delta, LLMError, Request, Usage
 from plait.llm.replay import ReplayLLM
 from plait.stores.memory import MemoryStore
+from speedtools import PLAN, Q1, Q2, make_tools
 
-PLAN = (
-    "Thought: both at once.\n"
-    '1. search("Eiffel Tower")\n'
-    '2. search("Statue of Liberty")\n'
-    "3. compare($1, $2)\n"
-    "4. join()\n<END_OF_PLAN>"
-)
-Q1 = "Which is taller, the Eiffel Tower or the Statue of Liberty?"
-Q2 = "Which is taller, the Burj Khalifa or the Tokyo Skytree?"
 FINISH = "Thought: done.\nAction: Finish({})"
 PLANNER_START = PLANNER_SYSTEM.split("\n")[0][:40]
-
-
-def make_tools() -> list[plait.Tool]:
-    @plait.tool(pure=True)
-    async def search(query: str) -> str:
-        return f"{query}: {len(query) * 10} m"
-
-    @plait.tool(pure=True)
-    def compare(a: str, b: str) -> str:
-        return a if len(a) >= len(b) else b
-
-    return [search, compare]
 
 
 async def taught(tools: list[plait.Tool], **kw: object) -> None:

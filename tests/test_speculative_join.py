@@ -16,15 +16,9 @@ from plait.agent.prompts import JOINER_SYSTEM
 from plait.core import events as ev
 from plait.llm.base import Delta, LLMError, Request, Usage
 from plait.llm.replay import ReplayLLM
+from speedtools import PLAN, make_tools
+from speedtools import Q1 as Q
 
-Q = "Which is taller, the Eiffel Tower or the Statue of Liberty?"
-PLAN = (
-    "Thought: both at once.\n"
-    '1. search("Eiffel Tower")\n'
-    '2. search("Statue of Liberty")\n'
-    "3. compare($1, $2)\n"
-    "4. join()\n<END_OF_PLAN>"
-)
 # The same tasks as a draft writes them: keywords, no thought (the same canonical calls).
 DRAFT = (
     '1. search(query="Eiffel Tower")\n'
@@ -34,20 +28,6 @@ DRAFT = (
 )
 FINISH = "Thought: done.\nAction: Finish(the Eiffel Tower)"
 REPLAN = "Thought: not enough.\nAction: Replan(look up Paris too)"
-
-
-def tools(log: list[str]) -> list[plait.Tool]:
-    @plait.tool(pure=True)
-    async def search(query: str) -> str:
-        log.append(query)
-        return f"{query}: {len(query) * 10} m"
-
-    @plait.tool(pure=True)
-    def compare(a: str, b: str) -> str:
-        log.append("compare")
-        return a if len(a) >= len(b) else b
-
-    return [search, compare]
 
 
 Reply = Callable[[Request], AsyncIterator[Delta]]
@@ -107,7 +87,7 @@ async def arun(model: Routed, draft: str, log: list[str], **kw: Any) -> tuple[An
     events: list[Any] = []
     result = await plait.arun(
         Q,
-        tools=tools(log),
+        tools=make_tools(log),
         model=model,
         draft_model=ReplayLLM([draft]),
         on_event=events.append,
@@ -231,7 +211,7 @@ async def test_an_adopted_join_is_replayed_by_resume(tmp_path) -> None:
     with pytest.raises(Stop):
         await arun(model, DRAFT, log, store=store, run_id="r1")
     again = ReplayLLM(['5. search("Paris")\n6. join()\n<END_OF_PLAN>', FINISH])
-    result = await plait.aresume("r1", tools=tools(log), store=store, model=again)
+    result = await plait.aresume("r1", tools=make_tools(log), store=store, model=again)
     assert result.status == "done", result.error
     assert again.count == 2  # the replanner and the last joiner: calls 1 and 2 replayed
     assert len(model.asked["short"]) == 1

@@ -12,30 +12,9 @@ from plait.agent.templates import TemplateCache
 from plait.llm.base import Delta, Request, Usage
 from plait.llm.replay import ReplayLLM
 from plait.stores.memory import MemoryStore
+from speedtools import PLAN, Q1, Q2, make_tools
 
-PLAN = (
-    "Thought: both at once.\n"
-    '1. search("Eiffel Tower")\n'
-    '2. search("Statue of Liberty")\n'
-    "3. compare($1, $2)\n"
-    "4. join()\n<END_OF_PLAN>"
-)
-Q1 = "Which is taller, the Eiffel Tower or the Statue of Liberty?"
-Q2 = "Which is taller, the Burj Khalifa or the Tokyo Skytree?"
 FINISH = "Thought: done.\nAction: Finish({})"
-
-
-def make_tools(log: list[str]) -> list[plait.Tool]:
-    @plait.tool(pure=True)
-    async def search(query: str) -> str:
-        log.append(query)
-        return f"{query}: {len(query) * 10} m"
-
-    @plait.tool(pure=True)
-    def compare(a: str, b: str) -> str:
-        return a if len(a) >= len(b) else b
-
-    return [search, compare]
 
 
 class Stop(Exception):
@@ -64,7 +43,7 @@ async def test_a_question_of_a_learned_shape_skips_the_planner() -> None:
     assert data["plan_cache"]["slots"] == ["Burj Khalifa", "Tokyo Skytree"]
     assert data["savings"]["planner_calls_skipped"] == 1
     assert llm.count == 1
-    assert log[-2:] == ["Burj Khalifa", "Tokyo Skytree"]
+    assert [q for q in log if q != "compare"][-2:] == ["Burj Khalifa", "Tokyo Skytree"]
 
 
 async def test_without_the_flag_nothing_is_cached_or_shown() -> None:
