@@ -6,9 +6,12 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
+import plait
+import plait.api
 from plait.agent.samples import llm_judge, normalise, variant, vote
 from plait.llm.base import Delta, Request, Scorer, Usage
 from plait.llm.replay import ReplayLLM
@@ -286,3 +289,42 @@ async def test_an_attempt_without_an_answer_reports_why() -> None:
     assert vote_.answer == "42"
     assert vote_.attempts[0].error == "model error: local: out of memory"
     assert vote_.attempts[0].to_dict()["error"] == "model error: local: out of memory"
+
+
+async def test_a_resumed_attempt_goes_on_drawing_its_choices_as_it_did(monkeypatch) -> None:
+    # Attempt i of samples=N draws its choices with seed i; a resume of that attempt (its run
+    # `ID~i`) must draw with the same seed and temperature, not turn greedy.
+    from plait.agent.samples import ChoiceSampler
+    from plait.stores.memory import MemoryStore
+
+    class Dies(FixedScorer):
+        def stream(self, request: Request) -> AsyncIterator[Delta]:
+            raise KeyboardInterrupt  # the process dies under the run's first model call
+
+    @plait.tool
+    def search(query: str) -> str:
+        return query
+
+    store = MemoryStore()
+    with pytest.raises(KeyboardInterrupt):
+        await plait.arun(
+            "How tall?", tools=[search], model=ChoiceSampler(Dies([0.0]), 3, 0.5), store=store,
+            run_id="r~4",
+        )  # fmt: skip
+    info = store.get("r~4")
+    assert info is not None and info.options["choices"] == {"seed": 3, "temperature": 0.5}
+    made: list[tuple[int, float]] = []
+
+    class Seen(ChoiceSampler):
+        def __init__(self, llm: Any, seed: int, temperature: float = 0.7) -> None:
+            made.append((seed, temperature))
+            super().__init__(llm, seed, temperature)
+
+    monkeypatch.setattr(plait.api, "ChoiceSampler", Seen)
+    replies = ['1. search("x")\n2. join()\n', "Thought: ok.\nAction: Finish(x)"]
+    result = await plait.aresume("r~4", tools=[search], store=store, model=ReplayLLM(replies))
+    assert result.status == "done", result.error
+    assert made == [(3, 0.5)]
+    plain = await plait.arun("How tall?", tools=[search], model=ReplayLLM(replies), store=store)
+    kept = store.get(plain.run_id)
+    assert kept is not None and "choices" not in kept.options  # a plain run draws nothing

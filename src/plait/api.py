@@ -155,6 +155,8 @@ async def arun(
         options.update(temperature=temperature, max_tokens=max_tokens)
     if tactics is not None and tactics != Tactics():
         options["tactics"] = dataclasses.asdict(tactics)
+    if isinstance(model, ChoiceSampler) and model.temperature:  # a sampled attempt's draws
+        options["choices"] = {"seed": model.seed, "temperature": model.temperature}
     run_id = run_id or new_run_id()
     shots = examples if examples is not None else registry.examples
     draft = draft_model
@@ -385,11 +387,10 @@ def _resumed_body(
     model = model if model is not None else info.model
     if model is None:
         raise StoreError(f"run {info.id} does not say which model it used: pass model=")
-    llm = with_sampling(
-        resolve_model(model, base_url=base_url or options.get("base_url")),
-        options.get("temperature"),
-        options.get("max_tokens"),
-    )
+    llm = resolve_model(model, base_url=base_url or options.get("base_url"))
+    if "choices" in options:  # an attempt of samples=N goes on drawing its choices as it did
+        llm = ChoiceSampler(llm, options["choices"]["seed"], options["choices"]["temperature"])
+    llm = with_sampling(llm, options.get("temperature"), options.get("max_tokens"))
     examples = options.get("examples")
     shots = examples if examples is not None else registry.examples
     tactics = Tactics(**options["tactics"]) if "tactics" in options else None
