@@ -1190,3 +1190,27 @@ def test_a_postgres_store_written_by_a_newer_plait_is_refused(postgres_url):
     with pytest.raises(StoreError) as raised:
         open_store(url)
     assert "newer plait" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_many_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path):
+    # Attempts of `--samples N` (or two plait processes started together) open a store that
+    # does not exist yet at the same moment: turning a new file to WAL needs it to itself,
+    # and SQLite answered "database is locked" at once, not after its busy timeout, so one
+    # attempt failed with "cannot open".
+    def open_it(url: str, start: threading.Barrier, errors: list[BaseException]) -> None:
+        start.wait()
+        try:
+            open_store(url).close()
+        except BaseException as e:
+            errors.append(e)
+
+    for round_ in range(15):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        start = threading.Barrier(6)
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=open_it, args=(url, start, errors)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, (round_, errors[0])

@@ -13,6 +13,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,7 @@ class SQLiteStore(SQLStore):
             self._db = sqlite3.connect(
                 self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _to_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as e:
             if self._db is not None:
@@ -153,6 +154,22 @@ class SQLiteStore(SQLStore):
         with self._lock:
             if self._db is not None:
                 self._db.close()
+
+
+def _to_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode. Turning a new file to WAL needs it to itself, and SQLite
+    answers "database is locked" at once (no busy timeout) while another connection is
+    doing the same: so ask again, for up to `BUSY_SECONDS` (many open a new store at once:
+    the attempts of `--samples`, processes started together)."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _make_private(path: Path) -> None:
