@@ -556,7 +556,8 @@ class Agent:
                     # the run acted on it, so a resume must replay it, not ask again.
                     self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))
                 else:
-                    error = f"{type(e).__name__}: {e}"
+                    cancelled = isinstance(e, asyncio.CancelledError)
+                    error = "cancelled" if cancelled else f"{type(e).__name__}: {e}"
                     self.emit(ev.LLMFinished(self.clock(), call, usage, error))
                 raise
             self.emit(ev.LLMFinished(self.clock(), call, usage, None, "".join(read)))

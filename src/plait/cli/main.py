@@ -38,6 +38,7 @@ from ..stores import RunExists, default_store_url, open_store, redact_url
 from . import mcp as mcp_cli
 from .live import LiveView
 from .mcp import tools_option as _tools_option
+from .terminal import terminal_text
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -670,6 +671,23 @@ def _drive(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _vote_line(result: RunResult) -> str:
+    """How a sampled run's vote went, in a line: each attempt's answer (or its fate), the
+    chosen one marked: `samples, by agreement: #1 cut short, *#2 330 metres, #3 330, ...`."""
+    parts = []
+    for a in result.attempts or []:
+        mark = "*" if a["run_id"] is not None and a["run_id"] == result.run_id else ""
+        if a["cut_short"]:
+            fate = "cut short"
+        elif a["answer"] is not None:
+            fate = _one_line(a["answer"])[:40]
+        else:
+            fate = f"failed ({_one_line(a['error'] or 'no answer')[:40]})"
+        parts.append(f"{mark}#{a['index'] + 1} {fate}")
+    by = (result.savings or {}).get("decided_by", "vote")
+    return terminal_text(f"samples, by {by}: {', '.join(parts)}")
+
+
 def _resume_hint(run_id: str, again: Again) -> str:
     if again.store.startswith("memory:"):
         return ""
@@ -692,6 +710,8 @@ def _summary(result: RunResult) -> None:
         f"{result.elapsed:.2f}s{tail}",
         err=True,
     )
+    if result.attempts:  # --samples: the live view followed the first attempt only
+        click.echo(_vote_line(result), err=True)
     if result.answer is not None:
         click.echo(result.answer)
     if result.error:
