@@ -184,3 +184,16 @@ def postgres_server(workdir: Path) -> Iterator[str]:
             _stop(proc)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def new_database(url: str, prefix: str) -> str:
+    """A new, empty database on the server of `url` (a name from `prefix`), and its URL:
+    for a test that needs a store of its own, not the session's shared one."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import plait
+from pgserver import new_database
 from plait.stores import (
     Progress,
     Record,
@@ -828,10 +829,7 @@ def test_an_old_postgres_database_is_migrated_on_open_and_keeps_its_runs(postgre
 
     from plait.stores import postgres as pg_store
 
-    name = f"plait_old_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    url = new_database(postgres_url, "plait_old")
     current = pg_store.MIGRATIONS
     run_id, me = new_id("old"), live_holder("me")
     with monkeypatch.context() as m:
@@ -941,10 +939,7 @@ def test_a_sqlite_file_made_by_the_schema_before_sql_py_keeps_working(tmp_path):
 def test_a_postgres_database_made_by_the_schema_before_sql_py_keeps_working(postgres_url):
     import psycopg
 
-    name = f"plait_before_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    url = new_database(postgres_url, "plait_before")
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(OLD_POSTGRES_SCHEMA)
     _works_on_an_old_database(url)
@@ -1096,11 +1091,7 @@ def test_opening_postgres_read_only_sets_nothing_up(postgres_url):
 
     from plait.stores.postgres import PostgresStore
 
-    base = postgres_url.rsplit("/", 1)[0]
-    name = f"ro_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = f"{base}/{name}"
+    url = new_database(postgres_url, "ro")
     store = open_store(url, readonly=True)
     try:
         assert isinstance(store, PostgresStore)
@@ -1175,14 +1166,13 @@ def test_a_sqlite_store_written_by_a_newer_plait_is_refused_not_misread(tmp_path
 
 @pytest.mark.postgres
 def test_a_postgres_store_written_by_a_newer_plait_is_refused(postgres_url):
+    # Opened for writing, or read-only (`plait runs`, `show`, the read-only look of
+    # `resume`/`runs rm`): a newer schema is never read as this plait's own.
     import psycopg
 
     from plait.stores import postgres as pg_store
 
-    name = f"plait_new_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    url = new_database(postgres_url, "plait_new")
     open_store(url).close()
     newer = len(pg_store.MIGRATIONS) + 1
     with psycopg.connect(url) as db:
@@ -1190,6 +1180,10 @@ def test_a_postgres_store_written_by_a_newer_plait_is_refused(postgres_url):
     with pytest.raises(StoreError) as raised:
         open_store(url)
     assert "newer plait" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(StoreError) as raised:
+        open_store(url, readonly=True).runs()
+    assert "newer plait" in str(raised.value) and f"version {newer}" in str(raised.value)
+    assert "\n" not in str(raised.value)
 
 
 def test_many_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path):

@@ -140,31 +140,6 @@ def test_a_lockout_counts_an_ipv6_client_by_its_network_not_each_address():
     assert _client({}) == ""
 
 
-@pytest.mark.postgres
-def test_a_postgres_store_written_by_a_newer_plait_is_refused_read_only_too(postgres_url):
-    # `plait runs`, `show`, and the read-only look of `resume`/`runs rm` open it read-only:
-    # only the SQLite store checked the version there; PostgreSQL read a newer schema as its own.
-    import uuid
-
-    import psycopg
-
-    from plait.stores import postgres as pg_store
-    from plait.stores.base import StoreError
-
-    name = f"plait_newer_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = postgres_url.rsplit("/", 1)[0] + "/" + name
-    plait.open_store(url).close()
-    newer = len(pg_store.MIGRATIONS) + 1
-    with psycopg.connect(url) as db:
-        db.execute("INSERT INTO plait_schema VALUES (%s)", (newer,))
-    with pytest.raises(StoreError) as raised:
-        plait.open_store(url, readonly=True).runs()
-    assert "newer plait" in str(raised.value) and f"version {newer}" in str(raised.value)
-    assert "\n" not in str(raised.value)
-
-
 @pytest.mark.parametrize("command", ["rm", "prune"])
 def test_a_run_resumed_between_the_look_and_the_delete_is_not_deleted(
     tmp_path, monkeypatch, command
