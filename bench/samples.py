@@ -88,7 +88,13 @@ async def main(args: argparse.Namespace) -> None:
             f" {single.answer!r:.30} / {many.answer!r:.30}"
         )
         if args.attempts:
-            print("     attempts:", [(a["answer"], a["cut_short"]) for a in many.attempts or []])
+            fates = [
+                "cut short"
+                if a["cut_short"]
+                else f"{a['answer']!r}{' doubted' if a['doubt'] else ''}"
+                for a in many.attempts or []
+            ]
+            print(f"     attempts ({savings.get('decided_by')}):", ", ".join(fates))
     n = len(items)
     print(
         f"accuracy: one attempt {one_ok}/{n}, samples {many_ok}/{n}; "

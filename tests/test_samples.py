@@ -328,3 +328,84 @@ async def test_a_resumed_attempt_goes_on_drawing_its_choices_as_it_did(monkeypat
     plain = await plait.arun("How tall?", tools=[search], model=ReplayLLM(replies), store=store)
     kept = store.get(plain.run_id)
     assert kept is not None and "choices" not in kept.options  # a plain run draws nothing
+
+
+async def test_a_doubted_answer_never_counts_towards_agreement() -> None:
+    """Three attempts answer "330" but their plans argue against it: the vote waits for the
+    others, and the one undoubted answer wins although it is alone."""
+    answers = ["330", "330", "423", "330", "330"]
+
+    async def attempt(i: int) -> str | None:
+        return answers[i]
+
+    result = await vote(attempt, 5, 3, doubt=lambda i: None if i == 2 else "partial")
+    assert (result.answer, result.decided_by, result.chosen) == ("423", "plan check", 2)
+    assert result.cut_short == 0
+    assert [a.doubt for a in result.attempts] == ["partial"] * 2 + [None] + ["partial"] * 2
+
+
+async def test_undoubted_answers_agree_as_before_and_stop_the_rest() -> None:
+    release = asyncio.Event()
+
+    async def attempt(i: int) -> str | None:
+        if i == 4:
+            await release.wait()  # never released: cut short
+        return "7" if i < 4 else "8"
+
+    result = await vote(attempt, 5, 2, doubt=lambda i: "partial" if i == 0 else None)
+    assert (result.answer, result.decided_by) == ("7", "agreement")
+    assert result.chosen in (1, 2, 3)
+    assert result.attempts[4].cut_short
+
+
+async def test_when_every_answer_is_doubted_the_majority_of_them_decides() -> None:
+    answers = ["330", "93", "330"]
+
+    async def attempt(i: int) -> str | None:
+        return answers[i]
+
+    result = await vote(attempt, 3, 3, doubt=lambda i: "partial")
+    assert (result.answer, result.decided_by, result.chosen) == ("330", "majority", 0)
+
+
+class HalfDone:
+    """A model whose sampled attempts stop short: at temperature 0 it plans the sum of the
+    two heights, sampled it plans only their lookups, and its joiner answers the sum when
+    the results hold it, else the first height (as the embedded model does)."""
+
+    name = "half-done"
+    supports_json_schema = False
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+        last = str(request.messages[-1]["content"])
+        if "Eiffel Tower in Paris" in last:  # a join: the last turn holds the search results
+            yield Delta(f"Action: Finish({'423' if '423' in last else '330'} metres)")
+            return
+        plan = (
+            '1. search("Eiffel Tower")\n2. search("Statue of Liberty")\n'
+            "3. extract_number($1)\n4. extract_number($2)\n"
+        )
+        if request.temperature:
+            yield Delta(plan + "5. join()\n")
+        else:
+            yield Delta(plan + '5. calculate("$3 + $4")\n6. join()\n')
+
+
+async def test_sampled_attempts_that_stop_short_are_outvoted_by_the_one_that_did_not(
+    example_tools,
+) -> None:
+    """Two sampled attempts agree on one height of two; the greedy one adds them. The two
+    agree, but their plans computed a number their answer leaves out: the sum wins."""
+    result = await plait.arun(
+        "What is the combined height of the Eiffel Tower and the Statue of Liberty?",
+        tools=plait.load_tools(str(example_tools)),
+        model=HalfDone(),
+        samples=3,
+        agree=2,
+    )
+    assert result.answer == "423 metres"
+    assert result.savings is not None and result.savings["decided_by"] == "plan check"
+    attempts = result.attempts or []
+    assert [a["answer"] for a in attempts] == ["423 metres", "330 metres", "330 metres"]
+    assert [a["doubt"] for a in attempts] == [None] + ["the answer leaves out 93, task 4's result"] * 2
+    assert not any(a["cut_short"] for a in attempts)

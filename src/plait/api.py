@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from .agent.doubts import doubt
 from .agent.loop import Agent, Outcome, RetryPolicy, Tactics, execute_plan, prepare_plan
 from .agent.samples import MAX_SAMPLES, ChoiceSampler, llm_judge, sampled, variant
 from .agent.speedups import QUESTION, RunSpeedups, open_plan_cache
@@ -234,7 +235,7 @@ async def _sampled(
             on_event=_both(user, listen) if i == 0 else listen,
         )
 
-    voted, results = await sampled(attempt, n, agree, chooser)
+    voted, results = await sampled(attempt, n, agree, chooser, doubt)
     picked = voted.chosen if voted.chosen is not None else min(results)
     result = results[picked]
     if chosen is not None:

@@ -12,6 +12,13 @@ cancelled: `vote` returns only once they have stopped) and that answer is return
 no agreement once all have finished, the most frequent answer wins; a tie goes to the
 `judge` when there is one, else to the answer given first.
 
+An answer the attempt's own plan argues against (`doubt`: agent/doubts.py, e.g. a plan
+that computed two numbers and an answer that gives one) is a candidate that failed its
+test: it never counts towards agreement, and it wins only if no attempt gave an undoubted
+answer. A small model's mistakes repeat across attempts, so a plain majority keeps them;
+what does scatter is whether an attempt's plan finished the job, and this is what picks
+the attempts that did.
+
 Attempts differ by what `variant` gives attempt i, and the caller shares their pure tool
 calls (one SharedCalls for all of them). A model that writes text samples attempts after
 the first at a temperature. A model that chooses by score (agent/choose.py) samples each
@@ -175,6 +182,7 @@ class Attempt:
     error: str | None = None
     cut_short: bool = False  # cancelled because the others had agreed
     tokens: int = 0  # model tokens it used (filled in by the caller)
+    doubt: str | None = None  # why its own plan argues against its answer
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,13 +191,15 @@ class Attempt:
             "error": self.error,
             "cut_short": self.cut_short,
             "tokens": self.tokens,
+            "doubt": self.doubt,
         }
 
 
 @dataclass(slots=True)
 class Vote:
     answer: str | None
-    decided_by: str  # "agreement", "majority", "judge", "only one", "none"
+    decided_by: str  # "agreement", "majority", "plan check" (doubted answers set aside),
+    # "judge", "only one", "none"
     attempts: list[Attempt] = field(default_factory=list)
     chosen: int | None = None  # the attempt whose answer it is
 
@@ -211,6 +221,7 @@ RunAttempt = Callable[
     [int], Coroutine[Any, Any, str | None]
 ]  # attempt i -> its answer, None: no answer
 Judge = Callable[[Sequence[str]], Awaitable[int | None]]  # tied answers -> the one chosen
+Doubt = Callable[[int], str | None]  # attempt i (answered) -> why its plan argues against it
 
 
 async def vote(
@@ -218,15 +229,18 @@ async def vote(
     n: int,
     agree: int,
     judge: Judge | None = None,
+    doubt: Doubt | None = None,
 ) -> Vote:
-    """Run `n` attempts at once; stop when `agree` give one answer (see the docstring)."""
+    """Run `n` attempts at once; stop when `agree` give one undoubted answer (see the
+    docstring)."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ValueError(f"samples must be between 1 and {MAX_SAMPLES}, not {n}")
     if not 1 <= agree <= n:
         raise ValueError(f"agree must be between 1 and samples ({n}), not {agree}")
     attempts = [Attempt(i) for i in range(n)]
     order: list[int] = []  # attempts in the order their answers came
-    counts: Counter[str] = Counter()
+    counts: Counter[str] = Counter()  # the undoubted answers
+    doubted: Counter[str] = Counter()
     pending: dict[asyncio.Task[str | None], int] = {
         asyncio.create_task(run_attempt(i), name=f"plait-sample-{i}"): i for i in range(n)
     }
@@ -253,6 +267,10 @@ async def vote(
                     continue
                 attempt.answer, attempt.normalised = answer, normalise(answer)
                 order.append(attempt.index)
+                attempt.doubt = doubt(attempt.index) if doubt is not None else None
+                if attempt.doubt is not None:
+                    doubted[attempt.normalised] += 1
+                    continue
                 counts[attempt.normalised] += 1
                 for key in _related(counts, attempt.normalised):
                     if winner is None and _support(counts, key) >= agree:
@@ -265,6 +283,12 @@ async def vote(
             with contextlib.suppress(BaseException):
                 await task  # stopped, streams closed, before the vote is returned
     answered = [attempts[i] for i in order]
+    undoubted = [a for a in answered if a.doubt is None]
+    set_aside = bool(undoubted) and len(undoubted) < len(answered)  # doubted ones left out
+    if undoubted:
+        answered = undoubted
+    else:  # every answer doubted: they are all there is
+        counts = doubted
     if winner is not None:
         first = next(a for a in answered if a.normalised == winner)
         by = "agreement" if agree > 1 or len(answered) > 1 else "only one"
@@ -276,7 +300,7 @@ async def vote(
     tied = [k for k in dict.fromkeys(a.normalised or "" for a in answered) if support[k] == top]
     # A lone number tied with its own number-and-unit is that answer, not a tie with it.
     tied = [k for k in tied if not any(_bare(j) == k for j in tied)]
-    decided = "majority" if len(answered) > 1 else "only one"
+    decided = "plan check" if set_aside else "majority" if len(answered) > 1 else "only one"
     choice = tied[0]
     if len(tied) > 1 and judge is not None:
         texts = [next(a.answer for a in answered if a.normalised == k) or "" for k in tied]
@@ -331,11 +355,12 @@ async def sampled(
     n: int,
     agree: int,
     judge: Judge | None = None,
+    doubt: Callable[[R], str | None] | None = None,
 ) -> tuple[Vote, dict[int, R]]:
     """Run `n` whole runs (`attempt(i, listener)`, the listener given their events) and
     vote on their answers (a run that did not end "done" gives none, and its error is the
-    attempt's). Returns the vote and
-    the results of the attempts that finished. Each attempt's tokens are counted from its
+    attempt's; `doubt` reads a finished run's plan against its answer). Returns the vote
+    and the results of the attempts that finished. Each attempt's tokens are counted from its
     events, so the vote knows what the cut-short ones had used. If every attempt raised,
     the first one's error is raised."""
     results: dict[int, R] = {}
@@ -366,7 +391,9 @@ async def sampled(
         results[i] = result
         return result.answer if result.status == "done" else None
 
-    outcome = await vote(one, n, agree, judge)
+    check = doubt  # narrowed for the closure below
+    doubted = None if check is None else lambda i: check(results[i])
+    outcome = await vote(one, n, agree, judge, doubted)
     for a in outcome.attempts:
         a.tokens = tokens[a.index]
         ended = results.get(a.index)

@@ -673,14 +673,15 @@ def _drive(
 
 def _vote_line(result: RunResult) -> str:
     """How a sampled run's vote went, in a line: each attempt's answer (or its fate), the
-    chosen one marked: `samples, by agreement: #1 cut short, *#2 330 metres, #3 330, ...`."""
+    chosen one marked, an answer its own plan argues against marked doubted: `samples, by
+    plan check: #1 cut short, *#2 423 metres, #3 330 metres (doubted), ...`."""
     parts = []
     for a in result.attempts or []:
         mark = "*" if a["run_id"] is not None and a["run_id"] == result.run_id else ""
         if a["cut_short"]:
             fate = "cut short"
         elif a["answer"] is not None:
-            fate = _one_line(a["answer"])[:40]
+            fate = _one_line(a["answer"])[:40] + (" (doubted)" if a.get("doubt") else "")
         else:
             fate = f"failed ({_one_line(a['error'] or 'no answer')[:40]})"
         parts.append(f"{mark}#{a['index'] + 1} {fate}")
