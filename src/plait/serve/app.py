@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
@@ -53,6 +54,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import plait
+from plait.agent.loop import PLANNER_IDS
+from plait.agent.loop import edit_floor as plan_floor
 from plait.errors import PlaitError, PlanError
 from plait.stores.base import RunExists
 
@@ -434,19 +437,47 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             raise Failure(409, f"run {run_id} had already finished: {status}")
         return JSONResponse({"run_id": run_id, "status": "cancelled"})
 
+    floors: weakref.WeakKeyDictionary[LiveRun, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+    async def edit_floor(live: LiveRun) -> tuple[int, str]:
+        """The highest id `live`'s own body may still give a task (agent/loop.py
+        `edit_floor`), and whose ids those are: a written plan's, or a question's planner's.
+        Read once a run, in a thread: a plan of 100,000 tasks takes seconds to parse."""
+        floor = floors.get(live)
+        if floor is None:
+            info = await asyncio.to_thread(manager.store.get, live.run_id)
+            written = info.source if info is not None and info.kind == "plan" else None
+            try:
+                highest = await asyncio.to_thread(plan_floor, written, tools)
+            except PlanError:  # it ran, so it parsed: not with this server's tools, then
+                highest = PLANNER_IDS
+            floor = floors[live] = (highest, "the planner's" if written is None else "the plan's")
+        return floor
+
     async def add_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        live = editable(run_id)
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise Failure(400, "the body must be one task as a JSON object")
+        floor, whose = await edit_floor(live_run(run_id))
+        # From here on nothing awaits: the id is picked and taken in one step of the loop.
+        live = editable(run_id)
         scheduler = live.scheduler
         if scheduler is None:
             raise Failure(409, f"run {run_id} has not started its graph yet")
-        ids = set(scheduler.graph.nodes)
-        if "id" not in body:
-            body = {"id": max(ids, default=0) + 1, **body}
+        ids = scheduler.graph.nodes
+        given = body.get("id")
+        if given is None:
+            body = {"id": max(floor, max(ids, default=0)) + 1, **body}
+        elif type(given) is int and given in ids:
+            raise Failure(400, f"task id {given} is already in run {run_id}'s graph")
+        elif type(given) is int and 0 < given <= floor:
+            raise Failure(
+                409,
+                f"task id {given} is {whose} to give (ids 1 to {floor}): leave \"id\" out, "
+                f"or give one above {max(floor, max(ids, default=0))}",
+            )
         try:
             parsed = plait.parse_plan(json.dumps({"tasks": [body]}), ids, tools)
             if len(parsed) != 1:
