@@ -132,9 +132,12 @@ def _events_until(c: httpx.Client, run_id: str, name: str, check: Any = None) ->
         for line in response.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
-            elif line.startswith("data: ") and event == name:
-                if check is None or check(json.loads(line[6:])):
-                    return
+            elif (
+                line.startswith("data: ")
+                and event == name
+                and (check is None or check(json.loads(line[6:])))
+            ):
+                return
     raise AssertionError(f"run {run_id} ended with no {name} event as looked for")
 
 
@@ -166,7 +169,7 @@ def test_a_task_added_while_the_planner_writes_takes_no_id_of_the_planner(
             c,
             run_id,
             1,
-            lambda: c.post(f"/v1/runs/{run_id}/tasks", json={"tool": "echo", "args": ["saw $1"]})
+            lambda: c.post(f"/v1/runs/{run_id}/tasks", json={"tool": "echo", "args": ["saw $1"]}),
         )
         assert added.status_code == 201, added.text
         assert added.json()["task_id"] == EDITS + 1

@@ -597,13 +597,13 @@ class Agent:
 
 __all__ = [
     "AGAIN",
+    "PLANNER_IDS",
     "Agent",
     "Outcome",
     "PlaitError",
     "RetryPolicy",
     "Tactics",
     "Task",
-    "PLANNER_IDS",
     "edit_floor",
     "execute_plan",
     "prepare_plan",

@@ -475,7 +475,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
         elif type(given) is int and 0 < given <= floor:
             raise Failure(
                 409,
-                f"task id {given} is {whose} to give (ids 1 to {floor}): leave \"id\" out, "
+                f'task id {given} is {whose} to give (ids 1 to {floor}): leave "id" out, '
                 f"or give one above {max(floor, max(ids, default=0))}",
             )
         try:
