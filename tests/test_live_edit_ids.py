@@ -44,7 +44,29 @@ async def add(a: int, b: int) -> int:
 @plait.tool
 async def echo(text: str) -> str:
     """The text back."""
+    ECHOED.append(text)
     return text
+
+
+@plait.tool
+async def gate(x: int) -> int:
+    """x, once the test opens the gate."""
+    await _until(GATE)
+    return x
+
+
+ECHOED: list[str] = []  # what echo was asked to say, every run of it
+GATE = threading.Event()
+
+
+async def _until(event: threading.Event) -> None:
+    """Until the test sets `event` (at most WAIT seconds), without holding a thread: a run
+    cancelled while it waits leaves nothing behind for the server's loop to wait for."""
+    for _ in range(int(WAIT / 0.005)):
+        if event.is_set():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the test never let it go on")
 
 
 class Held:
@@ -66,8 +88,7 @@ class Held:
         for i, part in enumerate(reply.split(HOLD)):
             if i:  # past a HOLD: what came before it has been read
                 self.held.set()
-                if not await asyncio.to_thread(self.release.wait, WAIT):
-                    raise AssertionError("the test never released the planner")
+                await _until(self.release)
                 self.release.clear()
             for line in part.splitlines(keepends=True):
                 yield Delta(line)
@@ -88,10 +109,11 @@ class Held:
 class LiveServer:
     """`plait serve`'s app under uvicorn on 127.0.0.1, on its own loop in a thread."""
 
-    def __init__(self, store_url: str, model: Held) -> None:
+    def __init__(self, store_url: str, model: Held, resume: bool = False) -> None:
         self.store = plait.open_store(store_url)
-        manager = RunManager(self.store, plait.Tools([add, echo]), model, Metrics())  # type: ignore[arg-type]
-        app = build_app(manager, None, resume_on_start=False)
+        tools = plait.Tools([add, echo, gate])
+        manager = RunManager(self.store, tools, model, Metrics())  # type: ignore[arg-type]
+        app = build_app(manager, None, resume_on_start=resume)
         self.sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(
@@ -121,23 +143,29 @@ class LiveServer:
 
 @pytest.fixture
 def store_url(tmp_path: Path) -> Iterator[str]:
+    GATE.clear()
+    ECHOED.clear()
     yield f"sqlite:///{tmp_path / 'runs.db'}"
+    GATE.set()  # a gate a failed test left shut stops no one
 
 
-def _events_until(c: httpx.Client, run_id: str, name: str, check: Any = None) -> None:
-    """Read the run's event stream until an event `name` whose data passes `check`."""
+def _events_until(
+    c: httpx.Client, run_id: str, name: str, check: Any = None, nth: int = 1
+) -> dict[str, Any]:
+    """Read the run's event stream until the `nth` event `name` whose data passes `check`;
+    its data."""
     with c.stream("GET", f"/v1/runs/{run_id}/events") as response:
         assert response.status_code == 200
         event = ""
         for line in response.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
-            elif (
-                line.startswith("data: ")
-                and event == name
-                and (check is None or check(json.loads(line[6:])))
-            ):
-                return
+            elif line.startswith("data: ") and event == name:
+                data = json.loads(line[6:])
+                if check is None or check(data):
+                    nth -= 1
+                    if not nth:
+                        return data  # type: ignore[no-any-return]
     raise AssertionError(f"run {run_id} ended with no {name} event as looked for")
 
 
@@ -249,3 +277,47 @@ def test_an_edit_giving_an_id_that_clashes_is_refused_in_one_line(store_url: str
     assert twice.status_code == 400 and str(EDITS + 5) in twice.json()["error"]
     assert run["status"] == "done" and run["answer"] == "13", run
     assert _tasks(run) == {1: ("done", 3), 2: ("done", 13), EDITS + 5: ("done", "c 3")}
+
+
+def test_a_resumed_question_run_keeps_its_edits_and_their_ids(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A run edited while its planner wrote, stopped (the server went down) and resumed by
+    the next server: the planner's tasks come back under their own ids, the edit under its
+    own (restored, not run again), and an edit made in the resumed session takes a new id."""
+    joiner = tmp_path / "joiner.json"
+    joiner.write_text(json.dumps(["Action: Finish(3, seen)"]))
+    model = Held(f"1. add(1, 2)\n{HOLD}2. gate($1)\n3. join()\n")
+    model.name = f"replay:{joiner}"  # what the run records, and so what resumes it
+    with LiveServer(store_url, model) as c:
+        start = c.post("/v1/runs", json={"question": "What is 1 + 2?", "max_replans": 0})
+        run_id = start.json()["run_id"]
+        edit = f"/v1/runs/{run_id}/tasks"
+        first = model.hold_then(
+            c, run_id, 1, lambda: c.post(edit, json={"tool": "echo", "args": ["saw $1"]})
+        )
+        assert first.status_code == 201 and first.json()["task_id"] == EDITS + 1, first.text
+        _events_until(c, run_id, "task_finished", lambda d: d["id"] == EDITS + 1)
+        _events_until(c, run_id, "task_started", lambda d: d["id"] == 2)
+    # The server stopped with the gate shut: the run is left running, to resume.
+    with LiveServer(store_url, model, resume=True) as c:
+        _events_until(c, run_id, "task_started", lambda d: d["id"] == 2, nth=2)  # resumed
+        again = c.post(edit, json={"id": EDITS + 1, "tool": "echo", "args": ["x"]})
+        # Refused whether the resumed graph holds the edit again yet (400) or only its log (409).
+        assert again.status_code in (400, 409), again.text
+        assert str(EDITS + 1) in again.json()["error"]
+        second = c.post(edit, json={"tool": "echo", "args": ["then $1"]})
+        assert second.status_code == 201 and second.json()["task_id"] == EDITS + 2, second.text
+        GATE.set()
+        resumed = _events_until(c, run_id, "run_finished")["result"]  # the first stopped unsaid
+        stored = _finished(c, run_id)
+    for run in (resumed, stored):
+        assert run["status"] == "done" and run["answer"] == "3, seen", run
+        assert _tasks(run) == {
+            1: ("done", 3),
+            2: ("done", 3),
+            EDITS + 1: ("done", "saw 3"),
+            EDITS + 2: ("done", "then 3"),
+        }
+    assert ECHOED == ["saw 3", "then 3"]  # the first edit was restored, not run again
+    assert len(model.requests) == 1  # the plan was asked once; the resume replayed it

@@ -300,13 +300,27 @@ class Agent:
                         break
             dispatch(parser.close())
         except PlanError as e:
+            self._edits_again()
             return str(e)
         finally:
             # The reply as the run used it; a kept one whole, as its first session said it.
             self._say(kept.text if kept is not None else "".join(read))
+        self._edits_again()
         if not added and not parser.joined:
             return "the plan has no tasks and no join()"
         return None
+
+    def _edits_again(self) -> None:
+        """Resuming: put back the live edits an earlier session took (ids above PLANNER_IDS),
+        each once the tasks it reads are in the graph again, so the graph, the result and
+        the joiner have them as that session did; the journal restores what they settled.
+        One its tool now refuses stays where it is: in the log, and in `plait show`."""
+        nodes = self.scheduler.graph.nodes
+        for task_id in sorted(i for i in self.defined if i > PLANNER_IDS and i not in nodes):
+            task = self.defined[task_id]
+            if task.deps <= nodes.keys():
+                with contextlib.suppress(PlanError):
+                    self.scheduler.add(task)
 
     def _planner_request(
         self, question: str, reason: str | None, next_id: int
