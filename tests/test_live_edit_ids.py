@@ -321,3 +321,51 @@ def test_a_resumed_question_run_keeps_its_edits_and_their_ids(
         }
     assert ECHOED == ["saw 3", "then 3"]  # the first edit was restored, not run again
     assert len(model.requests) == 1  # the plan was asked once; the resume replayed it
+
+
+def test_a_written_plan_s_edits_take_ids_above_the_plan_s_highest() -> None:
+    """A big written plan is added 32 tasks at a time (execute_plan), so an edit can come
+    while the plan's later ids are not in the graph yet: the old max(graph)+1 took the id
+    of the plan's next task, whose add then failed the run."""
+    from plait.agent.loop import PLANNER_IDS, edit_floor
+    from plait.serve.app import EditIds
+
+    tools = plait.Tools([add, echo, gate])
+    plan = "\n".join(f"{i}. add({i}, 1)" for i in range(1, 41))
+    assert edit_floor(plan, tools) == 40 and edit_floor(None, tools) == PLANNER_IDS
+    written = EditIds(40, "the plan's", set())
+    assert written.next(range(1, 33)) == 41  # 32 of its 40 tasks added so far
+    assert written.next([*range(1, 41), 41]) == 42
+    refused = written.refused(35, range(1, 33))
+    assert (
+        refused
+        == 'task id 35 is the plan\'s to give (ids 1 to 40): leave "id" out, or give one above 40'
+    )
+    assert written.refused(41, range(1, 33)) is None
+    resumed = EditIds(PLANNER_IDS, "the planner's", {1, 2, EDITS + 1})
+    assert resumed.next({1}) == EDITS + 2  # an earlier session's edit, not back in the graph yet
+    assert "earlier session" in (resumed.refused(EDITS + 1, {1}) or "")
+
+
+def test_an_edit_of_a_written_plan_run_keeps_clear_of_the_plan_s_ids(store_url: str) -> None:
+    plan = '1. add(1, 2)\n2. gate($1)\n9. echo("nine")'
+    with LiveServer(store_url, Held()) as c:
+        run_id = c.post("/v1/runs", json={"plan": plan}).json()["run_id"]
+        _events_until(c, run_id, "task_started", lambda d: d["id"] == 2)
+        edit = f"/v1/runs/{run_id}/tasks"
+        inside = c.post(edit, json={"id": 5, "tool": "echo", "args": ["five"]})
+        auto = c.post(edit, json={"tool": "echo", "args": ["after $1"]})
+        given = c.post(edit, json={"id": 12, "tool": "add", "args": ["$2", 1]})
+        GATE.set()
+        run = _finished(c, run_id)
+    assert inside.status_code == 409 and "the plan's to give (ids 1 to 9)" in inside.text
+    assert auto.status_code == 201 and auto.json()["task_id"] == 10, auto.text
+    assert given.status_code == 201 and given.json()["task_id"] == 12, given.text
+    assert run["status"] == "done", run
+    assert _tasks(run) == {
+        1: ("done", 3),
+        2: ("done", 3),
+        9: ("done", "nine"),
+        10: ("done", "after 3"),
+        12: ("done", 4),
+    }

@@ -8,7 +8,9 @@ Routes (JSON everywhere; an error is `{"error": "one line"}` with its status cod
     GET    /v1/runs/{id}                   the run's `--json` object (status running meanwhile)
     GET    /v1/runs/{id}/events            text/event-stream; Last-Event-ID resumes
     POST   /v1/runs/{id}/cancel            cancel the run
-    POST   /v1/runs/{id}/tasks             a live edit: one task in the JSON plan form
+    POST   /v1/runs/{id}/tasks             a live edit: one task in the JSON plan form; its
+                                           id, if not given, above any the run's plan or
+                                           planner may write (`EditIds`) -> 201 {task_id}
     DELETE /v1/runs/{id}/tasks/{task_id}   cancel that task and what depends on it
     GET    /healthz, /metrics              liveness; Prometheus text
     GET    /                               the live page (static files under static/)
@@ -498,7 +500,7 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             raise Failure(409, f"run {run_id} has not started its graph yet")
         ids = scheduler.graph.nodes
         given = body.get("id")
-        if given is None:
+        if "id" not in body:
             body = {"id": kept.next(ids), **body}
         elif type(given) is int and given in ids:
             raise Failure(400, f"task id {given} is already in run {run_id}'s graph")
