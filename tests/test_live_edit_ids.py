@@ -1,10 +1,12 @@
 """A live edit and the planner never fight over ids (serve/app.py `add_task`, agent/loop.py
 `PLANNER_IDS`): a task a user adds while the planner streams takes an id above the planner's
-range, so the planner's next line is not refused as a duplicate and the run does not replan.
+range, so the planner's next line is not refused as a duplicate and the run does not replan;
+in a replan and after a resume too. A written plan's edits take ids above the plan's.
 
-Each test runs a real `plait serve` app under uvicorn on 127.0.0.1 (in a thread of this
-process, so the model can be a scripted one), whose planner is held mid-plan by a handshake:
-the model says when it has handed over its first lines, and waits for the test to let it go.
+The server tests run a real `plait serve` app under uvicorn on 127.0.0.1 (in a thread of
+this process, so the model can be a scripted one), whose planner is held mid-plan by a
+handshake: the model says when it has handed over its first lines, and waits for the test
+to let it go.
 """
 
 from __future__ import annotations
