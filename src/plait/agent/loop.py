@@ -61,6 +61,11 @@ from .schema import plan_schema
 from .speculate import JoinStats, SpeculativeJoin
 
 STOP = ("<END_OF_PLAN>",)
+# A question's planner numbers its tasks 1, 2, 3…, each replan going on after its last, and
+# never past PLANNER_IDS; the ids above are for live edits (`edit_floor`). So an edit made
+# while the planner writes never takes the id of a task it has yet to write, in any plan,
+# replan or resume, and `$N` in its plan always means its own task N.
+PLANNER_IDS = 1_000_000
 JOIN_RETRIES = 2  # joiner replies without a decision asked again, after the first
 AGAIN = None  # what a reply stream yields when its reply was lost and is asked again
 
@@ -108,6 +113,16 @@ def prepare_plan(text: str, tools: Tools) -> list[Task]:
     if not tasks:
         raise PlanError("the plan has no tasks")
     return tasks
+
+
+def edit_floor(written: str | None, tools: Tools) -> int:
+    """The highest id a run's own body may give a task: a written plan's highest, or
+    PLANNER_IDS for a question's planner (`written` None). A live edit without an id of its
+    own takes the next above this and above every id in the graph; one with an id at or
+    below it, not yet in the graph, would take one the plan or the planner may still add."""
+    if written is None:
+        return PLANNER_IDS
+    return max((task.id for task in parse_plan(written, tools=tools)), default=0)
 
 
 async def execute_plan(tasks: list[Task], scheduler: Scheduler) -> Outcome:
@@ -249,7 +264,7 @@ class Agent:
         """Stream one plan into the scheduler; return the plan's error, if it had one."""
         tools = self.scheduler.tools
         known = set(self.scheduler.graph.nodes)
-        next_id = max(known, default=0) + 1
+        next_id = max((i for i in known if i <= PLANNER_IDS), default=0) + 1  # edits' ignored
         request, source = self._planner_request(question, reason, next_id)
         call = self._next_call()
         kept = self.replies.get(call)
@@ -263,6 +278,11 @@ class Agent:
                     task = self.defined.get(task.id, task)
                 if task.id < next_id:
                     raise PlanError(f"task id {task.id} must be {next_id} or more", line=task.line)
+                if task.id > PLANNER_IDS:
+                    raise PlanError(
+                        f"task id {task.id} is past {PLANNER_IDS}: ids above are live edits'",
+                        line=task.line,
+                    )
                 self.scheduler.add(task)
                 added.add(task.id)
 
@@ -280,13 +300,27 @@ class Agent:
                         break
             dispatch(parser.close())
         except PlanError as e:
+            self._edits_again()
             return str(e)
         finally:
             # The reply as the run used it; a kept one whole, as its first session said it.
             self._say(kept.text if kept is not None else "".join(read))
+        self._edits_again()
         if not added and not parser.joined:
             return "the plan has no tasks and no join()"
         return None
+
+    def _edits_again(self) -> None:
+        """Resuming: put back the live edits an earlier session took (ids above PLANNER_IDS),
+        each once the tasks it reads are in the graph again, so the graph, the result and
+        the joiner have them as that session did; the journal restores what they settled.
+        One its tool now refuses stays where it is: in the log, and in `plait show`."""
+        nodes = self.scheduler.graph.nodes
+        for task_id in sorted(i for i in self.defined if i > PLANNER_IDS and i not in nodes):
+            task = self.defined[task_id]
+            if task.deps <= nodes.keys():
+                with contextlib.suppress(PlanError):
+                    self.scheduler.add(task)
 
     def _planner_request(
         self, question: str, reason: str | None, next_id: int
@@ -577,12 +611,14 @@ class Agent:
 
 __all__ = [
     "AGAIN",
+    "PLANNER_IDS",
     "Agent",
     "Outcome",
     "PlaitError",
     "RetryPolicy",
     "Tactics",
     "Task",
+    "edit_floor",
     "execute_plan",
     "prepare_plan",
 ]

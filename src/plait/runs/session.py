@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic_core import from_json
+
 from ..backends import Backend, open_backend
 from ..core import events as ev
 from ..core.graph import CANCELLED, DONE, FAILED, SKIPPED
@@ -32,7 +34,7 @@ from ..core.tools import Tools
 from ..stores import LEASE_SECONDS, RunInfo, Store, open_store
 from ..stores.base import new_holder
 from .result import Recorder, RunResult, TaskRecord
-from .runlog import Restored, RunLog
+from .runlog import TASK_ADDED, Restored, RunLog
 
 StoreLike = Store | str | None
 # "local" (the default: the event loop and a thread pool), "ray", or an open Backend.
@@ -41,6 +43,17 @@ BackendLike = Backend | str | None
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def logged_task_ids(store: Store, run_id: str) -> set[int]:
+    """The ids of every task run `run_id`'s log holds, from all its sessions: what a live
+    edit must not take again, though a resumed session has not put them back in its graph
+    yet (or will not: a written plan's edits). Blocking: it reads the whole log."""
+    return {
+        from_json(record.data)["id"]
+        for record in store.records(run_id)
+        if record.kind == TASK_ADDED
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +277,7 @@ __all__ = [
     "Shared",
     "StoreLike",
     "final_status",
+    "logged_task_ids",
     "new_run_id",
     "run_session",
     "using_backend",

@@ -8,7 +8,9 @@ Routes (JSON everywhere; an error is `{"error": "one line"}` with its status cod
     GET    /v1/runs/{id}                   the run's `--json` object (status running meanwhile)
     GET    /v1/runs/{id}/events            text/event-stream; Last-Event-ID resumes
     POST   /v1/runs/{id}/cancel            cancel the run
-    POST   /v1/runs/{id}/tasks             a live edit: one task in the JSON plan form
+    POST   /v1/runs/{id}/tasks             a live edit: one task in the JSON plan form; its
+                                           id, if not given, above any the run's plan or
+                                           planner may write (`EditIds`) -> 201 {task_id}
     DELETE /v1/runs/{id}/tasks/{task_id}   cancel that task and what depends on it
     GET    /healthz, /metrics              liveness; Prometheus text
     GET    /                               the live page (static files under static/)
@@ -31,8 +33,10 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qs
@@ -53,7 +57,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import plait
+from plait.agent.loop import PLANNER_IDS
+from plait.agent.loop import edit_floor as plan_floor
 from plait.errors import PlaitError, PlanError
+from plait.runs.session import logged_task_ids
 from plait.stores.base import RunExists
 
 from . import loopback
@@ -316,6 +323,33 @@ def _shown(text: str, most: int = 80) -> str:
     return text if len(text) <= most else text[:most] + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class EditIds:
+    """What ids a run's live edits keep clear of: those at or below `floor`, the highest its
+    own body may still give a task (agent/loop.py `edit_floor`: a written plan's highest,
+    or a question's planner's range), and those its log holds from earlier sessions
+    (`logged`), which a resumed graph may not hold again yet."""
+
+    floor: int
+    whose: str  # whose ids those at or below the floor are: "the plan's", "the planner's"
+    logged: set[int]
+
+    def next(self, ids: Iterable[int]) -> int:
+        """The id an edit without one of its own takes, given the graph's `ids`."""
+        return max(self.floor, max(self.logged, default=0), max(ids, default=0)) + 1
+
+    def refused(self, given: int, ids: Collection[int]) -> str | None:
+        """Why an edit may not take id `given` (not in the graph), if it may not."""
+        if given in self.logged:
+            return f'task id {given} was taken by an earlier session of this run: leave "id" out'
+        if 0 < given <= self.floor:
+            return (
+                f'task id {given} is {self.whose} to give (ids 1 to {self.floor}): leave "id" out,'
+                f" or give one above {self.next(ids) - 1}"
+            )
+        return None
+
+
 def build_app(manager: RunManager, token: str | None, resume_on_start: bool = True) -> ASGIApp:
     """The ASGI app: routes over `manager`, behind the token check when there is one."""
     lockout = Lockout()  # one for the login form and the token check: guesses add up
@@ -434,19 +468,44 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             raise Failure(409, f"run {run_id} had already finished: {status}")
         return JSONResponse({"run_id": run_id, "status": "cancelled"})
 
+    floors: weakref.WeakKeyDictionary[LiveRun, EditIds] = weakref.WeakKeyDictionary()
+
+    async def edit_ids(live: LiveRun) -> EditIds:
+        """What ids `live`'s edits must keep clear of. Read once a run, in threads: a plan
+        of 100,000 tasks takes seconds to parse, and its log as long to read."""
+        known = floors.get(live)
+        if known is None:
+            info = await asyncio.to_thread(manager.store.get, live.run_id)
+            written = info.source if info is not None and info.kind == "plan" else None
+            try:
+                floor = await asyncio.to_thread(plan_floor, written, tools)
+            except PlanError:  # it ran, so it parsed: not with this server's tools, then
+                floor = PLANNER_IDS
+            logged = await asyncio.to_thread(logged_task_ids, manager.store, live.run_id)
+            whose = "the planner's" if written is None else "the plan's"
+            known = floors[live] = EditIds(floor, whose, logged)
+        return known
+
     async def add_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await known(run_id)
-        live = editable(run_id)
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise Failure(400, "the body must be one task as a JSON object")
+        kept = await edit_ids(live_run(run_id))
+        # From here on nothing awaits: the id is picked and taken in one step of the loop.
+        live = editable(run_id)
         scheduler = live.scheduler
         if scheduler is None:
             raise Failure(409, f"run {run_id} has not started its graph yet")
-        ids = set(scheduler.graph.nodes)
+        ids = scheduler.graph.nodes
+        given = body.get("id")
         if "id" not in body:
-            body = {"id": max(ids, default=0) + 1, **body}
+            body = {"id": kept.next(ids), **body}
+        elif type(given) is int and given in ids:
+            raise Failure(400, f"task id {given} is already in run {run_id}'s graph")
+        elif type(given) is int and (refused := kept.refused(given, ids)):
+            raise Failure(409, refused)
         try:
             parsed = plait.parse_plan(json.dumps({"tasks": [body]}), ids, tools)
             if len(parsed) != 1:
