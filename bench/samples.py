@@ -12,10 +12,12 @@ Per question, in one process, one after the other: one attempt (`plait.arun`) an
 cold: `LocalLLM.forget_scores()` drops the cached scores and the prompts cached in
 llama.cpp's scoring context, so neither run reuses the other's work on the same question.
 The embedded model chooses by score: attempts after the first sample each choice from the
-softmax of the candidates' scores (agent/samples.py's `ChoiceSampler`, temperature 1 unless
+softmax of the candidates' scores (agent/samples.py's `ChoiceSampler`, temperature 0.7 unless
 --temperature), sharing one prompt, so the choice points they share are scored once.
 Reported: accuracy of each, time ÷ one attempt (target ≤ 1.5× while accuracy rises),
-attempts cut short, and tokens the early stop saved.
+attempts cut short, and tokens the early stop saved; with --attempts, each attempt's answer
+(marked "doubted" where the plan check, agent/doubts.py, set it aside) and how the vote
+was decided.
 
     python bench/samples.py [--start 0] [--count 30] [--samples 5] [--agree 3] [--model local]
                             [--temperature T] [--attempts]
@@ -114,7 +116,7 @@ if __name__ == "__main__":
         "--temperature",
         type=float,
         default=None,
-        help="the sampled attempts' temperature (a scoring model's choices: 1 by default)",
+        help="the sampled attempts' temperature (a scoring model's choices: 0.7 by default)",
     )
     ap.add_argument("--attempts", action="store_true", help="print each attempt's answer")
     asyncio.run(main(ap.parse_args()))
