@@ -151,3 +151,36 @@ def test_run_with_samples_without_json_shows_one_run_and_the_answer(
     assert [f.lstrip("*").split()[0] for f in fates] == ["#1", "#2", "#3"], vote
     assert sum(f.startswith("*") for f in fates) == 1
     assert sum(f.endswith("330 metres") for f in fates) >= 2
+
+
+def test_an_answer_its_plan_argues_against_is_given_with_a_doubt_line(
+    capsys, tmp_path, example_tools
+):
+    """One attempt, no samples: the plan looks up two heights and the answer gives one.
+    The answer stands (exit 0, on stdout), and stderr and --json say why it is doubted;
+    `plait resume` of the finished run says it again. A whole answer gets no such line."""
+    half = (
+        '1. search("Eiffel Tower")\n2. search("Statue of Liberty")\n'
+        "3. extract_number($1)\n4. extract_number($2)\n5. join()\n<END_OF_PLAN>"
+    )
+    q = "What is the combined height of the Eiffel Tower and the Statue of Liberty?"
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    model = replay(tmp_path, "h.json", [half, "Action: Finish(330 metres)"])
+    argv = ("run", q, "--tools", example_tools, "--model", model, "--store", store)
+    code, out, err = plait_main(capsys, *argv, "--run-id", "half")
+    assert (code, out.strip()) == (0, "330 metres")
+    assert "doubt: the answer leaves out 93, task 4's result" in err.splitlines()
+    code, out, err = plait_main(capsys, *argv, "--run-id", "half2", "--json")
+    assert one_json_object(out)["doubt"] == "the answer leaves out 93, task 4's result"
+    code, out, err = plait_main(
+        capsys, "resume", "half", "--tools", example_tools, "--store", store, "--json"
+    )
+    assert (code, one_json_object(out)["doubt"]) == (0, "the answer leaves out 93, task 4's result")
+
+    whole = half.replace("5. join()", '5. calculate("$3 + $4")\n6. join()')
+    model = replay(tmp_path, "w.json", [whole, "Action: Finish(423 metres)"])
+    code, out, err = plait_main(
+        capsys, "run", q, "--tools", example_tools, "--model", model, "--store", "memory://"
+    )
+    assert (code, out.strip()) == (0, "423 metres")
+    assert "doubt" not in err

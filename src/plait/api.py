@@ -189,6 +189,7 @@ async def arun(
         await speed.finish(result.status == DONE)
     result.plan_cache = speed.plan_cache()
     result.savings = speed.savings()
+    result.doubt = doubt(result) if result.ok else None
     return result
 
 
@@ -235,7 +236,7 @@ async def _sampled(
             on_event=_both(user, listen) if i == 0 else listen,
         )
 
-    voted, results = await sampled(attempt, n, agree, chooser, doubt)
+    voted, results = await sampled(attempt, n, agree, chooser, lambda r: r.doubt)
     picked = voted.chosen if voted.chosen is not None else min(results)
     result = results[picked]
     if chosen is not None:
@@ -337,6 +338,8 @@ async def aresume(
         if info.status == DONE:
             records = await asyncio.to_thread(lambda: list(opened.records(run_id)))
             result = stored_result(info, records)
+            if info.kind != "plan":
+                result.doubt = doubt(result)
             if on_event is not None:
                 on_event(ev.RunFinished(result.elapsed, result))
             return result
@@ -359,7 +362,10 @@ async def aresume(
             on_event=on_event,
             on_scheduler=on_scheduler,
         )
-        return await run_session(spec, body)
+        result = await run_session(spec, body)
+        if question is not None and result.ok:
+            result.doubt = doubt(result)
+        return result
     finally:
         if isinstance(store, str):
             await asyncio.to_thread(opened.close)

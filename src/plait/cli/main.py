@@ -697,7 +697,8 @@ def _resume_hint(run_id: str, again: Again) -> str:
 
 def _summary(result: RunResult) -> None:
     """The run in a line, then the answer on stdout; a run without one ends, on stderr,
-    with the reason in words."""
+    with the reason in words. An answer its own plan argues against (agent/doubts.py) is
+    still the answer, with a line saying why it is doubted."""
     counts: dict[str, int] = {}
     for t in result.tasks:
         counts[t.status] = counts.get(t.status, 0) + 1
@@ -713,6 +714,8 @@ def _summary(result: RunResult) -> None:
     )
     if result.attempts:  # --samples: the live view followed the first attempt only
         click.echo(_vote_line(result), err=True)
+    if result.doubt:  # the answer stands, but its own plan argues against it: say so
+        click.echo(f"doubt: {_one_line(result.doubt)}", err=True)
     if result.answer is not None:
         click.echo(result.answer)
     if result.error:

@@ -77,6 +77,7 @@ class RunResult:
     plan_cache: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] | None = None
     savings: dict[str, Any] | None = None
+    doubt: str | None = None  # why the run's own plan argues against its answer (doubts.py)
 
     @property
     def ok(self) -> bool:
@@ -106,7 +107,7 @@ class RunResult:
 
     def _raw(self) -> dict[str, Any]:
         raw = self._recorded()
-        for key in ("plan_cache", "attempts", "savings"):
+        for key in ("plan_cache", "attempts", "savings", "doubt"):
             value = getattr(self, key)
             if value is not None:
                 raw[key] = value
