@@ -1,4 +1,5 @@
-"""Tools for the server tests: quick arithmetic, a failure, and a gate the test opens.
+"""Tools for the server tests: quick arithmetic, a failure, a gate the test opens, and an echo
+whose name is longer than the live page's graph node is wide.
 
 `gate(name)` logs `"{pid} {run_id} {task_id}"` to $PLAIT_SERVE_LOG (one O_APPEND write), then
 waits until the file named by $PLAIT_SERVE_GATE exists: the test decides when gated tasks may
@@ -65,3 +66,10 @@ async def gate(name: str) -> str:
     while not (path and os.path.exists(path)):
         await asyncio.sleep(0.02)
     return name
+
+
+@plait.tool
+async def search_every_archive(text: str) -> str:
+    """The text back (a tool whose name is longer than a graph node is wide)."""
+    _log()
+    return text

@@ -1,8 +1,8 @@
 """The live page in a real headless Chromium (Debian's `chromium`, driven by Playwright's
 Python API through `executable_path`; no browser is downloaded): start a run from the page,
-see every node turn done, open a task, follow a run across a server restart, and a
-1,000-task graph (issue 17, points 5-6). Screenshots go under each test's tmp dir; their
-paths are printed (pytest -s, or -rA)."""
+see every node turn done, open a task, a live edit's id above 1,000,000 shown whole, follow
+a run across a server restart, and a 1,000-task graph (issue 17, points 5-6). Screenshots go
+under each test's tmp dir; their paths are printed (pytest -s, or -rA)."""
 
 from __future__ import annotations
 
@@ -121,6 +121,43 @@ def question_page(server: Server, page: Page, tmp_path: Path) -> None:
     assert "Finish(5)" in page.inner_text("#joiner")
     assert page.inner_text("#answer") == "5"
     _shot(page, tmp_path / "question.png")
+
+
+def test_a_live_edit_id_shows_whole_and_the_tool_name_is_cut(
+    store_url: str, serve_env: dict, page: Page, tmp_path: Path
+) -> None:
+    # A question run's live edits take ids above 1,000,000: a node's label keeps its id whole
+    # and cuts the tool's name instead, marked "…", within the node (not squeezed into it).
+    replies = tmp_path / "replies.json"
+    plan = '1. gate("a")\n2. join()\n<END_OF_PLAN>'
+    replies.write_text(json.dumps([plan, "Action: Finish(a)"]))
+    server = Server(store_url, serve_env, "--model", f"replay:{replies}").start()
+    try:
+        with server.client() as c:
+            run_id = c.post("/v1/runs", json={"question": "a?"}).json()["run_id"]
+            events(c, run_id, until=lambda e: e["event"] == "task_started")  # 1 holds the run
+            edit = f"/v1/runs/{run_id}/tasks"
+            long = c.post(edit, json={"tool": "search_every_archive", "args": ["$1"]})
+            short = c.post(edit, json={"tool": "add", "args": [1, 2]})
+        assert (long.status_code, short.status_code) == (201, 201), (long.text, short.text)
+        assert (long.json()["task_id"], short.json()["task_id"]) == (1_000_001, 1_000_002)
+        page.goto(f"{server.url}/#run={run_id}")
+        open_gate(serve_env)
+        _all_done(page, 3)
+        assert page.inner_text("#answer") == "a"
+        room = page.evaluate("window.plait.NODE_ROOM")
+        label = lambda i: page.evaluate("(id) => window.plait.nodeLabel(id)", i)  # noqa: E731
+        width = lambda s: page.evaluate("(s) => window.plait.labelWidth(s)", s)  # noqa: E731
+        for i, full in ((1, "1 gate"), (1_000_002, "1000002 add")):  # whole where they fit
+            assert label(i) == full if width(full) <= room else label(i).endswith("…")
+        cut = label(1_000_001)
+        assert width("1000001 search_every_archive") > room  # so it is cut:
+        assert cut.startswith("1000001 s") and cut.endswith("…"), cut
+        assert "search_every_archive".startswith(cut.removeprefix("1000001 ").removesuffix("…"))
+        assert all(width(label(i)) <= room for i in (1, 1_000_001, 1_000_002))
+        _shot(page, tmp_path / "edit-ids.png")
+    finally:
+        server.kill()
 
 
 def test_the_page_follows_a_run_across_a_sigkill_restart(

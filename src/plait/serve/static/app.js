@@ -8,7 +8,9 @@ const STATUS_COLORS = {
   pending: "#9aa3ad", running: "#2f7de1", done: "#2e9d5b", failed: "#d23b3b",
   cancelled: "#c98a1b", skipped: "#b9bec4", llm: "#7b5cc4",
 };
-const NODE = { w: 56, h: 22, gx: 34, gy: 8, pad: 12 };
+const NODE = { w: 88, h: 22, gx: 34, gy: 8, pad: 12 };
+const NODE_FONT = "11px system-ui, sans-serif";
+const NODE_ROOM = NODE.w - 8; // a node label's width: 4 px either side
 const LANE = 14;
 const MAX_CANVAS = 16000;
 const $ = (id) => document.getElementById(id);
@@ -17,6 +19,9 @@ const plait = (window.plait = {
   run: null, // the open run's state
   streams: 0, // how many times a stream was opened for the open run (reconnects + 1)
   nodeCenter, // (task id) -> {x, y} in page coordinates, for a click
+  nodeLabel, // (task id) -> the label its graph node shows
+  labelWidth, // (text) -> its width in a node's font, in px
+  NODE_ROOM,
 });
 
 // ---- HTTP ------------------------------------------------------------------------------
@@ -341,7 +346,7 @@ function drawGraph(run) {
     }
   }
   ctx.globalAlpha = 1;
-  ctx.font = "11px system-ui, sans-serif";
+  ctx.font = NODE_FONT;
   ctx.textBaseline = "middle";
   const labels = scale > 0.45;
   for (const t of run.tasks.values()) {
@@ -354,10 +359,51 @@ function drawGraph(run) {
     }
     if (labels) {
       ctx.fillStyle = "#fff";
-      ctx.fillText(`${t.id} ${t.tool}`.slice(0, 9), x + 4, y + NODE.h / 2, NODE.w - 6);
+      ctx.fillText(graphLabel(ctx, t), x + 4, y + NODE.h / 2, NODE_ROOM);
     }
   }
   canvas.dataset.nodes = run.tasks.size;
+}
+
+// A label shows its task's id whole (live edits' ids pass 1,000,000) and as much of the
+// tool's name as fits after it, cut with "…"; the id alone if no letter of it fits.
+function fitLabel(ctx, id, sep, tool, room) {
+  const full = `${id}${sep}${tool}`;
+  if (ctx.measureText(full).width <= room) return full;
+  let lo = 0, hi = tool.length - 1; // the most letters of the tool that fit, with the "…"
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (ctx.measureText(`${id}${sep}${tool.slice(0, mid)}…`).width <= room) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo > 0 ? `${id}${sep}${tool.slice(0, lo)}…` : `${id}`;
+}
+
+const graphLabels = new Map(); // "id tool" -> its node label: nodes never change size
+
+function graphLabel(ctx, t) {
+  const key = `${t.id} ${t.tool}`;
+  let label = graphLabels.get(key);
+  if (label === undefined) {
+    label = fitLabel(ctx, t.id, " ", t.tool, NODE_ROOM);
+    graphLabels.set(key, label);
+  }
+  return label;
+}
+
+function nodeContext() {
+  const ctx = $("graph").getContext("2d");
+  ctx.font = NODE_FONT;
+  return ctx;
+}
+
+function nodeLabel(id) {
+  const t = plait.run && plait.run.tasks.get(id);
+  return t ? graphLabel(nodeContext(), t) : null;
+}
+
+function labelWidth(text) {
+  return nodeContext().measureText(text).width;
 }
 
 function nodeCenter(id) {
@@ -412,8 +458,8 @@ function drawTimeline(run) {
   const tasks = [];
   for (const t of run.tasks.values()) {
     if (t.start == null) continue;
-    tasks.push({ kind: "task", id: t.id, label: `${t.id}. ${t.tool}`, start: t.start,
-      end: t.end ?? now, status: t.status });
+    tasks.push({ kind: "task", id: t.id, tool: t.tool, start: t.start, end: t.end ?? now,
+      status: t.status });
   }
   const llmLanes = packLanes(calls);
   const taskLanes = packLanes(tasks);
@@ -428,7 +474,11 @@ function drawTimeline(run) {
     const x0 = x(b.start), w = Math.max(1.5, x(b.end) - x0);
     ctx.fillStyle = color;
     ctx.fillRect(x0, y, w, LANE - 3);
-    if (w > 40) { ctx.fillStyle = "#fff"; ctx.fillText(b.label, x0 + 3, y + (LANE - 3) / 2, w - 5); }
+    if (w > 40) {
+      ctx.fillStyle = "#fff";
+      const label = b.kind === "task" ? fitLabel(ctx, b.id, ". ", b.tool, w - 5) : b.label;
+      ctx.fillText(label, x0 + 3, y + (LANE - 3) / 2, w - 5);
+    }
   };
   for (const b of calls) bar(b, 2, STATUS_COLORS.llm);
   const top = 2 + llmLanes * LANE + (llmLanes ? 4 : 0);
