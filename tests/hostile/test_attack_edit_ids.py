@@ -13,6 +13,7 @@ import httpx
 import pytest
 from tests.test_live_edit_ids import (
     GATE,
+    HOLD,
     WAIT,
     Held,
     LiveServer,
@@ -163,3 +164,35 @@ def test_a_resumed_edit_its_tool_refuses_is_tried_once() -> None:
     scheduler = Graph([defined[1]], refuse=2_000_000)
     Agent._edits_again(SimpleNamespace(scheduler=scheduler, defined=defined))  # type: ignore[arg-type]
     assert scheduler.added == []  # B reads the refused A: it stays in the log only
+
+
+def test_an_edit_may_not_take_id_0_which_a_resume_would_drop(
+    store_url: str,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    """Id 0 is no planner's (it numbers from 1) and no edit's (above PLANNER_IDS): the old
+    code let an edit take it, and a resume, putting back only ids above PLANNER_IDS, left
+    the edit out of the resumed graph and result (the stored run kept it: two answers to
+    what the run holds). Now it is refused, in one line."""
+    joiner = tmp_path / "joiner.json"
+    joiner.write_text(json.dumps(["Action: Finish(3)"]))
+    model = Held(f"1. add(1, 2)\n{HOLD}2. gate($1)\n3. join()\n")
+    model.name = f"replay:{joiner}"
+    with LiveServer(store_url, model) as c:
+        run_id = c.post("/v1/runs", json={"question": "1 + 2?", "max_replans": 0}).json()["run_id"]
+        edit = f"/v1/runs/{run_id}/tasks"
+        zero = model.hold_then(
+            c, run_id, 1, lambda: c.post(edit, json={"id": 0, "tool": "echo", "args": ["0 saw $1"]})
+        )
+        _events_until(c, run_id, "task_started", lambda d: d["id"] == 2)
+    with LiveServer(store_url, model, resume=True) as c:
+        _events_until(c, run_id, "task_started", lambda d: d["id"] == 2, nth=2)  # resumed
+        GATE.set()
+        resumed = _events_until(c, run_id, "run_finished")["result"]
+        run = _finished(c, run_id)
+    assert zero.status_code == 409, zero.text
+    assert zero.json()["error"] == (
+        f'task id 0 is no edit\'s to take: leave "id" out, or give one above {PLANNER_IDS}'
+    )
+    for ended in (resumed, run):  # the old resumed session's result had no task 0, the store's had
+        assert ended["status"] == "done" and _tasks(ended) == {1: ("done", 3), 2: ("done", 3)}

@@ -348,6 +348,9 @@ class EditIds:
 
     def refused(self, given: int, ids: Collection[int]) -> str | None:
         """Why an edit may not take id `given` (not in the graph), if it may not."""
+        if given == 0:  # the planner numbers from 1; a resume puts back edits above floor
+            above = self.next(ids) - 1
+            return f'task id 0 is no edit\'s to take: leave "id" out, or give one above {above}'
         if given in self.logged:
             return f'task id {given} was taken by an earlier session of this run: leave "id" out'
         if 0 < given <= self.floor:
