@@ -141,3 +141,48 @@ def test_a_first_answer_set_aside_is_said_to_be_the_plan_check_s_doing() -> None
     assert (voted.answer, voted.decided_by, voted.chosen) == ("423", "plan check", 1)
     lone = asyncio.run(vote(attempt, 1, 1, None, lambda i: None))
     assert (lone.answer, lone.decided_by) == ("330", "only one")
+
+
+EIFFEL = (
+    "The Eiffel Tower in Paris is 330 metres tall including its antennas; it was completed"
+    " in 1889 for the World's Fair."
+)
+DESIGNER = "Gustave Eiffel (1832-1923) was a French engineer whose company built the Eiffel Tower."
+
+
+def test_a_right_answer_beside_a_context_lookup_does_not_lose_to_a_wrong_one() -> None:
+    """ "How tall is the tower Gustave Eiffel's company built?": a strong model's plan looks
+    the engineer up beside the tower, and rightly answers with the tower's height only. The
+    old check doubted it (the engineer's text's 1832 and 1923 unused), so two right attempts
+    lost to one wrong, undoubted, attempt (decided_by "plan check")."""
+    right = Run(
+        "330 metres",
+        [
+            TaskRecord(1, "search", {"query": "Gustave Eiffel"}, "done", DESIGNER),
+            TaskRecord(2, "search", {"query": "Eiffel Tower height"}, "done", EIFFEL),
+            TaskRecord(3, "extract_number", {"text": "$2", "unit": "metres"}, "done", 330.0),
+        ],
+    )
+    wrong = Run(
+        "324 metres",
+        [
+            TaskRecord(1, "search", {"query": "Eiffel Tower"}, "done", "It was 324 metres tall."),
+            TaskRecord(2, "extract_number", {"text": "$1"}, "done", 324.0),
+        ],
+    )
+    runs = [right, wrong, right]
+    assert doubt(right) is None
+    voted = asyncio.run(vote(_answer(runs), 3, 2, None, lambda i: doubt(runs[i])))
+    assert (voted.answer, voted.decided_by) == ("330 metres", "agreement")
+    # A text with a quantity of the answer's kind is still one the answer leaves out.
+    statue = TaskRecord(4, "search", {"query": "Statue of Liberty"}, "done", "It is 93 m tall.")
+    assert doubt(Run("330 metres", [*right.tasks, statue])) == (
+        "the answer uses no number of task 4's result"
+    )
+
+
+def _answer(runs: list[Run]) -> Callable[[int], Any]:
+    async def attempt(i: int) -> str | None:
+        return runs[i].answer
+
+    return attempt

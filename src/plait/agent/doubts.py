@@ -13,10 +13,13 @@ on what the plan found:
   does not use: a number result the answer does not give, or a text with numbers none of
   which the answer gives. A plan that looks up two heights and answers one of them
   answered half the question ("330 metres" for the combined height of two towers). A text
-  without numbers is context, never doubted. Checked only on a run with no replan: a
-  replan's plan may rightly leave the first plan's outputs unused. A number is given in
-  whatever way an answer writes it: rounded ("8.9", "2.1 million" for 2,148,271), as a
-  percentage (45.2% for 0.452), in e-notation, without its sign (-237: "237 shorter").
+  without numbers is context, never doubted; so is one whose numbers are of no unit the
+  answer gives numbers in (an engineer's "1832-1923" beside the tower's 330 metres the
+  answer gives: a strong model's plan looks up such context alongside). Checked only on a
+  run with no replan: a replan's plan may rightly leave the first plan's outputs unused.
+  A number is given in whatever way an answer writes it: rounded ("8.9", "2.1 million"
+  for 2,148,271), as a percentage (45.2% for 0.452), in e-notation, without its sign
+  (-237: "237 shorter").
 - **One fact twice**: a task combined two results that are one and the same value from
   one and the same source (`$2 - $4` where both lookups found the one text): x - x = 0
   answers nothing, whatever the question was. Each task's sources are worked out once,
@@ -36,6 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..core.task import references
+from .samples import UNITS, normalise
 
 # A number as text writes it: a sign, thousands separators, decimals, an exponent.
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d{1,3}(?![\w]))?")
@@ -43,6 +47,8 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d{1,3}(?![\w])
 _SCALE = re.compile(r" ?(%|per ?cent\b|thousand\b|million\b|billion\b|bn\b|trillion\b)", re.I)
 _SCALES = {"%": 0.01, "percent": 0.01, "per cent": 0.01, "thousand": 1e3, "million": 1e6}
 _SCALES |= {"billion": 1e9, "bn": 1e9, "trillion": 1e12}
+# A number and its unit, as samples.normalise writes them ("330 m", "45 %").
+_KIND = re.compile(r"\d (" + "|".join(map(re.escape, UNITS)) + r")(?![\w])")
 TOLERANCE = 0.005  # relative: 8.9 is 8.903 written to 2 significant digits (0.04% off)
 MOST_SOURCES = 16  # a result resting on more lookups than this is no "one fact"
 SHOWN = 3  # operands a doubt names at most
@@ -119,6 +125,11 @@ class _Said:
         return i >= 0 and abs(value) <= self.ends[i]
 
 
+def _kinds(text: str) -> set[str]:
+    """The units `text` gives numbers in ("330 metres", "2 km": {"m", "km"})."""
+    return set(_KIND.findall(normalise(text)))
+
+
 def _is_number(value: object) -> bool:
     """A finite int or float (not a bool; not an int too big for a float)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -150,6 +161,7 @@ def doubt(run: Finished) -> str | None:
     done: dict[int, Done] = {t.id: t for t in run.tasks if t.status == "done"}
     refs = {t.id: sorted({n for n, _ in references(t.args) if n in done}) for t in done.values()}
     taken = {r for rs in refs.values() for r in rs}
+    kinds = _kinds(run.answer)
     if run.replans == 0:
         for t in sorted(done.values(), key=lambda t: t.id):
             if t.id in taken:
@@ -158,6 +170,8 @@ def doubt(run: Finished) -> str | None:
                 return f"the answer leaves out {float(t.result):.6g}, task {t.id}'s result"
             found = _numbers(t.result) if isinstance(t.result, str) else []
             if found and not any(said.gives(value) for value, _ in found):
+                if kinds and not kinds & _kinds(t.result):
+                    continue  # context: no quantity of the kind the answer gives
                 return f"the answer uses no number of task {t.id}'s result"
     keys: dict[int, str] = {}
 
