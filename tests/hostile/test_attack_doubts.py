@@ -38,6 +38,8 @@ def done(i: int, args: Any, result: Any) -> TaskRecord:
         ("The Statue is 237 metres shorter", -237.0),  # `$4 - $3`, said as a distance
         ("about 2.1 million people", 2148271),
         ("1.5 billion", 1_500_000_000),
+        ("8 849 m", 8849),  # French and SI thousands
+        ("8\u202f849 m", 8849.0),
     ],
 )
 def test_a_number_the_answer_writes_another_way_is_not_left_out(answer: str, result: Any) -> None:

@@ -43,6 +43,8 @@ from .samples import UNITS, normalise
 
 # A number as text writes it: a sign, thousands separators, decimals, an exponent.
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d{1,3}(?![\w]))?")
+# A number in groups of three digits parted by spaces, as French and SI write it: "8 849".
+_SPACED = re.compile(r"(?<![\w.,])\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?![\w.,])")
 # What an answer may write after a number that scales it: "2.1 million", "45%", "3k".
 _SCALE = re.compile(r" ?(%|per ?cent\b|thousand\b|million\b|billion\b|bn\b|trillion\b)", re.I)
 _SCALES = {"%": 0.01, "percent": 0.01, "per cent": 0.01, "thousand": 1e3, "million": 1e6}
@@ -77,8 +79,8 @@ class Finished(Protocol):
 def _numbers(text: str) -> list[tuple[float, float]]:
     """Each number `text` writes, as (value, half its last digit's unit), once as written and
     once scaled by the word after it ("2.1 million": 2.1 and 2,100,000 give or take 50,000;
-    "45%": 45 and 0.45). Signs are dropped: "237 metres shorter" gives -237. Not a finite
-    float (a 400-digit number), no number."""
+    "45%": 45 and 0.45; "8 849": 8, 849 and 8849). Signs are dropped: -237 is given by "237
+    metres shorter". Not a finite float (a 400-digit number), no number."""
     out = []
     for m in _NUMBER.finditer(text):
         written = m.group().replace(",", "")
@@ -95,6 +97,7 @@ def _numbers(text: str) -> list[tuple[float, float]]:
         if scaled := _SCALE.match(text, m.end()):
             factor = _SCALES[" ".join(scaled.group(1).lower().replace("cent", " cent").split())]
             out.append((value * factor, unit * factor))
+    out.extend((float("".join(m.group().split())), 0.5) for m in _SPACED.finditer(text))
     return out
 
 
