@@ -38,13 +38,15 @@ def done(i: int, args: Any, result: Any) -> TaskRecord:
         ("The Statue is 237 metres shorter", -237.0),  # `$4 - $3`, said as a distance
         ("about 2.1 million people", 2148271),
         ("1.5 billion", 1_500_000_000),
+        ("about 1.3 times as tall", 1.3424),  # rounded to the digits it writes
         ("8 849 m", 8849),  # French and SI thousands
         ("8\u202f849 m", 8849.0),
     ],
 )
 def test_a_number_the_answer_writes_another_way_is_not_left_out(answer: str, result: Any) -> None:
-    """The old check read "1.2e3" as 1.2, "45.2%" as 45.2, "2.1 million" as 2.1 and -237
-    as no distance of 237: each answer was doubted, and lost to any undoubted one."""
+    """The old check read "1.2e3" as 1.2, "45.2%" as 45.2, "2.1 million" as 2.1, -237 as no
+    distance of 237 and "1.3" as no rounding of 1.3424 (it allowed 0.5%): each answer was
+    doubted, and lost to any undoubted one."""
     tasks = [done(1, {"q": "x"}, "source text"), done(2, {"text": "$1"}, result)]
     assert doubt(Run(answer, tasks)) is None
 
