@@ -316,11 +316,15 @@ class Agent:
         the joiner have them as that session did; the journal restores what they settled.
         One its tool now refuses stays where it is: in the log, and in `plait show`."""
         nodes = self.scheduler.graph.nodes
-        for task_id in sorted(i for i in self.defined if i > PLANNER_IDS and i not in nodes):
-            task = self.defined[task_id]
-            if task.deps <= nodes.keys():
+        waiting = sorted(i for i in self.defined if i > PLANNER_IDS and i not in nodes)
+        while waiting:  # again while one goes back: an edit may read one of a higher id
+            ready = [i for i in waiting if self.defined[i].deps <= nodes.keys()]
+            for task_id in ready:
                 with contextlib.suppress(PlanError):
-                    self.scheduler.add(task)
+                    self.scheduler.add(self.defined[task_id])
+            if not ready:
+                break
+            waiting = [i for i in waiting if i not in ready]  # a refused one tried once
 
     def _planner_request(
         self, question: str, reason: str | None, next_id: int

@@ -292,6 +292,7 @@ async def vote(
     if winner is not None:
         first = next(a for a in answered if a.normalised == winner)
         by = "agreement" if agree > 1 or len(answered) > 1 else "only one"
+        by = "plan check" if by == "only one" and set_aside else by  # the first set aside
         return Vote(first.answer, by, attempts, first.index)
     if not answered:
         return Vote(None, "none", attempts)

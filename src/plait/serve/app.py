@@ -29,13 +29,14 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import re
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -59,6 +60,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import plait
 from plait.agent.loop import PLANNER_IDS
 from plait.agent.loop import edit_floor as plan_floor
+from plait.agent.parse import _MAX_ID as MAX_TASK_ID  # ids have at most 18 digits
 from plait.errors import PlaitError, PlanError
 from plait.runs.session import logged_task_ids
 from plait.stores.base import RunExists
@@ -334,12 +336,21 @@ class EditIds:
     whose: str  # whose ids those at or below the floor are: "the plan's", "the planner's"
     logged: set[int]
 
-    def next(self, ids: Iterable[int]) -> int:
-        """The id an edit without one of its own takes, given the graph's `ids`."""
-        return max(self.floor, max(self.logged, default=0), max(ids, default=0)) + 1
+    def next(self, ids: Collection[int]) -> int:
+        """The id an edit without one of its own takes, given the graph's `ids`: the next
+        above them all; past the 18 digits an id may have (an edit gave 999…9), the lowest
+        free one above the floor."""
+        top = max(self.floor, max(self.logged, default=0), max(ids, default=0)) + 1
+        if top < MAX_TASK_ID:
+            return top
+        free = (i for i in itertools.count(self.floor + 1) if i not in ids)
+        return next(i for i in free if i not in self.logged)
 
     def refused(self, given: int, ids: Collection[int]) -> str | None:
         """Why an edit may not take id `given` (not in the graph), if it may not."""
+        if given == 0:  # the planner numbers from 1; a resume puts back edits above floor
+            above = self.next(ids) - 1
+            return f'task id 0 is no edit\'s to take: leave "id" out, or give one above {above}'
         if given in self.logged:
             return f'task id {given} was taken by an earlier session of this run: leave "id" out'
         if 0 < given <= self.floor:
@@ -468,23 +479,33 @@ def build_app(manager: RunManager, token: str | None, resume_on_start: bool = Tr
             raise Failure(409, f"run {run_id} had already finished: {status}")
         return JSONResponse({"run_id": run_id, "status": "cancelled"})
 
-    floors: weakref.WeakKeyDictionary[LiveRun, EditIds] = weakref.WeakKeyDictionary()
+    floors: weakref.WeakKeyDictionary[LiveRun, asyncio.Future[EditIds]]
+    floors = weakref.WeakKeyDictionary()
+
+    async def read_edit_ids(run_id: str) -> EditIds:
+        info = await asyncio.to_thread(manager.store.get, run_id)
+        written = info.source if info is not None and info.kind == "plan" else None
+        try:
+            floor = await asyncio.to_thread(plan_floor, written, tools)
+        except PlanError:  # it ran, so it parsed: not with this server's tools, then
+            floor = PLANNER_IDS
+        logged = await asyncio.to_thread(logged_task_ids, manager.store, run_id)
+        whose = "the planner's" if written is None else "the plan's"
+        return EditIds(floor, whose, logged)
 
     async def edit_ids(live: LiveRun) -> EditIds:
         """What ids `live`'s edits must keep clear of. Read once a run, in threads: a plan
-        of 100,000 tasks takes seconds to parse, and its log as long to read."""
-        known = floors.get(live)
-        if known is None:
-            info = await asyncio.to_thread(manager.store.get, live.run_id)
-            written = info.source if info is not None and info.kind == "plan" else None
-            try:
-                floor = await asyncio.to_thread(plan_floor, written, tools)
-            except PlanError:  # it ran, so it parsed: not with this server's tools, then
-                floor = PLANNER_IDS
-            logged = await asyncio.to_thread(logged_task_ids, manager.store, live.run_id)
-            whose = "the planner's" if written is None else "the plan's"
-            known = floors[live] = EditIds(floor, whose, logged)
-        return known
+        of 100,000 tasks takes seconds to parse, and its log as long to read; edits that
+        come while it is read wait for that one reading (not each its own)."""
+        reading = floors.get(live)
+        if reading is None:  # the run id only: a reading that held `live` would keep it
+            reading = floors[live] = asyncio.ensure_future(read_edit_ids(live.run_id))
+        try:
+            return await asyncio.shield(reading)  # one edit's client gone stops no reading
+        except Exception:
+            if floors.get(live) is reading:  # failed: the next edit reads again
+                del floors[live]
+            raise
 
     async def add_task(request: Request) -> Response:
         run_id = request.path_params["run_id"]
