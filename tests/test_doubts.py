@@ -117,3 +117,39 @@ def test_a_long_chain_is_checked_without_recursion() -> None:
 def test_results_that_are_no_number_an_answer_could_give_are_not_left_out(result: Any) -> None:
     tasks = plan(("f", {}, result))
     assert doubt(Run("330", tasks)) is None
+
+
+def test_a_question_offering_its_options_gets_no_partial_check() -> None:
+    """"Which is taller, A or B?": the answer names one and may give its height as the
+    reason; leaving the other's out is right, not half an answer."""
+    heights = plan(
+        ("search", {"query": "Eiffel Tower"}, EIFFEL),
+        ("search", {"query": "Empire State Building"}, "The Empire State Building is 443 m."),
+        ("extract_number", {"text": "$1"}, 330.0),
+        ("extract_number", {"text": "$2"}, 443.0),
+    )
+    run = Run("The Empire State Building, at 443 metres", heights)
+    question = "Which is taller, the Eiffel Tower or the Empire State Building?"
+    assert doubt(run, question) is None
+    assert doubt(run) == "the answer leaves out 330, task 3's result"  # no question: checked
+    # The one-fact-twice check still holds there.
+    same = plan(("search", {}, MOON), ("search", {}, MOON), ("f", {"a": "$1", "b": "$2"}, 0))
+    assert doubt(Run("0", same), question) == "task 3 combines one result with itself ($1, $2)"
+
+
+async def test_a_run_of_a_question_offering_its_options_is_not_doubted(example_tools) -> None:
+    import plait
+    from plait.llm.replay import ReplayLLM
+
+    plan_text = (
+        '1. search("Eiffel Tower")\n2. search("Empire State Building")\n'
+        "3. extract_number($1)\n4. extract_number($2)\n5. join()\n<END_OF_PLAN>"
+    )
+    model = ReplayLLM([plan_text, "Action: Finish(The Empire State Building, 443 metres)"])
+    result = await plait.arun(
+        "Which is taller, the Eiffel Tower or the Empire State Building?",
+        tools=plait.load_tools(str(example_tools)),
+        model=model,
+    )
+    assert result.answer == "The Empire State Building, 443 metres"
+    assert result.doubt is None

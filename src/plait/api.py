@@ -189,7 +189,7 @@ async def arun(
         await speed.finish(result.status == DONE)
     result.plan_cache = speed.plan_cache()
     result.savings = speed.savings()
-    result.doubt = doubt(result) if result.ok else None
+    result.doubt = doubt(result, question) if result.ok else None
     return result
 
 
@@ -339,7 +339,7 @@ async def aresume(
             records = await asyncio.to_thread(lambda: list(opened.records(run_id)))
             result = stored_result(info, records)
             if info.kind != "plan":
-                result.doubt = doubt(result)
+                result.doubt = doubt(result, info.source)
             if on_event is not None:
                 on_event(ev.RunFinished(result.elapsed, result))
             return result
@@ -364,7 +364,7 @@ async def aresume(
         )
         result = await run_session(spec, body)
         if question is not None and result.ok:
-            result.doubt = doubt(result)
+            result.doubt = doubt(result, question)
         return result
     finally:
         if isinstance(store, str):

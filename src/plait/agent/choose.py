@@ -46,7 +46,16 @@ from typing import Any
 from ..core.events import Usage
 from ..core.tools import Tool, Tools
 from ..llm.base import Delta, Request, Scorer
-from .schema import EDGE_WORDS, FUNCTION_WORDS, mark, phrase_spans, phrases, question_spans, words
+from .schema import (
+    EDGE_WORDS,
+    FUNCTION_WORDS,
+    mark,
+    offers_choice,
+    phrase_spans,
+    phrases,
+    question_spans,
+    words,
+)
 
 OPERATORS = ("-", "+", "/", "*")
 MAX_CANDIDATES = 96  # per choice; beyond this the plan's own order decides which are kept
@@ -335,7 +344,7 @@ class DecisionChooser:
         found = answers(self.results, self.context)
         asked = question_spans(self.question)
         asked_words = {w.lower() for p in asked for w in words(p)}
-        if "or" in {w.lower() for w in words(self.question)}:
+        if offers_choice(self.question):
             # A choice: the answer is one of the options, as the latest result naming one
             # names it.
             named = [a for a in found if a in asked]

@@ -16,7 +16,9 @@ on what the plan found:
   without numbers is context, never doubted; so is one whose numbers are of no unit the
   answer gives numbers in (an engineer's "1832-1923" beside the tower's 330 metres the
   answer gives: a strong model's plan looks up such context alongside). Checked only on a
-  run with no replan: a replan's plan may rightly leave the first plan's outputs unused.
+  run with no replan (a replan's plan may rightly leave the first plan's outputs unused),
+  and not on a question that offers its answer's options ("Which is taller, A or B?": the
+  answer names one, "B, at 443 metres", and leaves A's height out rightly).
   A number is given in whatever way an answer writes it: rounded ("8.9", "2.1 million"
   for 2,148,271), as a percentage (45.2% for 0.452), in e-notation, without its sign
   (-237: "237 shorter").
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 
 from ..core.task import references
 from .samples import UNITS, normalise
+from .schema import offers_choice
 
 # A number as text writes it: a sign, thousands separators, decimals, an exponent.
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d{1,3}(?![\w]))?")
@@ -154,8 +157,10 @@ def _key(value: object) -> str:
         return f"<{type(value).__name__} at {id(value):#x}>"
 
 
-def doubt(run: Finished) -> str | None:
-    """Why `run`'s own plan doubts its answer (see the module docstring), or None."""
+def doubt(run: Finished, question: str = "") -> str | None:
+    """Why `run`'s own plan doubts its answer (see the module docstring), or None. A
+    `question` that offers the answer's options ("A or B?") gets no partial check: its
+    answer names one, and any numbers it gives are its reasons."""
     if not run.answer:
         return None
     said = _Said(run.answer)
@@ -165,7 +170,7 @@ def doubt(run: Finished) -> str | None:
     refs = {t.id: sorted({n for n, _ in references(t.args) if n in done}) for t in done.values()}
     taken = {r for rs in refs.values() for r in rs}
     kinds = _kinds(run.answer)
-    if run.replans == 0:
+    if run.replans == 0 and not offers_choice(question):
         for t in sorted(done.values(), key=lambda t: t.id):
             if t.id in taken:
                 continue

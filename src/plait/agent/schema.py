@@ -73,6 +73,12 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+def offers_choice(question: str) -> bool:
+    """Whether a question offers its answer's options ("Which is taller, A or B?"): its
+    answer picks one, and the numbers it was picked by are its reasons, not its value."""
+    return "or" in {w.lower() for w in words(question)}
+
+
 def phrase_spans(
     text: str,
     max_words: int = 5,
