@@ -120,8 +120,8 @@ def test_results_that_are_no_number_an_answer_could_give_are_not_left_out(result
 
 
 def test_a_question_offering_its_options_gets_no_partial_check() -> None:
-    """"Which is taller, A or B?": the answer names one and may give its height as the
-    reason; leaving the other's out is right, not half an answer."""
+    """A question like "Which is taller, A or B?": the answer names one and may give its
+    height as the reason; leaving the other's out is right, not half an answer."""
     heights = plan(
         ("search", {"query": "Eiffel Tower"}, EIFFEL),
         ("search", {"query": "Empire State Building"}, "The Empire State Building is 443 m."),
