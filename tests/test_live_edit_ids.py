@@ -371,3 +371,73 @@ def test_an_edit_of_a_written_plan_run_keeps_clear_of_the_plan_s_ids(store_url: 
         10: ("done", "after 3"),
         12: ("done", 4),
     }
+
+
+async def test_a_resumed_written_plan_puts_its_edits_back(tmp_path: Path) -> None:
+    """A written plan's run, edited live, then stopped: its resume puts the edit back into
+    the graph after the plan (its result restored, its tool not run again), so the resumed
+    result holds it as the first session did, not only the log."""
+    from plait.core import events as ev
+
+    said: list[str] = []
+    held = asyncio.Event()
+
+    @plait.tool(name="say")
+    def say(x: str) -> str:
+        said.append(x)
+        return f"said {x}"
+
+    @plait.tool(name="hold")
+    async def hold(x: int) -> int:
+        held.set()
+        await asyncio.Event().wait()  # until the run is stopped
+        return x
+
+    @plait.tool(name="hold")
+    async def release(x: int) -> int:
+        return x
+
+    plan = '1. say("one")\n2. hold(2)\n3. say("three after $2")'
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    edited, edit_done = asyncio.Event(), asyncio.Event()
+
+    def heard(e: Any) -> None:
+        if isinstance(e, ev.TaskFinished) and e.id == 4 and e.status == "done":
+            edit_done.set()
+
+    def edit(scheduler: Any) -> None:
+        async def when_held() -> None:
+            await held.wait()
+            (task,) = plait.parse_plan(
+                json.dumps({"tasks": [{"id": 4, "tool": "say", "args": ["after $1"]}]}),
+                set(scheduler.graph.nodes),
+                scheduler.tools,
+            )
+            scheduler.add(task)
+            edited.set()
+
+        asyncio.get_running_loop().create_task(when_held())
+
+    first = asyncio.create_task(
+        plait.aexecute(
+            plan, tools=[say, hold], store=store, run_id="p", on_scheduler=edit, on_event=heard
+        )
+    )
+    await edited.wait()
+    await edit_done.wait()
+    assert said == ["one", "after said one"]
+    first.cancel()  # stopped as a killed process would be, the edit's result recorded
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    resumed = await plait.aresume("p", tools=[say, release], store=store)
+    assert resumed.status == "done", resumed.error
+    tasks = {t.id: (t.status, t.result) for t in resumed.tasks}
+    assert tasks == {
+        1: ("done", "said one"),
+        2: ("done", 2),
+        3: ("done", "said three after 2"),
+        4: ("done", "said after said one"),
+    }
+    assert said == ["one", "after said one", "three after 2"]  # 1 and the edit not run again
+    assert resumed.answer == "said three after 2"  # still the plan's last task's

@@ -268,7 +268,7 @@ def _both(first: ev.Listener | None, second: ev.Listener) -> ev.Listener:
 
 def _plan_body(tasks: list[Task]) -> Body:
     async def body(run: Run) -> Outcome:
-        return await execute_plan(tasks, run.scheduler)
+        return await execute_plan(tasks, run.scheduler, run.defined)
 
     return body
 

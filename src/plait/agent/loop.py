@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..core import events as ev
@@ -125,20 +125,44 @@ def edit_floor(written: str | None, tools: Tools) -> int:
     return max((task.id for task in parse_plan(written, tools=tools)), default=0)
 
 
-async def execute_plan(tasks: list[Task], scheduler: Scheduler) -> Outcome:
+async def execute_plan(
+    tasks: list[Task], scheduler: Scheduler, defined: Mapping[int, Task] | None = None
+) -> Outcome:
     """Run a whole written plan, prepared by `prepare_plan`: its answer is the last task's
-    result, if every task succeeded."""
+    result, if every task succeeded (the plan's and its live edits'). Resuming, `defined`
+    holds what the run's log defined: the edits of earlier sessions go back in after the
+    plan, as they were (`put_back_edits`)."""
     for i, task in enumerate(tasks, 1):
         scheduler.add(task, checked=True)
         if i % 32 == 0:
             # Let dispatched tasks run while the rest are added: they start sooner, and a
             # huge plan never holds all its coroutines in memory at once.
             await asyncio.sleep(0)
+    if defined:
+        put_back_edits(scheduler, defined, max((t.id for t in tasks), default=0))
     await scheduler.wait()
     nodes = scheduler.graph.nodes
     if all(n.status == DONE for n in nodes.values()):
         return Outcome(result_text(nodes[tasks[-1].id].result))
     return Outcome()
+
+
+def put_back_edits(scheduler: Scheduler, defined: Mapping[int, Task], above: int) -> None:
+    """Resuming: add the live edits an earlier session took (the `defined` tasks with ids
+    above `above`, the run's own), each once the tasks it reads are in the graph again, so
+    the graph, the result and the joiner have them as that session did; the journal
+    restores what they settled. One its tool now refuses stays where it is: in the log,
+    and in `plait show`."""
+    nodes = scheduler.graph.nodes
+    waiting = sorted(i for i in defined if i > above and i not in nodes)
+    while waiting:  # again while one goes back: an edit may read one of a higher id
+        ready = [i for i in waiting if defined[i].deps <= nodes.keys()]
+        for task_id in ready:
+            with contextlib.suppress(PlanError):
+                scheduler.add(defined[task_id])
+        if not ready:
+            break
+        waiting = [i for i in waiting if i not in ready]  # a refused one tried once
 
 
 class Agent:
@@ -311,20 +335,8 @@ class Agent:
         return None
 
     def _edits_again(self) -> None:
-        """Resuming: put back the live edits an earlier session took (ids above PLANNER_IDS),
-        each once the tasks it reads are in the graph again, so the graph, the result and
-        the joiner have them as that session did; the journal restores what they settled.
-        One its tool now refuses stays where it is: in the log, and in `plait show`."""
-        nodes = self.scheduler.graph.nodes
-        waiting = sorted(i for i in self.defined if i > PLANNER_IDS and i not in nodes)
-        while waiting:  # again while one goes back: an edit may read one of a higher id
-            ready = [i for i in waiting if self.defined[i].deps <= nodes.keys()]
-            for task_id in ready:
-                with contextlib.suppress(PlanError):
-                    self.scheduler.add(self.defined[task_id])
-            if not ready:
-                break
-            waiting = [i for i in waiting if i not in ready]  # a refused one tried once
+        """Resuming: put back the live edits an earlier session took (ids above PLANNER_IDS)."""
+        put_back_edits(self.scheduler, self.defined, PLANNER_IDS)
 
     def _planner_request(
         self, question: str, reason: str | None, next_id: int
@@ -625,4 +637,5 @@ __all__ = [
     "edit_floor",
     "execute_plan",
     "prepare_plan",
+    "put_back_edits",
 ]
