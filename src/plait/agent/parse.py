@@ -56,7 +56,7 @@ END_OF_PLAN = "<END_OF_PLAN>"
 # what the JSON encoders and decoders a run is recorded with accept (about 250 levels).
 MAX_NESTING = 100
 _MAX_INT = 10**4000  # JSON decoders refuse integers of more than about 4300 digits
-_MAX_ID = 10**18  # ids have at most 18 digits
+MAX_TASK_ID = 10**18  # ids have at most 18 digits: a plan's id is below this
 
 # What may stand before a task: whitespace, Markdown bullets, quotes, emphasis, code marks.
 _DECOR = r"[\s*_`>+•-]*"
@@ -693,7 +693,7 @@ class PlanParser:
         if name == JOIN:
             return None
         task_id = obj.get("id")
-        if type(task_id) is not int or not 0 <= task_id < _MAX_ID:
+        if type(task_id) is not int or not 0 <= task_id < MAX_TASK_ID:
             raise PlanError(
                 f'{where}: JSON task "{name}" needs an integer "id" (0 to 18 digits)', line=line
             )

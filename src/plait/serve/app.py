@@ -60,7 +60,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import plait
 from plait.agent.loop import PLANNER_IDS
 from plait.agent.loop import edit_floor as plan_floor
-from plait.agent.parse import _MAX_ID as MAX_TASK_ID  # ids have at most 18 digits
+from plait.agent.parse import MAX_TASK_ID
 from plait.errors import PlaitError, PlanError
 from plait.runs.session import logged_task_ids
 from plait.stores.base import RunExists
