@@ -21,7 +21,7 @@ from plait.core import events as ev
 from plait.llm.base import Delta, LLMError, Request, Usage
 from plait.llm.replay import ReplayLLM
 
-from .test_speed2 import FINISH, PLAN, Model, joins, run, tools
+from .test_speed2 import FINISH, PLAN, Model, cancel_and_check_nothing_is_left, joins, run, tools
 
 
 async def test_a_run_cancelled_while_replaying_an_adopted_join_closes_its_stream() -> None:
@@ -40,12 +40,7 @@ async def test_a_run_cancelled_while_replaying_an_adopted_join_closes_its_stream
     task = asyncio.create_task(run(model, draft, log, on_event=on_event))
     async with asyncio.timeout(30):
         await replaying.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert model.closed.is_set()
-    names = {t.get_name() for t in asyncio.all_tasks()}
-    assert not {n for n in names if n.startswith("plait-spec")}
+    await cancel_and_check_nothing_is_left(task, model)
 
 
 class CutModel(Model):

@@ -107,6 +107,17 @@ async def run(model: Model, draft: str, log: list[str], **kw: Any) -> Any:
     return await plait.arun(Q, tools=tools(log), model=model, draft_model=ReplayLLM([draft]), **kw)
 
 
+async def cancel_and_check_nothing_is_left(task: asyncio.Task[Any], model: Any) -> None:
+    """Cancel a run mid-speculation: it ends cancelled, the model's speculative stream was
+    closed, and no speculation task outlives it."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert model.closed.is_set()
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    assert not {n for n in names if n.startswith("plait-spec")}
+
+
 def joins(result: Any) -> tuple[int, int, int]:
     j = result.to_dict()["savings"]["speculated_joins"]
     return j["speculated"], j["used"], j["wasted"]
@@ -197,12 +208,7 @@ async def test_a_run_cancelled_during_a_speculative_join_closes_it() -> None:
     task = asyncio.create_task(run(model, PLAN.replace("<END_OF_PLAN>", ""), log))
     async with asyncio.timeout(30):
         await model.gate.wait()  # the speculative join is asked
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert model.closed.is_set()
-    names = {t.get_name() for t in asyncio.all_tasks()}
-    assert not {n for n in names if n.startswith("plait-spec")}
+    await cancel_and_check_nothing_is_left(task, model)
 
 
 async def test_replayed_events_of_an_adopted_join_are_those_of_a_call() -> None:
